@@ -1,0 +1,194 @@
+"""``realtime-relay``: the command line. The only module that reads ``os.environ``.
+
+Subcommands:
+
+* ``run`` — serve the relay from a configuration file (``--config`` or
+  ``RELAY_CONFIG``); ``--with-simulator`` also starts the built-in Azure
+  simulator at the configured upstream address, for local development.
+* ``simulate`` — only the Azure Realtime simulator.
+* ``demo`` — one scripted voice session through a fresh simulator and relay.
+* ``hash-key`` — print the SHA-256 of a client key read from stdin, for ``key_sha256``.
+
+Exit status: 0 on a requested stop, 2 for an invalid configuration or usage,
+1 when serving failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from relay import __version__
+from relay.config import ApiKeyAuth, Settings, load_settings
+from relay.exceptions import ConfigError
+from relay.logs import configure_logging
+from relay.server import RunningRelay, serve_forever
+
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+
+def main(
+    argv: list[str] | None = None, environ: Mapping[str, str] | None = None
+) -> int:
+    """Run the command line; return the process exit status."""
+    env = os.environ if environ is None else environ
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.handler
+    return handler(args, env)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from relay.simulator import cli as simulator_cli
+
+    parser = argparse.ArgumentParser(
+        prog="realtime-relay", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="serve the relay")
+    run.add_argument("--config", help="configuration file (default: $RELAY_CONFIG)")
+    run.add_argument(
+        "--with-simulator",
+        action="store_true",
+        help="also start the built-in Azure simulator at the configured (loopback) upstream endpoint",
+    )
+    run.set_defaults(handler=_run)
+
+    simulate = commands.add_parser("simulate", help="run the Azure Realtime simulator")
+    simulator_cli.add_arguments(simulate)
+    simulate.set_defaults(handler=lambda args, _env: simulator_cli.run(args))
+
+    demo = commands.add_parser(
+        "demo", help="one scripted session through a simulator and a relay"
+    )
+    demo.set_defaults(handler=_demo)
+
+    hash_key = commands.add_parser(
+        "hash-key", help="print the SHA-256 hex of a key read from stdin"
+    )
+    hash_key.set_defaults(handler=_hash_key)
+    return parser
+
+
+def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    path = args.config or environ.get("RELAY_CONFIG")
+    if not path:
+        print(
+            "realtime-relay: no configuration: pass --config PATH or set RELAY_CONFIG",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        settings = load_settings(path, environ)
+        if args.with_simulator:
+            _check_simulator_endpoint(settings)
+    except ConfigError as exc:
+        print(f"realtime-relay: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log)
+    try:
+        _run_async(_serve(settings, with_simulator=args.with_simulator))
+    except (OSError, RuntimeError) as exc:
+        print(f"realtime-relay: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on uvloop when available (7-12% less CPU per message)."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvicorn[standard] installs it
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+def _check_simulator_endpoint(settings: Settings) -> None:
+    parts = urlsplit(settings.upstream.ws_base)
+    host = parts.hostname or ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if parts.scheme != "ws" or not loopback or parts.port is None:
+        raise ConfigError(
+            f"{settings.source}: upstream.endpoint: expected an http://<loopback>:<port> URL "
+            "for --with-simulator"
+        )
+
+
+async def _serve(settings: Settings, *, with_simulator: bool) -> None:
+    async with _maybe_simulator(settings, enabled=with_simulator):
+        await serve_forever(
+            settings,
+            on_started=lambda relay: _announce(settings, relay, with_simulator),
+        )
+
+
+@contextlib.asynccontextmanager
+async def _maybe_simulator(settings: Settings, *, enabled: bool) -> AsyncIterator[None]:
+    if not enabled:
+        yield
+        return
+    from relay.simulator import Simulator
+
+    parts = urlsplit(settings.upstream.ws_base)
+    auth = settings.upstream.auth
+    # The simulator accepts exactly the relay's own upstream key (with entra
+    # auth it accepts any bearer token: there is no Entra here).
+    keys = {auth.api_key} if isinstance(auth, ApiKeyAuth) else set()
+    async with Simulator.start(
+        host=parts.hostname or "127.0.0.1", port=parts.port or 0, api_keys=keys
+    ):
+        yield
+
+
+def _announce(settings: Settings, relay: RunningRelay, with_simulator: bool) -> None:
+    host = settings.listen.host
+    base = f"ws://{host}:{relay.port}"
+    deployment = next(iter(settings.deployments))
+    upstream = "the built-in simulator at " if with_simulator else ""
+    lines = [
+        f"Realtime Relay {__version__} is serving on {base} (upstream: {upstream}{settings.upstream.endpoint})",
+        f"  health:  http://{host}:{relay.port}/readyz    metrics: http://{settings.metrics.host}:{relay.metrics_port}/metrics",
+        f"  preview: {base}/openai/realtime?api-version=2025-04-01-preview&deployment={deployment}",
+        f"  GA:      {base}/openai/v1/realtime?model={deployment}",
+        "  authenticate with the header `api-key: <client key>` (or Authorization: Bearer <client key>)",
+        f'  openai SDK: AsyncAzureOpenAI(azure_endpoint="http://{host}:{relay.port}", api_key=KEY,',
+        f'              api_version="2025-04-01-preview", websocket_base_url="{base}/openai")',
+        f'              .beta.realtime.connect(model="{deployment}")',
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _demo(_args: argparse.Namespace, _environ: Mapping[str, str]) -> int:
+    from relay.demo import run_demo
+
+    return _run_async(run_demo(sys.stdout))
+
+
+def _hash_key(_args: argparse.Namespace, _environ: Mapping[str, str]) -> int:
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("realtime-relay: no key on stdin", file=sys.stderr)
+        return 2
+    print(hashlib.sha256(key.encode()).hexdigest())
+    return 0

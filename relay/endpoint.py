@@ -1,0 +1,234 @@
+"""The WebSocket endpoint: a client's handshake, its upstream, then the relay.
+
+Order matters and is the point of this module:
+
+1. the handshake is judged (:class:`~relay.sansio.handshake.Gatekeeper`)
+   before anything touches the network;
+2. the relay obtains its own credential and opens the upstream;
+3. only then is the client accepted, selecting a safe subprotocol;
+4. the :class:`~relay.driver.SessionDriver` relays until both legs close.
+
+Any failure in 1-2 is answered with an HTTP status and a JSON body before
+accept (a denial response), so SDKs raise their usual handshake errors. Every
+upstream connection opened is closed before this handler returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+import structlog
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import ClientConnection
+
+from relay import __version__
+from relay.config import Settings
+from relay.driver import SessionDriver
+from relay.exceptions import (
+    CredentialUnavailable,
+    RelayError,
+    UpstreamRefused,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from relay.metrics import RelayMetrics
+from relay.sansio.handshake import (
+    Admission,
+    Gatekeeper,
+    HandshakeRequest,
+    upstream_headers,
+)
+from relay.typing import TokenProvider
+from relay.upstream import open_upstream
+
+
+__all__ = ["RAW_QUERY_KEY", "RealtimeEndpoint", "deny"]
+
+log = structlog.get_logger("relay.endpoint")
+
+RAW_QUERY_KEY = "relay.raw_query_string"
+"""Scope key holding the query string as received, before redaction for logs."""
+USER_AGENT = f"realtime-relay/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Upstream:
+    connection: ClientConnection
+    request_id: str
+
+
+async def deny(websocket: WebSocket, error: RelayError) -> None:
+    """Answer the handshake with ``error``'s status, headers and JSON body."""
+    response = JSONResponse(
+        error.body(), status_code=error.http_status, headers=dict(error.headers)
+    )
+    try:
+        await websocket.send_denial_response(response)
+    except (OSError, RuntimeError):
+        # The client left before the answer; nothing else to do.
+        log.debug("handshake.client_gone")
+
+
+class RealtimeEndpoint:
+    """Serves the realtime WebSocket paths for one configured relay."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        provider: TokenProvider,
+        metrics: RelayMetrics,
+    ) -> None:
+        self._settings = settings
+        self._provider = provider
+        self._metrics = metrics
+        self._gatekeeper = Gatekeeper(settings.clients, settings.deployments)
+
+    async def handle(self, websocket: WebSocket) -> None:
+        """Handle one client connection from upgrade request to the end of its session."""
+        scope = websocket.scope
+        request = HandshakeRequest(
+            path=scope["path"],
+            query=scope.get(RAW_QUERY_KEY, scope["query_string"]),
+            headers=[
+                (name.decode("latin-1").lower(), value.decode("latin-1"))
+                for name, value in scope["headers"]
+            ],
+            subprotocols=scope.get("subprotocols", []),
+        )
+        session_id = "rs_" + uuid.uuid4().hex
+        with structlog.contextvars.bound_contextvars(session_id=session_id):
+            started = time.monotonic()
+            try:
+                admission = self._gatekeeper.admit(request)
+            except RelayError as error:
+                self._refused(error)
+                await deny(websocket, error)
+                return
+            with structlog.contextvars.bound_contextvars(
+                client_id=admission.client_id,
+                deployment=admission.deployment.name,
+                family=admission.route.family,
+            ):
+                try:
+                    upstream = await self._connect(admission)
+                except RelayError as error:
+                    self._refused(error)
+                    await deny(websocket, error)
+                    return
+                self._metrics.handshake_duration.observe(time.monotonic() - started)
+                try:
+                    await self._relay(websocket, admission, upstream)
+                finally:
+                    await self._close_upstream(upstream.connection)
+
+    def _refused(self, error: RelayError) -> None:
+        self._metrics.sessions.labels(error.outcome).inc()
+        log.info(
+            "handshake.rejected",
+            status=error.http_status,
+            error_code=error.error_code,
+            reason=error.message,
+        )
+
+    async def _connect(self, admission: Admission) -> _Upstream:
+        """Obtain the relay's credential and open the upstream, counting the result."""
+        upstream = self._settings.upstream
+        request_id = str(uuid.uuid4())
+        try:
+            async with asyncio.timeout(upstream.credential_timeout):
+                auth = await self._provider.auth_header()
+        except (TimeoutError, CredentialUnavailable):
+            self._metrics.upstream_connects.labels("credential_unavailable").inc()
+            raise CredentialUnavailable(
+                "the relay's upstream credential is unavailable"
+            ) from None
+        try:
+            connection = await open_upstream(
+                upstream.ws_base + admission.upstream_target,
+                upstream_headers(auth, request_id=request_id, user_agent=USER_AGENT),
+                connect_timeout=upstream.connect_timeout,
+                max_message_bytes=self._settings.limits.max_message_bytes,
+                flow=self._settings.flow,
+            )
+        except UpstreamRefused:
+            self._metrics.upstream_connects.labels("refused").inc()
+            raise
+        except UpstreamTimeout:
+            self._metrics.upstream_connects.labels("timeout").inc()
+            raise
+        except UpstreamUnavailable:
+            self._metrics.upstream_connects.labels("unavailable").inc()
+            raise
+        self._metrics.upstream_connects.labels("ok").inc()
+        return _Upstream(connection, request_id)
+
+    async def _relay(
+        self, websocket: WebSocket, admission: Admission, upstream: _Upstream
+    ) -> None:
+        response = upstream.connection.response
+        headers = response.headers if response is not None else {}
+        with structlog.contextvars.bound_contextvars(
+            upstream_request_id=upstream.request_id,
+            apim_request_id=headers.get("apim-request-id"),
+            region=headers.get("x-ms-region"),
+        ):
+            await websocket.accept(subprotocol=admission.subprotocol)
+            log.info(
+                "session.start",
+                auth=admission.credential_source,
+                api_version=admission.route.api_version,
+            )
+            driver = SessionDriver(
+                websocket,
+                upstream.connection,
+                flow=self._settings.flow,
+                traffic=self._metrics,
+            )
+            started = time.monotonic()
+            self._metrics.sessions_active.inc()
+            outcome, code, reason = "relay_error", 1011, "internal relay error"
+            try:
+                ended = await driver.run()
+                outcome, code, reason = ended.outcome, ended.client_code, ended.reason
+            except Exception:
+                # A bug in the relay must end this session cleanly and no other.
+                log.exception("session.crashed")
+                await self._close_client(websocket)
+            finally:
+                duration = time.monotonic() - started
+                self._metrics.sessions_active.dec()
+                self._metrics.sessions.labels(outcome).inc()
+                self._metrics.session_duration.observe(duration)
+                counters = driver.counters
+                log.info(
+                    "session.end",
+                    outcome=outcome,
+                    close_code=code,
+                    close_reason=reason,
+                    duration_s=round(duration, 3),
+                    client_messages=counters.client_messages,
+                    client_bytes=counters.client_bytes,
+                    upstream_messages=counters.upstream_messages,
+                    upstream_bytes=counters.upstream_bytes,
+                )
+
+    async def _close_client(self, websocket: WebSocket) -> None:
+        try:
+            async with asyncio.timeout(self._settings.flow.close_timeout):
+                await websocket.close(1011, "internal relay error")
+        except (OSError, RuntimeError, TimeoutError):
+            pass
+
+    async def _close_upstream(self, connection: ClientConnection) -> None:
+        # close() is idempotent and bounded by close_timeout; the outer bound
+        # also covers a transport that never finishes closing.
+        try:
+            async with asyncio.timeout(self._settings.flow.close_timeout + 1):
+                await connection.close(1000, "session ended")
+        except TimeoutError:
+            log.warning("upstream.close_timeout")

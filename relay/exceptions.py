@@ -1,0 +1,179 @@
+"""The relay's exceptions: one tree, each leaf knows how it is answered.
+
+A failure before the client's WebSocket is accepted is answered with an HTTP
+status and a JSON body (a denial response); after acceptance it becomes a close
+frame. Every leaf therefore carries both, so no caller has to map errors itself:
+
+* :exc:`RelayError` (500 / 1011)
+    * :exc:`ConfigError` — the configuration is invalid; raised at start-up only.
+    * :exc:`ClientRejected` — the client's request breaks the relay's rules.
+        * :exc:`Unauthenticated` (401 / 1008)
+        * :exc:`BadRequest` (400 / 1008)
+        * :exc:`NotFound` (404 / 1008)
+    * :exc:`UpstreamError` — the upstream could not serve the session.
+        * :exc:`UpstreamRefused` (mirrors or maps the upstream's status / 1014)
+        * :exc:`UpstreamUnavailable` (502 / 1014)
+        * :exc:`UpstreamTimeout` (504 / 1014)
+        * :exc:`CredentialUnavailable` (503 / 1013)
+
+Messages are written for the client: they never carry upstream URLs, keys,
+tokens or upstream internals. Details for operators go to the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+__all__ = [
+    "BadRequest",
+    "ClientRejected",
+    "ConfigError",
+    "CredentialUnavailable",
+    "NotFound",
+    "RelayError",
+    "Unauthenticated",
+    "UpstreamError",
+    "UpstreamRefused",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class RelayError(Exception):
+    """Root of the relay's exceptions.
+
+    Attributes:
+        http_status: HTTP status answered when raised before the WebSocket
+            handshake completed.
+        close_code: WebSocket close code used when raised afterwards.
+        error_code: Short machine-readable code for JSON bodies and
+            ``error`` events (``{"error": {"code": ...}}``).
+        outcome: Bounded label value for the sessions-by-outcome metric.
+    """
+
+    http_status: int = 500
+    close_code: int = 1011
+    error_code: str = "internal_error"
+    outcome: str = "relay_error"
+
+    def __init__(self, message: str = "internal relay error") -> None:
+        super().__init__(message)
+        self.message = message
+        """Client-safe explanation."""
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Extra HTTP headers for the denial response (e.g. ``Retry-After``)."""
+        return {}
+
+    def body(self) -> dict[str, object]:
+        """Azure-style JSON error body for the denial response."""
+        return {"error": {"code": self.error_code, "message": self.message}}
+
+
+class ConfigError(RelayError, ValueError):
+    """The configuration file is invalid; the message names file, key and expectation."""
+
+    error_code = "config_error"
+
+
+class ClientRejected(RelayError):
+    """The client's handshake breaks the relay's rules."""
+
+    close_code = 1008
+    outcome = "rejected_request"
+
+
+class Unauthenticated(ClientRejected):
+    """No credential, or one that matches no configured client."""
+
+    http_status = 401
+    error_code = "unauthorized"
+    outcome = "rejected_auth"
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Tell the client which schemes are accepted (RFC 9110 §11.6.1)."""
+        return {"WWW-Authenticate": 'Bearer realm="realtime-relay"'}
+
+
+class BadRequest(ClientRejected):
+    """A required query parameter is missing or malformed."""
+
+    http_status = 400
+    error_code = "bad_request"
+
+
+class NotFound(ClientRejected):
+    """Unknown path or deployment."""
+
+    http_status = 404
+    error_code = "not_found"
+
+
+class UpstreamError(RelayError):
+    """The upstream could not serve the session."""
+
+    close_code = 1014  # IANA "Bad Gateway"
+    outcome = "upstream_error"
+
+
+class UpstreamRefused(UpstreamError):
+    """The upstream answered the handshake with an HTTP error status.
+
+    The status the client sees is chosen by
+    :func:`relay.sansio.closes.client_status_for_upstream`; ``upstream_status``
+    keeps what Azure said, for logs and metrics.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        upstream_status: int,
+        retry_after: str | None = None,
+        body: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.http_status = status
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        self._body = body
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """``Retry-After`` is passed on so clients back off as Azure asked."""
+        return {"Retry-After": self.retry_after} if self.retry_after else {}
+
+    def body(self) -> dict[str, object]:
+        """The upstream's own body where it is safe to pass on, else ours."""
+        return self._body if self._body is not None else super().body()
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream connection failed (refused, reset, TLS or DNS error)."""
+
+    http_status = 502
+    error_code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not complete its handshake in time."""
+
+    http_status = 504
+    error_code = "upstream_timeout"
+
+
+class CredentialUnavailable(UpstreamError):
+    """The relay could not obtain its own upstream credential (e.g. Entra token)."""
+
+    http_status = 503
+    close_code = 1013  # try again later
+    error_code = "upstream_credential_unavailable"
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """A short back-off: token endpoints usually recover quickly."""
+        return {"Retry-After": "5"}

@@ -1,0 +1,120 @@
+"""Structured logging: JSON in production, readable console output in development.
+
+The relay logs through structlog; uvicorn's and other libraries' stdlib log
+records are rendered by the same processors, so one format covers the process.
+Context (session id, client id, deployment) is bound once per session through
+:mod:`structlog.contextvars`. Event names are dotted (``session.start``).
+
+Secrets are kept out of logs by construction (the relay never logs headers,
+keys, tokens, instructions or audio); :func:`redact` is the safety net for
+text a library formats itself, such as a URL with its query string.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from relay.config import LogSettings
+
+
+__all__ = ["configure_logging", "redact", "redact_text"]
+
+_SECRET_PATTERNS = (
+    # api-key=..., Authorization=..., access_token=... in query strings and text.
+    re.compile(
+        r"(?i)((?:api-key|api_key|authorization|access_token|token|key)=)[^&\s\"']+"
+    ),
+    # Bearer tokens wherever they appear.
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    # A key carried in a WebSocket subprotocol.
+    re.compile(r"(openai-insecure-api-key\.)[^,\s\"']+"),
+)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with credential-looking values replaced by ``REDACTED``."""
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\1REDACTED", text)
+    return text
+
+
+def redact(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor applying :func:`redact_text` to every string value."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = redact_text(value)
+        elif isinstance(value, tuple):
+            # stdlib records keep their %-args here until rendered.
+            event_dict[key] = tuple(
+                redact_text(v) if isinstance(v, str) else v for v in value
+            )
+    return event_dict
+
+
+def _render_stdlib_message(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # Foreign (stdlib) records arrive with a formatted message as "event";
+    # make sure %-args were applied before redaction sees the final text.
+    record = event_dict.get("_record")
+    if (
+        isinstance(record, logging.LogRecord)
+        and event_dict.get("event") == record.msg
+        and record.args
+    ):
+        event_dict["event"] = record.getMessage()
+    return event_dict
+
+
+def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) -> None:
+    """Route structlog and stdlib logging to ``stream`` (stderr) in the configured format."""
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if settings.format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            *shared,
+            redact,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, _render_stdlib_message, redact],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(settings.level.upper())
+    # uvicorn installs its own handlers unless told otherwise; send its records
+    # through the root handler so every line has one format and is redacted.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "websockets"):
+        library_logger = logging.getLogger(name)
+        library_logger.handlers = []
+        library_logger.propagate = True
+    # websockets logs every frame at debug; that would log audio.
+    logging.getLogger("websockets").setLevel(max(logging.INFO, root.level))

@@ -1,0 +1,108 @@
+"""Every Prometheus metric of the relay, on an injected registry.
+
+Names follow Prometheus conventions: prefix ``relay_``, base units, counters
+ending ``_total``, only bounded labels (never a session id, key or user), and
+known label values initialised to 0 so series exist before the first event.
+One uvicorn worker per pod is assumed: prometheus-client's multiprocess mode
+cannot serve live gauges like ``relay_sessions_active`` correctly, so the relay
+scales by replicas instead.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from relay import __version__
+from relay.sansio.closes import OUTCOMES
+
+
+__all__ = ["DIRECTIONS", "UPSTREAM_RESULTS", "RelayMetrics"]
+
+DIRECTIONS = ("client_to_upstream", "upstream_to_client")
+UPSTREAM_RESULTS = ("ok", "refused", "unavailable", "timeout", "credential_unavailable")
+# Handshakes include an upstream TLS + WebSocket handshake across regions.
+_HANDSHAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Sessions last up to Azure's 30-minute cap; buckets reach 35 minutes.
+_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1500, 1800, 2100)
+
+
+class RelayMetrics:
+    """The relay's metrics, registered on ``registry`` (a fresh one per test)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        # prometheus-client registers these on its global registry; the relay
+        # never uses that one, so each registry gets its own.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+
+        self.sessions_active = Gauge(
+            "relay_sessions_active", "Sessions currently relayed.", registry=registry
+        )
+        self.sessions = Counter(
+            "relay_sessions",
+            "Sessions by how they ended (including those refused at the handshake).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.session_duration = Histogram(
+            "relay_session_duration_seconds",
+            "Duration of relayed sessions, from accept to the end of both legs.",
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.handshake_duration = Histogram(
+            "relay_handshake_duration_seconds",
+            "From the client's upgrade request to the upstream being open.",
+            buckets=_HANDSHAKE_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_connects = Counter(
+            "relay_upstream_connect",
+            "Upstream connection attempts by result.",
+            ["result"],
+            registry=registry,
+        )
+        self.messages = Counter(
+            "relay_messages",
+            "WebSocket messages received for relaying, by direction.",
+            ["direction"],
+            registry=registry,
+        )
+        self.message_bytes = Counter(
+            "relay_message_bytes",
+            "Bytes of WebSocket message payloads received for relaying, by direction.",
+            ["direction"],
+            registry=registry,
+        )
+        build_info = Gauge(
+            "relay_build_info",
+            "Build of the running relay.",
+            ["version"],
+            registry=registry,
+        )
+        build_info.labels(__version__).set(1)
+
+        for outcome in OUTCOMES:
+            self.sessions.labels(outcome)
+        for result in UPSTREAM_RESULTS:
+            self.upstream_connects.labels(result)
+        # Children bound once: the per-message path must not look labels up.
+        self._c2u_messages = self.messages.labels(DIRECTIONS[0])
+        self._c2u_bytes = self.message_bytes.labels(DIRECTIONS[0])
+        self._u2c_messages = self.messages.labels(DIRECTIONS[1])
+        self._u2c_bytes = self.message_bytes.labels(DIRECTIONS[1])
+
+    def client_to_upstream(self, size: int) -> None:
+        """Count one message of ``size`` bytes received from a client."""
+        self._c2u_messages.inc()
+        self._c2u_bytes.inc(size)
+
+    def upstream_to_client(self, size: int) -> None:
+        """Count one message of ``size`` bytes received from the upstream."""
+        self._u2c_messages.inc()
+        self._u2c_bytes.inc(size)

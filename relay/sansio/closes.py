@@ -1,0 +1,121 @@
+"""How closes and upstream refusals are mapped between the two legs.
+
+The table, from the upstream's close to what the client receives:
+
+======================  ===========  ==========================================
+upstream sent           client gets  why
+======================  ===========  ==========================================
+1000 normal             1000         the session ended normally
+1001 going away         1001         the upstream is shutting down
+1005 no status          1000         a close frame without a code is a normal end
+1006 connection lost    1014         bad gateway: the upstream vanished
+1008 policy violation   1008         the upstream refused what was sent
+1009 message too big    1009         a message was too big for the upstream
+1011 internal error     1011         the upstream failed
+1012 service restart    1012         the upstream restarts; retry
+1013 try again later    1013         the upstream is overloaded; retry
+1002/1003/1007/1010     1011         a protocol disagreement on the upstream leg
+3000–4999               same code    application codes carry meaning for clients
+anything else           1011         unknown: treat as an upstream failure
+======================  ===========  ==========================================
+
+When the client closes (any code, or a lost connection), the upstream leg is
+closed with 1000: the session is over and Azure should stop billing it.
+
+Reasons are the relay's own short texts: upstream reasons may carry internals
+and are never passed on.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+__all__ = [
+    "CLIENT_GONE",
+    "OUTCOMES",
+    "client_close_for_upstream",
+    "client_status_for_upstream",
+    "is_sendable",
+    "truncate_reason",
+]
+
+OUTCOMES: Final = (
+    "client_closed",
+    "upstream_closed",
+    "upstream_lost",
+    "message_too_big",
+    "relay_error",
+    "rejected_auth",
+    "rejected_request",
+    "upstream_error",
+)
+"""Every value of the sessions-by-outcome label."""
+
+CLIENT_GONE: Final = (1000, "client closed")
+"""Upstream close code and reason used whenever the client's leg ends."""
+
+_UPSTREAM_TO_CLIENT: Final[dict[int, tuple[int, str]]] = {
+    1000: (1000, "upstream closed the session"),
+    1001: (1001, "upstream going away"),
+    1005: (1000, "upstream closed the session"),
+    1006: (1014, "upstream connection lost"),
+    1008: (1008, "upstream refused the session's content"),
+    1009: (1009, "message too big for the upstream"),
+    1011: (1011, "upstream internal error"),
+    1012: (1012, "upstream restarting, retry"),
+    1013: (1013, "upstream overloaded, retry later"),
+}
+_NORMAL_UPSTREAM_CLOSES: Final = frozenset({1000, 1001, 1005})
+MAX_REASON_BYTES: Final = 123
+
+
+def is_sendable(code: int) -> bool:
+    """Whether an endpoint may put ``code`` in a close frame (RFC 6455 §7.4)."""
+    return code in (
+        1000,
+        1001,
+        1002,
+        1003,
+        1007,
+        1008,
+        1009,
+        1010,
+        1011,
+        1012,
+        1013,
+        1014,
+    ) or (3000 <= code <= 4999)
+
+
+def client_close_for_upstream(code: int) -> tuple[int, str, str]:
+    """Map the upstream's close ``code`` to ``(client code, reason, outcome)``; see the table."""
+    if code in _UPSTREAM_TO_CLIENT:
+        client_code, reason = _UPSTREAM_TO_CLIENT[code]
+    elif 3000 <= code <= 4999:
+        client_code, reason = code, "upstream closed the session"
+    else:
+        client_code, reason = 1011, "upstream closed with an error"
+    outcome = "upstream_closed" if code in _NORMAL_UPSTREAM_CLOSES else "upstream_lost"
+    return client_code, reason, outcome
+
+
+def client_status_for_upstream(status: int) -> int:
+    """The HTTP status answered to the client when the upstream refused the handshake.
+
+    429 stays 429 (the client should back off, with Azure's ``Retry-After``);
+    400 and 404 stay as they are (the client's request is what is wrong);
+    401 and 403 become 502 (the relay's own credentials are wrong: the client
+    can do nothing about it); 503 stays 503; every other status becomes 502.
+    """
+    if status in (400, 404, 429, 503):
+        return status
+    return 502
+
+
+def truncate_reason(reason: str) -> str:
+    """Cut ``reason`` to at most 123 bytes of UTF-8 without splitting a character."""
+    encoded = reason.encode()
+    if len(encoded) <= MAX_REASON_BYTES:
+        return reason
+    return encoded[:MAX_REASON_BYTES].decode(errors="ignore")

@@ -1,0 +1,47 @@
+"""Outputs of a relayed session: what the I/O driver must do next."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.typing import Side
+
+
+__all__ = ["Close", "Command", "Ended", "Send"]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Queue ``data`` for delivery on ``side``, after anything already queued there."""
+
+    side: Side
+    data: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close ``side`` with ``code`` and ``reason`` once its queued frames are delivered.
+
+    ``code`` is always a code an endpoint may send (never 1005, 1006 or 1015)
+    and ``reason`` is at most 123 bytes of UTF-8 (RFC 6455 §5.5.1).
+    """
+
+    side: Side
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The session's outcome is decided; emitted exactly once per session.
+
+    ``outcome`` is a bounded label (see :data:`relay.sansio.closes.OUTCOMES`);
+    ``client_code`` is the close code on the client's leg, whoever sent it.
+    """
+
+    outcome: str
+    client_code: int
+    reason: str
+
+
+Command = Send | Close | Ended

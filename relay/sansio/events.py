@@ -1,0 +1,61 @@
+"""Inputs of a relayed session (see :class:`relay.sansio.session.RelaySession`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.exceptions import RelayError
+
+
+__all__ = [
+    "ClientClosed",
+    "ClientMessage",
+    "Event",
+    "Failed",
+    "UpstreamClosed",
+    "UpstreamMessage",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    """A complete WebSocket message from the client (text as ``str``, binary as ``bytes``)."""
+
+    data: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamMessage:
+    """A complete WebSocket message from the upstream."""
+
+    data: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientClosed:
+    """The client's leg ended: a close frame (``code``), or a lost connection (``code`` 1006)."""
+
+    code: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamClosed:
+    """The upstream's leg ended.
+
+    ``code`` is the code the upstream sent, 1005 when its close frame had none,
+    1006 when the connection was lost without a close frame.
+    """
+
+    code: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The relay itself must end the session (e.g. a leg misbehaved or a bug)."""
+
+    error: RelayError
+
+
+Event = ClientMessage | UpstreamMessage | ClientClosed | UpstreamClosed | Failed

@@ -1,0 +1,190 @@
+"""Running the relay under uvicorn: one worker, two listeners, one event loop.
+
+The WebSocket/health listener and the metrics listener are two sockets served
+by the same :class:`uvicorn.Server`; :class:`~relay.app.RelayApp` tells them
+apart by the local port. Binding the sockets here (rather than letting uvicorn
+bind) means port 0 works for tests and the real ports are known before serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import FrameType
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from relay.app import RelayApp, create_app
+from relay.config import Settings
+from relay.typing import TokenProvider
+
+
+__all__ = [
+    "RelayServer",
+    "RunningRelay",
+    "bind",
+    "running_relay",
+    "serve_forever",
+    "uvicorn_config",
+]
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``port`` 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def uvicorn_config(app: RelayApp, settings: Settings) -> uvicorn.Config:
+    """uvicorn settings for the relay; each choice is explained inline."""
+    return uvicorn.Config(
+        app,
+        # The sans-I/O websockets implementation is uvicorn's current one.
+        ws="websockets-sansio",
+        ws_max_size=settings.limits.max_message_bytes,
+        # Compressing base64 audio costs CPU for almost no gain, and compression
+        # of secrets next to attacker-chosen data leaks them (CRIME).
+        ws_per_message_deflate=False,
+        ws_ping_interval=settings.flow.ping_interval,
+        ws_ping_timeout=settings.flow.ping_timeout,
+        lifespan="on",
+        # Logging is configured by relay.logs; uvicorn must not install its own.
+        log_config=None,
+        server_header=False,
+        date_header=False,
+        # Client addresses come from the socket; trusting X-Forwarded-For is an
+        # ingress decision the relay does not make.
+        proxy_headers=False,
+        timeout_graceful_shutdown=math.ceil(settings.flow.close_timeout) + 5,
+    )
+
+
+class RelayServer(uvicorn.Server):
+    """uvicorn's server, with a start-up event and a clean exit on SIGTERM/SIGINT.
+
+    uvicorn records a caught signal and raises it again once shut down, so the
+    process would die *by* SIGTERM (exit status -15) after a graceful stop.
+    The relay exits 0 instead: a requested stop is not a failure.
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        # Set once the listeners are bound and the lifespan has started.
+        self.started_event = asyncio.Event()
+        # Set once serving has ended, whatever the reason.
+        self.stopped_event = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start as uvicorn does, then announce it."""
+        await super().startup(sockets=sockets)
+        self.started_event.set()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Begin a graceful shutdown; a second SIGINT forces it. Never re-raise."""
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+
+@dataclass(frozen=True, slots=True)
+class RunningRelay:
+    """A relay serving on real sockets."""
+
+    app: RelayApp
+    server: RelayServer
+    port: int
+    metrics_port: int
+
+
+def _prepare(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None,
+    provider: TokenProvider | None,
+) -> tuple[RelayApp, RelayServer, list[socket.socket]]:
+    main_socket = bind(settings.listen.host, settings.listen.port)
+    try:
+        metrics_socket = bind(settings.metrics.host, settings.metrics.port)
+    except OSError:
+        main_socket.close()
+        raise
+    metrics_port = metrics_socket.getsockname()[1]
+    app = create_app(
+        settings, registry=registry, provider=provider, metrics_port=metrics_port
+    )
+    return (
+        app,
+        RelayServer(uvicorn_config(app, settings)),
+        [main_socket, metrics_socket],
+    )
+
+
+async def _serve(server: RelayServer, sockets: list[socket.socket]) -> None:
+    try:
+        await server.serve(sockets=sockets)
+    except SystemExit:
+        # uvicorn exits the process when start-up fails; callers get an error.
+        raise RuntimeError("the relay failed to start") from None
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def serve_forever(
+    settings: Settings, *, on_started: Callable[[RunningRelay], None]
+) -> None:
+    """Serve until SIGTERM or SIGINT, calling ``on_started`` once listening.
+
+    Raises:
+        RuntimeError: the relay failed to start.
+        OSError: a listener could not be bound.
+    """
+    async with running_relay(settings) as relay:
+        on_started(relay)
+        await relay.server.stopped_event.wait()
+
+
+@asynccontextmanager
+async def running_relay(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    provider: TokenProvider | None = None,
+) -> AsyncIterator[RunningRelay]:
+    """Serve the relay until the block exits (or a signal stops it), then shut down.
+
+    Raises:
+        RuntimeError: the relay failed to start (e.g. its lifespan failed).
+        OSError: a listener could not be bound.
+    """
+    app, server, sockets = _prepare(settings, registry=registry, provider=provider)
+    ports = [sock.getsockname()[1] for sock in sockets]
+    async with asyncio.TaskGroup() as group:
+        serving = group.create_task(_serve(server, sockets), name="uvicorn")
+        serving.add_done_callback(lambda _task: server.stopped_event.set())
+        started = group.create_task(server.started_event.wait(), name="uvicorn-started")
+        await asyncio.wait([serving, started], return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            started.cancel()
+            await serving  # re-raises the start-up failure
+            raise RuntimeError("the relay stopped during start-up")
+        try:
+            yield RunningRelay(app, server, ports[0], ports[1])
+        finally:
+            server.should_exit = True

@@ -1,0 +1,38 @@
+"""The relay's vocabulary: identifiers, wire literals and the seams between layers."""
+
+from __future__ import annotations
+
+from typing import Literal, NewType, Protocol
+
+
+__all__ = [
+    "ClientId",
+    "Family",
+    "Side",
+    "TokenProvider",
+]
+
+ClientId = NewType("ClientId", str)
+"""A configured client's ``id``: a bounded set, safe as a metric label."""
+
+Family = Literal["preview", "ga"]
+"""Protocol family: preview/beta event names, or the GA names (protocol.md §4.2)."""
+
+Side = Literal["client", "upstream"]
+"""One leg of a relayed session."""
+
+
+class TokenProvider(Protocol):
+    """Something that produces the relay's upstream ``Authorization`` material."""
+
+    async def auth_header(self) -> tuple[str, str]:
+        """Return one header ``(name, value)`` that authenticates the relay upstream.
+
+        Raises:
+            relay.exceptions.CredentialUnavailable: no credential can be had now.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release network resources; idempotent."""
+        ...

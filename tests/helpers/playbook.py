@@ -1,0 +1,37 @@
+"""A script-like way to test the sans-I/O session: ``playbook >> event << command``."""
+
+from __future__ import annotations
+
+from relay.sansio.commands import Command
+from relay.sansio.events import Event
+from relay.sansio.session import RelaySession
+
+
+class Playbook:
+    """Feed events with ``>>``; assert the next produced command with ``<<``.
+
+    Every command produced must be asserted, in order: :meth:`__rshift__`
+    refuses to feed a new event while earlier commands are unchecked, and
+    :meth:`done` checks nothing is left.
+    """
+
+    def __init__(self, session: RelaySession | None = None) -> None:
+        self.session = session if session is not None else RelaySession()
+        self._pending: list[Command] = []
+
+    def __rshift__(self, event: Event) -> Playbook:
+        assert not self._pending, (
+            f"unchecked commands before {event!r}: {self._pending!r}"
+        )
+        self._pending = list(self.session.handle(event))
+        return self
+
+    def __lshift__(self, expected: Command) -> Playbook:
+        assert self._pending, f"expected {expected!r}, but no command is left"
+        actual = self._pending.pop(0)
+        assert actual == expected, f"expected {expected!r}, got {actual!r}"
+        return self
+
+    def done(self) -> None:
+        """Assert that every produced command was checked."""
+        assert not self._pending, f"unchecked commands: {self._pending!r}"
