@@ -25,6 +25,7 @@ from relay.config import Settings
 from relay.credentials import EntraTokenProvider, provider_for
 from relay.endpoint import RAW_QUERY_KEY, RealtimeEndpoint, deny
 from relay.exceptions import NotFound
+from relay.logs import guard_library_loggers
 from relay.metrics import RelayMetrics
 from relay.sansio.handshake import GA_PATHS, PREVIEW_PATH, redact_query
 from relay.typing import TokenProvider
@@ -41,15 +42,21 @@ class RelayApp:
     """Outermost ASGI callable; see the module docstring.
 
     Attributes:
+        endpoint: the realtime WebSocket endpoint (it knows the live connections).
         metrics: the relay's metrics (on the registry given to :func:`create_app`).
         metrics_port: port of the metrics listener, or ``None`` when requests on
             every port go to the main application (tests without a metrics socket).
     """
 
     def __init__(
-        self, main: Starlette, metrics: RelayMetrics, metrics_port: int | None
+        self,
+        main: Starlette,
+        endpoint: RealtimeEndpoint,
+        metrics: RelayMetrics,
+        metrics_port: int | None,
     ) -> None:
         self.main = main
+        self.endpoint = endpoint
         self.metrics = metrics
         self.metrics_port = metrics_port
         self._metrics_app: ASGIApp = make_asgi_app(registry=metrics.registry)
@@ -102,6 +109,7 @@ def create_app(
             The application's lifespan closes it either way.
         metrics_port: the port whose requests are served ``/metrics`` only.
     """
+    guard_library_loggers()
     metrics = RelayMetrics(registry if registry is not None else CollectorRegistry())
     token_provider = (
         provider
@@ -161,4 +169,6 @@ def create_app(
         *(Route(path, upgrade_required) for path in REALTIME_PATHS),
         WebSocketRoute("/{path:path}", not_found),
     ]
-    return RelayApp(Starlette(routes=routes, lifespan=lifespan), metrics, metrics_port)
+    return RelayApp(
+        Starlette(routes=routes, lifespan=lifespan), endpoint, metrics, metrics_port
+    )

@@ -89,6 +89,12 @@ class EntraTokenProvider:
         token = await asyncio.shield(self._start_fetch())
         return ("authorization", f"Bearer {token.value}")
 
+    async def settled(self) -> None:
+        """Return once no fetch is in progress, whatever the last one's result."""
+        fetch = self._fetch
+        if fetch is not None:
+            await asyncio.wait([fetch])
+
     def warm_up(self) -> None:
         """Start fetching a token now, so the first session does not wait for it."""
         self._start_fetch()

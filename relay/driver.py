@@ -129,9 +129,9 @@ class SessionDriver:
                 message = {"type": "websocket.disconnect", "code": 1006}
             if message["type"] != "websocket.receive":
                 self._to_client.discard()
-                await self._apply(
-                    ClientClosed(message.get("code", 1005), message.get("reason") or "")
-                )
+                # uvicorn reports codes as enum members; the core deals in ints.
+                code = int(message.get("code", 1005))
+                await self._apply(ClientClosed(code, message.get("reason") or ""))
                 return
             text = message.get("text")
             data: str | bytes = text if text is not None else message["bytes"]

@@ -87,9 +87,32 @@ class RealtimeEndpoint:
         self._provider = provider
         self._metrics = metrics
         self._gatekeeper = Gatekeeper(settings.clients, settings.deployments)
+        # Connections inside `handle`, from upgrade request to the end of both legs.
+        self.connections = 0
+        self._connections_changed = asyncio.Condition()
+
+    async def wait_connections(self, at_most: int = 0) -> None:
+        """Return once at most ``at_most`` connections are being handled.
+
+        A connection counts until both of its legs are closed, so 0 means no
+        upstream leg is open either.
+        """
+        async with self._connections_changed:
+            await self._connections_changed.wait_for(
+                lambda: self.connections <= at_most
+            )
 
     async def handle(self, websocket: WebSocket) -> None:
         """Handle one client connection from upgrade request to the end of its session."""
+        self.connections += 1
+        try:
+            await self._handle(websocket)
+        finally:
+            self.connections -= 1
+            async with self._connections_changed:
+                self._connections_changed.notify_all()
+
+    async def _handle(self, websocket: WebSocket) -> None:
         scope = websocket.scope
         request = HandshakeRequest(
             path=scope["path"],

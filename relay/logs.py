@@ -23,7 +23,20 @@ import structlog
 from relay.config import LogSettings
 
 
-__all__ = ["configure_logging", "redact", "redact_text"]
+__all__ = [
+    "UPSTREAM_WEBSOCKETS_LOGGER",
+    "SecretGuard",
+    "configure_logging",
+    "guard_library_loggers",
+    "redact",
+    "redact_text",
+]
+
+UPSTREAM_WEBSOCKETS_LOGGER = "relay.upstream.websockets"
+"""Logger given to the `websockets` client of the upstream leg."""
+# Loggers of libraries that see credentials: uvicorn (client requests) and the
+# upstream websockets client (the relay's own key).
+_GUARDED_LOGGERS = ("uvicorn.error", "uvicorn.access", UPSTREAM_WEBSOCKETS_LOGGER)
 
 _SECRET_PATTERNS = (
     # api-key=..., Authorization=..., access_token=... in query strings and text.
@@ -42,6 +55,33 @@ def redact_text(text: str) -> str:
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(r"\1REDACTED", text)
     return text
+
+
+class SecretGuard(logging.Filter):
+    """Keeps library log records free of credentials, whatever the log level.
+
+    The `websockets` protocol logs every handshake header and frame at DEBUG
+    (client keys, the relay's upstream key, audio): those records are dropped.
+    Other records are redacted with :func:`redact_text`.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop debug dumps; redact what remains."""
+        if record.levelno < logging.INFO:
+            return False
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def guard_library_loggers() -> None:
+    """Install :class:`SecretGuard` on the loggers that see credentials; idempotent."""
+    for name in _GUARDED_LOGGERS:
+        library_logger = logging.getLogger(name)
+        if not any(isinstance(f, SecretGuard) for f in library_logger.filters):
+            library_logger.addFilter(SecretGuard())
 
 
 def redact(
@@ -116,5 +156,4 @@ def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) ->
         library_logger = logging.getLogger(name)
         library_logger.handlers = []
         library_logger.propagate = True
-    # websockets logs every frame at debug; that would log audio.
-    logging.getLogger("websockets").setLevel(max(logging.INFO, root.level))
+    guard_library_loggers()

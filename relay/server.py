@@ -20,6 +20,7 @@ from types import FrameType
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from relay._protocol import RelayWebSocketProtocol
 from relay.app import RelayApp, create_app
 from relay.config import Settings
 from relay.typing import TokenProvider
@@ -54,8 +55,8 @@ def uvicorn_config(app: RelayApp, settings: Settings) -> uvicorn.Config:
     """uvicorn settings for the relay; each choice is explained inline."""
     return uvicorn.Config(
         app,
-        # The sans-I/O websockets implementation is uvicorn's current one.
-        ws="websockets-sansio",
+        # uvicorn's current (sans-I/O) implementation, see relay._protocol.
+        ws=RelayWebSocketProtocol,
         ws_max_size=settings.limits.max_message_bytes,
         # Compressing base64 audio costs CPU for almost no gain, and compression
         # of secrets next to attacker-chosen data leaks them (CRIME).
@@ -187,4 +188,7 @@ async def running_relay(
         try:
             yield RunningRelay(app, server, ports[0], ports[1])
         finally:
+            # Shut down gracefully even when the block failed, instead of
+            # letting the task group cancel uvicorn mid-lifespan.
             server.should_exit = True
+            await serving

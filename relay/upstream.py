@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Sequence
 
 import structlog
@@ -17,6 +18,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from relay.config import FlowSettings
 from relay.exceptions import UpstreamRefused, UpstreamTimeout, UpstreamUnavailable
+from relay.logs import UPSTREAM_WEBSOCKETS_LOGGER
 from relay.sansio.closes import client_status_for_upstream
 
 
@@ -59,6 +61,7 @@ async def open_upstream(
                 ping_interval=flow.ping_interval,
                 ping_timeout=flow.ping_timeout,
                 close_timeout=flow.close_timeout,
+                logger=logging.getLogger(UPSTREAM_WEBSOCKETS_LOGGER),
             )
     except InvalidStatus as exc:
         raise _refused(exc) from None

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from relay.config import ApiKeyAuth, EntraAuth, load_settings, parse_settings
 from relay.exceptions import ConfigError
 

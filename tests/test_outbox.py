@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from relay._outbox import CloseRequest, Outbox, frame_size
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given, strategies as st
+
 from relay.sansio.closes import (
     client_close_for_upstream,
     client_status_for_upstream,

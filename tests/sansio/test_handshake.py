@@ -9,6 +9,7 @@ from types import MappingProxyType
 
 import pytest
 from hypothesis import given, strategies as st
+
 from relay.config import ClientSettings, DeploymentSettings
 from relay.exceptions import BadRequest, NotFound, Unauthenticated
 from relay.sansio.handshake import (

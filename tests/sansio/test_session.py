@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hypothesis import given, strategies as st
+
 from relay.exceptions import RelayError, UpstreamUnavailable
 from relay.sansio.closes import OUTCOMES, is_sendable
 from relay.sansio.commands import Close, Ended, Send
@@ -15,7 +16,6 @@ from relay.sansio.events import (
     UpstreamMessage,
 )
 from relay.sansio.session import RelaySession, State
-
 from tests.helpers.playbook import Playbook
 
 

@@ -1,0 +1,126 @@
+"""The command line: configuration errors, key hashing, and a real `run` process."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from relay.cli import main
+from tests.helpers.clients import connect_relay, receive_event
+from tests.helpers.timing import SECOND
+
+
+def test_run_without_a_configuration_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No --config and no RELAY_CONFIG: exit 2, say what to do."""
+    assert main(["run"], environ={}) == 2
+    assert "RELAY_CONFIG" in capsys.readouterr().err
+
+
+def test_invalid_configuration_exits_before_listening(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error names the file and the key; the exit status is 2."""
+    path = tmp_path / "relay.yaml"
+    path.write_text(
+        "upstream: {endpoint: http://127.0.0.1:1, auth: {type: entra}}\ndeployments: {d: }\nclients: [{id: a, key_sha256: nope}]\n"
+    )
+    assert main(["run", "--config", str(path)], environ={}) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err
+    assert "clients[0].key_sha256" in err
+
+
+def test_with_simulator_needs_a_loopback_endpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The dev simulator only starts on a loopback http endpoint."""
+    path = tmp_path / "relay.yaml"
+    digest = hashlib.sha256(b"k").hexdigest()
+    path.write_text(
+        f"upstream: {{endpoint: https://res.openai.azure.com, auth: {{type: entra}}}}\ndeployments: {{d: }}\nclients: [{{id: a, key_sha256: '{digest}'}}]\n"
+    )
+    assert main(["run", "--config", str(path), "--with-simulator"], environ={}) == 2
+    assert "upstream.endpoint" in capsys.readouterr().err
+
+
+def test_hash_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hash-key prints the digest to paste into key_sha256."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("my-key\n"))
+    assert main(["hash-key"], environ={}) == 0
+    assert capsys.readouterr().out.strip() == hashlib.sha256(b"my-key").hexdigest()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    assert main(["hash-key"], environ={}) == 2
+
+
+DEV_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "dev.yaml"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_run_with_simulator_serves_and_stops_cleanly_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """`realtime-relay run --with-simulator` serves sessions, then exits 0 on SIGTERM."""
+    relay_port, metrics_port, simulator_port = _free_port(), _free_port(), _free_port()
+    text = DEV_CONFIG.read_text()
+    for old, new in (
+        ("8080", str(relay_port)),
+        ("9464", str(metrics_port)),
+        ("9000", str(simulator_port)),
+    ):
+        text = text.replace(old, new)
+    path = tmp_path / "dev.yaml"
+    path.write_text(text)
+    env = {**os.environ, "AZURE_OPENAI_API_KEY": "dev-upstream-key"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "run",
+        "--config",
+        str(path),
+        "--with-simulator",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    try:
+        banner = b""
+        async with asyncio.timeout(20 * SECOND):
+            while b"is serving on" not in banner:
+                line = await process.stderr.readline()
+                assert line, banner.decode()
+                banner += line
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(f"http://127.0.0.1:{relay_port}/readyz")
+            assert ready.status_code == 200
+        url = f"ws://127.0.0.1:{relay_port}/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-4o-realtime-preview"
+        async with connect_relay(url, key="relay-dev-key") as ws:
+            assert (await receive_event(ws))["type"] == "session.created"
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15 * SECOND):
+            output = await process.stderr.read()
+            assert await process.wait() == 0, output.decode()
+        assert b"dev-upstream-key" not in banner + output
+        assert b"relay-dev-key" not in output
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
