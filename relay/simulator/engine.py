@@ -1,0 +1,336 @@
+"""The sans-I/O simulated Realtime session: client events in, server events out.
+
+:class:`SimSession` never touches sockets, clocks or asyncio. The network edge
+calls :meth:`~SimSession.open` once, :meth:`~SimSession.receive` for each
+client frame, and drains :meth:`~SimSession.next_response_event` at whatever
+pace it likes; time arrives as ``now`` arguments (Unix seconds).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from relay.simulator import schema
+from relay.simulator._checks import (
+    Invalid,
+    as_base64,
+    as_choice,
+    as_int,
+    as_str,
+    check_keys,
+)
+from relay.simulator._frames import client_event_id, parse_client_event
+from relay.simulator.conversation import Conversation, Item
+from relay.simulator.items import parse_item, resolve_input
+from relay.simulator.overrides import response_params
+from relay.simulator.responder import Responder
+from relay.simulator.turns import Turns
+from relay.simulator.wire import EventFactory, Family, IdFactory, JSONObject
+
+
+AZURE_MAX_SESSION_SECONDS = 30 * 60
+"""Azure's session cap (protocol.md §5), shown in ``expires_at`` when none is set."""
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Knobs of a simulated session that are not part of the protocol."""
+
+    max_session_seconds: float | None = None
+    """Expire the session after this long (Azure: 1800); None never expires."""
+    response_audio_ms: int = 1000
+    """Length of the generated assistant audio per response."""
+
+
+Handler = Callable[[dict[str, Any]], list[JSONObject]]
+
+
+class SimSession:
+    """One simulated Realtime session (one WebSocket connection)."""
+
+    def __init__(
+        self,
+        family: Family,
+        deployment: str,
+        *,
+        now: float,
+        options: SessionOptions | None = None,
+        ids: Callable[[str], str] | None = None,
+    ) -> None:
+        """Create the session at Unix time ``now``; ``ids`` defaults to ``IdFactory(0)``."""
+        self.family = family
+        """Protocol family: decides event names and the session shape."""
+        self._options = options or SessionOptions()
+        self._events = EventFactory(family, ids or IdFactory())
+        lifetime = self._options.max_session_seconds
+        self.deadline = None if lifetime is None else now + lifetime
+        """Unix time at which :meth:`tick` expires the session; None if never."""
+        self.expired = False
+        """True once the session hit its maximum duration; the edge must close."""
+        self._session = schema.default_session(
+            family,
+            session_id=self._events.ids("sess"),
+            model=deployment,
+            expires_at=int(
+                now + (AZURE_MAX_SESSION_SECONDS if lifetime is None else lifetime)
+            ),
+        )
+        settings = schema.settings(family, self._session)
+        self._conversation = Conversation(self._events.ids("conv"))
+        self._responder = Responder(
+            self._events, self._conversation, audio_ms=self._options.response_audio_ms
+        )
+        self._turns = Turns(
+            self._events,
+            self._conversation,
+            self._responder,
+            settings,
+            respond=self._respond_to_turn,
+        )
+        self._handlers: dict[str, Handler] = {
+            "session.update": self._session_update,
+            "input_audio_buffer.append": self._append,
+            "input_audio_buffer.commit": self._commit,
+            "input_audio_buffer.clear": self._clear,
+            "conversation.item.create": self._item_create,
+            "conversation.item.retrieve": self._item_retrieve,
+            "conversation.item.truncate": self._item_truncate,
+            "conversation.item.delete": self._item_delete,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+            "output_audio_buffer.clear": self._output_audio_buffer_clear,
+        }
+
+    # The edge's API
+
+    def open(self) -> list[JSONObject]:
+        """Return the events greeting a new connection (protocol.md §4.4)."""
+        events = [self._events("session.created", session=self.session)]
+        if self.family is Family.PREVIEW:
+            conversation = {
+                "id": self._conversation.id,
+                "object": "realtime.conversation",
+            }
+            events.append(
+                self._events("conversation.created", conversation=conversation)
+            )
+        return events
+
+    @property
+    def session(self) -> JSONObject:
+        """A copy of the effective session object, as ``session.updated`` shows it."""
+        return copy.deepcopy(self._session)
+
+    def receive(self, text: str, now: float) -> list[JSONObject]:
+        """Handle one client text frame; return the server events to send at once.
+
+        Response events are not included: drain :meth:`next_response_event`
+        after every call. Never raises on client input; problems become
+        ``error`` events. Once the session expired, returns nothing.
+        """
+        expiry = self.tick(now)
+        if self.expired:
+            return expiry
+        event_id = None
+        try:
+            event = parse_client_event(text)
+            event_id = client_event_id(event)
+            kind = as_choice(event["type"], "type", tuple(self._handlers))
+            return self._handlers[kind](event)
+        except Invalid as exc:
+            return [self._events.error(exc.code, exc.message, exc.param, event_id)]
+
+    def receive_bytes(self, data: bytes, now: float) -> list[JSONObject]:
+        """Handle one client binary frame: the API only speaks JSON text frames."""
+        expiry = self.tick(now)
+        if self.expired:
+            return expiry
+        # The code is the simulator's own; what Azure answers is UNVERIFIED.
+        message = (
+            f"Binary frames are not supported ({len(data)} bytes received); "
+            "send JSON text frames."
+        )
+        return [self._events.error("unsupported_binary_frame", message)]
+
+    def next_response_event(self) -> JSONObject | None:
+        """Return the next event of the responses in progress, or None.
+
+        Call after every :meth:`receive` until it returns None; the edge may
+        wait between calls to pace audio.
+        """
+        return self._responder.next_event()
+
+    @property
+    def audio_delta_next(self) -> bool:
+        """Whether :meth:`next_response_event` would produce an audio delta.
+
+        Lets the edge pace audio without producing a delta early: a delta
+        produced is a delta sent, even if a cancellation arrives meanwhile.
+        """
+        return self._responder.audio_delta_next
+
+    @property
+    def response_active(self) -> bool:
+        """Whether a response exists whose ``response.done`` was not produced yet."""
+        return self._responder.active is not None
+
+    def tick(self, now: float) -> list[JSONObject]:
+        """Expire the session if ``now`` reached :attr:`deadline` (protocol.md §1.4).
+
+        Returns the ``session_expired`` error exactly once; the edge must send
+        it and close the connection. Pending response events are dropped.
+        """
+        if self.expired or self.deadline is None or now < self.deadline:
+            return []
+        self.expired = True
+        self._responder.stop()
+        seconds = self._options.max_session_seconds or 0
+        if seconds % 60 == 0:
+            limit = f"{seconds / 60:g} minutes"
+        else:
+            limit = f"{seconds:g} seconds"
+        message = f"Your session hit the maximum duration of {limit}."
+        return [self._events.error("session_expired", message)]
+
+    # Handlers: each validates its event and returns the immediate answers.
+
+    def _session_update(self, event: dict[str, Any]) -> list[JSONObject]:
+        check_keys(event, "", {"type", "event_id", "session"}, {"session"})
+        result = schema.update_session(
+            self.family,
+            self._session,
+            event["session"],
+            voice_locked=self._responder.voice_locked,
+        )
+        if isinstance(result, schema.SchemaError):
+            raise Invalid(result.code, result.message, result.param)
+        self._session = result
+        self._turns.configure(schema.settings(self.family, result))
+        return [self._events("session.updated", session=self.session)]
+
+    def _append(self, event: dict[str, Any]) -> list[JSONObject]:
+        check_keys(event, "", {"type", "event_id", "audio"}, {"audio"})
+        return self._turns.append(as_base64(event["audio"], "audio"))
+
+    def _commit(self, event: dict[str, Any]) -> list[JSONObject]:
+        check_keys(event, "", {"type", "event_id"})
+        return self._turns.commit()
+
+    def _clear(self, event: dict[str, Any]) -> list[JSONObject]:
+        check_keys(event, "", {"type", "event_id"})
+        return self._turns.clear()
+
+    def _item_create(self, event: dict[str, Any]) -> list[JSONObject]:
+        check_keys(
+            event, "", {"type", "event_id", "previous_item_id", "item"}, {"item"}
+        )
+        previous = event.get("previous_item_id")
+        if previous is not None:
+            as_str(previous, "previous_item_id")
+        item = self._parse_item(event["item"], "item")
+        previous = self._conversation.add(item, previous)
+        events = [
+            self._events(
+                "conversation.item.created",
+                previous_item_id=previous,
+                item=item.snapshot(),
+            )
+        ]
+        if self.family is Family.GA:  # GA: conversation.item.added, then .done.
+            events.append(
+                self._events(
+                    "conversation.item.done",
+                    previous_item_id=previous,
+                    item=item.snapshot(),
+                )
+            )
+        return events
+
+    def _parse_item(self, raw: object, param: str) -> Item:
+        return parse_item(
+            self.family,
+            raw,
+            param,
+            new_id=lambda: self._events.ids("item"),
+            input_format=schema.settings(self.family, self._session).input_format,
+        )
+
+    def _item_id(self, event: dict[str, Any], extra: set[str]) -> str:
+        check_keys(
+            event, "", {"type", "event_id", "item_id"} | extra, {"item_id"} | extra
+        )
+        return as_str(event["item_id"], "item_id")
+
+    def _item_retrieve(self, event: dict[str, Any]) -> list[JSONObject]:
+        item = self._conversation.require(self._item_id(event, set()), "retrieve")
+        return [
+            self._events(
+                "conversation.item.retrieved", item=item.snapshot(with_audio=True)
+            )
+        ]
+
+    def _item_delete(self, event: dict[str, Any]) -> list[JSONObject]:
+        item_id = self._item_id(event, set())
+        self._conversation.remove(item_id)
+        return [self._events("conversation.item.deleted", item_id=item_id)]
+
+    def _item_truncate(self, event: dict[str, Any]) -> list[JSONObject]:
+        item_id = self._item_id(event, {"content_index", "audio_end_ms"})
+        index = as_int(event["content_index"], "content_index", minimum=0)
+        end = as_int(event["audio_end_ms"], "audio_end_ms", minimum=0)
+        self._conversation.truncate(item_id, index, end)
+        return [
+            self._events(
+                "conversation.item.truncated",
+                item_id=item_id,
+                content_index=index,
+                audio_end_ms=end,
+            )
+        ]
+
+    def _response_create(self, event: dict[str, Any]) -> list[JSONObject]:
+        check_keys(event, "", {"type", "event_id", "response"})
+        params = response_params(self.family, self._session, event.get("response"))
+        if isinstance(params, schema.SchemaError):
+            raise Invalid(params.code, params.message, params.param)
+        if params.input is None:
+            context = list(self._conversation)
+        else:
+            context = resolve_input(
+                self.family,
+                params.input,
+                self._conversation,
+                new_id=lambda: self._events.ids("item"),
+                input_format=schema.settings(self.family, self._session).input_format,
+            )
+        self._responder.start(params, context)
+        return []
+
+    def _respond_to_turn(self) -> None:
+        params = response_params(self.family, self._session, None)
+        assert not isinstance(params, schema.SchemaError)  # The session is valid.
+        self._responder.start(params, list(self._conversation))
+
+    def _response_cancel(self, event: dict[str, Any]) -> list[JSONObject]:
+        check_keys(event, "", {"type", "event_id", "response_id"})
+        response_id = event.get("response_id")
+        if response_id is not None:
+            as_str(response_id, "response_id")
+        if not self._responder.cancel(response_id, "client_cancelled"):
+            raise Invalid(
+                "response_cancel_not_active",
+                "Cancellation failed: no active response found.",
+                None,
+            )
+        return []
+
+    def _output_audio_buffer_clear(self, event: dict[str, Any]) -> list[JSONObject]:
+        # WebRTC/SIP only; this WebSocket answer is the simulator's guess (UNVERIFIED).
+        raise Invalid(
+            "unsupported_event",
+            "output_audio_buffer.clear is only supported over WebRTC and SIP.",
+            "type",
+        )
