@@ -143,6 +143,8 @@ class SessionDriver:
 
     async def _read_upstream(self) -> None:
         upstream = self._upstream
+        # websockets reports 1006 when no close frame was received (connection lost).
+        code: int | None = None
         try:
             async for data in upstream:
                 size = frame_size(data)
@@ -150,11 +152,18 @@ class SessionDriver:
                 self.counters.upstream_bytes += size
                 self._traffic.upstream_to_client(size)
                 await self._apply(UpstreamMessage(data))
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as closed:
+            if (
+                closed.rcvd is None
+                and closed.sent is not None
+                and closed.sent.code == 1009
+            ):
+                # The relay refused an upstream message over max_message_bytes:
+                # "too big" explains the end better than "connection lost".
+                code = 1009
         self._to_upstream.discard()
-        # websockets reports 1006 when no close frame was received (connection lost).
-        code = upstream.close_code if upstream.close_code is not None else 1006
+        if code is None:
+            code = upstream.close_code if upstream.close_code is not None else 1006
         await self._apply(UpstreamClosed(code, upstream.close_reason or ""))
 
     async def _write_client(self) -> None:

@@ -65,7 +65,8 @@ def test_hash_key(
     assert main(["hash-key"], environ={}) == 2
 
 
-DEV_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "dev.yaml"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DEV_CONFIG = EXAMPLES / "dev.yaml"
 
 
 def _free_port() -> int:
@@ -114,6 +115,26 @@ async def test_run_with_simulator_serves_and_stops_cleanly_on_sigterm(
         url = f"ws://127.0.0.1:{relay_port}/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-4o-realtime-preview"
         async with connect_relay(url, key="relay-dev-key") as ws:
             assert (await receive_event(ws))["type"] == "session.created"
+        # The README's drop-in clients, run as users run them.
+        for example, expected in (
+            ("openai_sdk_client.py", b"received 1.00 s of audio"),
+            ("websockets_client.py", b"usage:"),
+        ):
+            client = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(EXAMPLES / example),
+                env={
+                    **env,
+                    "RELAY_URL": f"127.0.0.1:{relay_port}",
+                    "RELAY_KEY": "relay-dev-key",
+                },
+                stdout=asyncio.subprocess.PIPE,
+            )
+            async with asyncio.timeout(30 * SECOND):
+                stdout, _ = await client.communicate()
+            assert client.returncode == 0, stdout.decode()
+            assert stdout.startswith(b"<- session.created")
+            assert expected in stdout
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(15 * SECOND):
             output = await process.stderr.read()

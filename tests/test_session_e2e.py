@@ -12,6 +12,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from relay.config import LimitsSettings
 from relay.simulator.audio import silence_pcm16, speech_like_pcm16
 from tests.helpers.clients import (
     append_event,
@@ -138,6 +139,19 @@ class TestClosePropagation:
                 with pytest.raises(ConnectionClosed):
                     await events_until(ws, "response.done")
                 assert await wait_closed(ws) == 1014
+            await stack.settle()
+
+    async def test_oversized_upstream_message_is_1009(self) -> None:
+        """An upstream message over the relay's limit ends the session with 1009, not a hang."""
+        async with relay_stack(
+            limits=LimitsSettings(max_message_bytes=64 * 1024)
+        ) as stack:
+            stack.simulator.faults.oversized_frame_bytes = 64 * 1024 + 1
+            async with connect_relay(stack.preview_url()) as ws:
+                await start_turn(stack, ws)
+                with pytest.raises(ConnectionClosed):
+                    await events_until(ws, "response.done")
+                assert await wait_closed(ws, within=3 * SECOND) == 1009
             await stack.settle()
 
     async def test_vanishing_client_spares_other_sessions(self) -> None:
