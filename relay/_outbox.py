@@ -1,10 +1,11 @@
 """A byte-bounded FIFO of frames waiting for one leg, with an in-band close.
 
-The producer is the reader of the *other* leg. When the outbox is full,
-:meth:`Outbox.put` waits, so that reader stops reading and TCP pushes back on
-the peer that is producing too fast: memory per session stays bounded whatever
-the peers do. A single frame larger than the bound is still admitted when the
-outbox is empty, otherwise it could never move.
+Frames are pushed without waiting, so the commands of one event are queued
+atomically and in order, whatever other task runs meanwhile. The bound is
+enforced on the producer afterwards: the reader that pushed waits in
+:meth:`Outbox.wait_room` before it reads its next frame, so it stops reading
+and TCP pushes back on the peer that produces too fast. Memory per direction
+stays within the bound plus what one event can produce.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 
 
-__all__ = ["CloseRequest", "Outbox"]
+__all__ = ["CloseRequest", "Outbox", "frame_size"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,26 +47,25 @@ class Outbox:
         self._discarding = False
         self._changed = asyncio.Event()
 
-    async def put(self, data: str | bytes) -> bool:
-        """Queue ``data``, waiting for room; return whether it was queued.
+    @property
+    def _done(self) -> bool:
+        return self._discarding or self._close is not None
 
-        Returns ``False`` without waiting when a close is queued or the leg is
-        gone: the frame could never be delivered.
-        """
-        size = frame_size(data)
-        while self._frames and self.size + size > self._limit and not self._done:
-            self._changed.clear()
-            await self._changed.wait()
+    def push(self, data: str | bytes) -> bool:
+        """Queue ``data``; ``False`` (dropped) once a close is queued or the leg is gone."""
         if self._done:
             return False
+        size = frame_size(data)
         self._frames.append((data, size))
         self.size += size
         self._changed.set()
         return True
 
-    @property
-    def _done(self) -> bool:
-        return self._discarding or self._close is not None
+    async def wait_room(self) -> None:
+        """Return once the queue is under its bound (or can never be delivered)."""
+        while self.size >= self._limit and not self._done:
+            self._changed.clear()
+            await self._changed.wait()
 
     def close(self, code: int, reason: str) -> None:
         """Queue a close after the frames already queued; idempotent."""

@@ -111,6 +111,15 @@ def create_app(
     """
     guard_library_loggers()
     metrics = RelayMetrics(registry if registry is not None else CollectorRegistry())
+    metrics.prepare_policy_labels(
+        sorted(
+            {
+                target
+                for client in settings.clients
+                for target in client.policy.targets()
+            }
+        )
+    )
     token_provider = (
         provider
         if provider is not None

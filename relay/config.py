@@ -18,8 +18,10 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from relay._policies import check_reachable, parse_policies, resolve_policy
 from relay._reader import Node, Section, load_yaml
 from relay.exceptions import ConfigError
+from relay.sansio.policy import EMPTY_POLICY, Policy
 from relay.typing import ClientId
 
 
@@ -119,6 +121,8 @@ class ClientSettings:
     id: ClientId
     key_sha256: tuple[bytes, ...] = field(repr=False)
     """SHA-256 digests of the client's keys (several, so keys can rotate)."""
+    policy: Policy = EMPTY_POLICY
+    """The session policy applied to every session of this client."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +131,8 @@ class LimitsSettings:
 
     max_message_bytes: int = 16 * MiB
     """Largest WebSocket message accepted on either leg; a larger one closes with 1009."""
+    policy_timeout: float = 5.0
+    """Bound on the upstream confirming the relay's initial ``session.update``, in seconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +198,11 @@ def parse_settings(text: str, *, source: str, environ: Mapping[str, str]) -> Set
     deployments = _deployments(
         root.require("deployments", "a mapping of deployment names")
     )
-    clients = _clients(root.require("clients", "a list of clients"))
+    policies_section = root.section("policies")
+    policies = parse_policies(policies_section)
+    clients = _clients(
+        root.require("clients", "a list of clients"), policies, policies_section
+    )
     limits = _limits(root.section("limits"))
     flow = _flow(root.section("flow"))
     log = _log(root.section("log"))
@@ -336,9 +346,12 @@ def _deployments(node: Node) -> Mapping[str, DeploymentSettings]:
     return MappingProxyType(deployments)
 
 
-def _clients(node: Node) -> tuple[ClientSettings, ...]:
+def _clients(
+    node: Node, policies: dict[str, Policy], policies_section: Section
+) -> tuple[ClientSettings, ...]:
     clients: list[ClientSettings] = []
     owners: dict[bytes, str] = {}
+    used: set[str] = set()
     for item in node.as_list():
         section = item.as_section()
         id_node = section.require("id", "a client id")
@@ -355,10 +368,14 @@ def _clients(node: Node) -> tuple[ClientSettings, ...]:
             if digest in owners:
                 keys_node.fail(f"keys not shared with client {owners[digest]!r}")
             owners[digest] = client_id
+        policy = resolve_policy(policies, section.get("policy"), used)
         section.finish()
-        clients.append(ClientSettings(id=ClientId(client_id), key_sha256=digests))
+        clients.append(
+            ClientSettings(id=ClientId(client_id), key_sha256=digests, policy=policy)
+        )
     if not clients:
         node.fail("at least one client")
+    check_reachable(policies, used, policies_section)
     return tuple(clients)
 
 
@@ -381,6 +398,8 @@ def _limits(section: Section) -> LimitsSettings:
     kwargs: dict[str, Any] = {}
     if size := section.get("max_message_bytes"):
         kwargs["max_message_bytes"] = size.as_int(minimum=64 * 1024, maximum=64 * MiB)
+    if timeout := section.get("policy_timeout"):
+        kwargs["policy_timeout"] = timeout.as_float(minimum=0.1, maximum=60)
     section.finish()
     return LimitsSettings(**kwargs)
 

@@ -2,12 +2,16 @@
 
 Four tasks share one :class:`asyncio.TaskGroup`: a reader per leg turns what
 arrives into events for the core, and a writer per leg drains that leg's
-:class:`~relay._outbox.Outbox`. The core's commands are executed in order by
-the reader that caused them. Backpressure is end to end: a slow leg fills its
-outbox, the other leg's reader waits in ``put`` and stops reading, and TCP
-pushes back on the sender. When the session ends, every task ends with it:
-each writer delivers what is queued and the close frame within
-``close_timeout``, and anything still running after a final bound is cancelled.
+:class:`~relay._outbox.Outbox`. The commands of one event are executed at
+once, without awaiting, so nothing interleaves with them; then the reader
+waits until the outboxes it fed are under their bound before reading again.
+Backpressure is therefore end to end: a slow leg fills its outbox, the other
+leg's reader stops reading, and TCP pushes back on the sender. Client frames
+held while the policy is being applied count against the same bound.
+
+When the session ends, every task ends with it: each writer delivers what is
+queued and the close frame within ``close_timeout``, and anything still
+running after a final bound is cancelled.
 """
 
 from __future__ import annotations
@@ -23,28 +27,32 @@ from websockets.exceptions import ConnectionClosed
 
 from relay._outbox import CloseRequest, Outbox, frame_size
 from relay.config import FlowSettings
-from relay.sansio.commands import Close, Ended, Send
+from relay.sansio.commands import Applied, Close, Command, Ended, Send, Wakeup
 from relay.sansio.events import (
     ClientClosed,
     ClientMessage,
     Event,
+    Started,
+    Tick,
     UpstreamClosed,
     UpstreamMessage,
 )
 from relay.sansio.session import RelaySession
 
 
-__all__ = ["SessionCounters", "SessionDriver", "Traffic"]
+__all__ = ["Observer", "SessionCounters", "SessionDriver"]
 
 log = structlog.get_logger("relay.session")
 
 
-class Traffic(Protocol):
-    """Where the driver reports each relayed message (metrics, at the edge)."""
+class Observer(Protocol):
+    """Where the driver reports facts of a session (metrics, at the edge)."""
 
     def client_to_upstream(self, size: int) -> None: ...
 
     def upstream_to_client(self, size: int) -> None: ...
+
+    def policy_applied(self, action: str, field: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -64,15 +72,16 @@ class SessionDriver:
         self,
         client: WebSocket,
         upstream: ClientConnection,
+        session: RelaySession,
         *,
         flow: FlowSettings,
-        traffic: Traffic,
+        observer: Observer,
     ) -> None:
         self._client = client
         self._upstream = upstream
         self._flow = flow
-        self._traffic = traffic
-        self.session = RelaySession()
+        self._observer = observer
+        self.session = session
         self.counters = SessionCounters()
         # Frames waiting for each leg.
         self._to_client = Outbox(flow.buffer_bytes)
@@ -80,52 +89,86 @@ class SessionDriver:
         # The outcome, once the core has decided it.
         self.ended: Ended | None = None
         self._ended_event = asyncio.Event()
+        # Set while no client frame is held by the core (policy being applied).
+        self._released = asyncio.Event()
+        self._released.set()
+        # The pending Wakeup, if any.
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
 
     async def run(self) -> Ended:
         """Relay until both legs are closed; return how the session ended."""
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(self._read_client(), name="read-client"),
-                group.create_task(self._read_upstream(), name="read-upstream"),
-                group.create_task(self._write_client(), name="write-client"),
-                group.create_task(self._write_upstream(), name="write-upstream"),
-            ]
-            await self._ended_event.wait()
-            # Both writers deliver their queue and close frame within close_timeout,
-            # then the readers see their legs close. Give that twice the bound.
-            _, pending = await asyncio.wait(
-                tasks, timeout=2 * self._flow.close_timeout + 1
-            )
-            for task in pending:
-                log.warning("session.task_cancelled", task=task.get_name())
-                task.cancel()
+        self._execute(self.session.handle(Started(self._loop.time())))
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._read_client(), name="read-client"),
+                    group.create_task(self._read_upstream(), name="read-upstream"),
+                    group.create_task(self._write_client(), name="write-client"),
+                    group.create_task(self._write_upstream(), name="write-upstream"),
+                ]
+                await self._ended_event.wait()
+                # Both writers deliver their queue and close frame within
+                # close_timeout, then the readers see their legs close.
+                _, pending = await asyncio.wait(
+                    tasks, timeout=2 * self._flow.close_timeout + 1
+                )
+                for task in pending:
+                    log.warning("session.task_cancelled", task=task.get_name())
+                    task.cancel()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
         assert self.ended is not None
         return self.ended
 
-    async def _apply(self, event: Event) -> None:
-        for command in self.session.handle(event):
+    def _execute(self, commands: list[Command]) -> None:
+        for command in commands:
             match command:
                 case Send(side=side, data=data):
-                    await (
-                        self._to_client if side == "client" else self._to_upstream
-                    ).put(data)
+                    (self._to_client if side == "client" else self._to_upstream).push(
+                        data
+                    )
                 case Close(side=side, code=code, reason=reason):
                     (self._to_client if side == "client" else self._to_upstream).close(
                         code, reason
                     )
+                case Applied(action=action, field=field):
+                    self._observer.policy_applied(action, field)
+                    log.info("policy.applied", action=action, field=field)
+                case Wakeup(at=at):
+                    if self._timer is not None:
+                        self._timer.cancel()
+                    self._timer = self._loop.call_at(at, self._tick)
                 case Ended():
                     self.ended = command
                     self._ended_event.set()
                 case _:  # pragma: no cover - exhaustiveness is checked by mypy
                     assert_never(command)
+        if self.session.held_bytes == 0:
+            self._released.set()
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._execute(self.session.handle(Tick(self._loop.time())))
+
+    async def _apply(self, event: Event) -> None:
+        """Execute what ``event`` causes, then wait for room to read on."""
+        self._execute(self.session.handle(event))
+        await self._to_upstream.wait_room()
+        await self._to_client.wait_room()
 
     async def _read_client(self) -> None:
         while True:
+            if self.session.held_bytes >= self._flow.buffer_bytes:
+                # The policy is still being applied and the hold is full.
+                self._released.clear()
+                await self._released.wait()
             try:
                 message = await self._client.receive()
             except (WebSocketDisconnect, RuntimeError):
-                # The ASGI server already reported the disconnect to another reader
-                # (only possible after the session ended): nothing left to read.
+                # The ASGI server already reported the disconnect (only possible
+                # after the session ended): nothing left to read.
                 message = {"type": "websocket.disconnect", "code": 1006}
             if message["type"] != "websocket.receive":
                 self._to_client.discard()
@@ -138,19 +181,18 @@ class SessionDriver:
             size = frame_size(data)
             self.counters.client_messages += 1
             self.counters.client_bytes += size
-            self._traffic.client_to_upstream(size)
+            self._observer.client_to_upstream(size)
             await self._apply(ClientMessage(data))
 
     async def _read_upstream(self) -> None:
         upstream = self._upstream
-        # websockets reports 1006 when no close frame was received (connection lost).
         code: int | None = None
         try:
             async for data in upstream:
                 size = frame_size(data)
                 self.counters.upstream_messages += 1
                 self.counters.upstream_bytes += size
-                self._traffic.upstream_to_client(size)
+                self._observer.upstream_to_client(size)
                 await self._apply(UpstreamMessage(data))
         except ConnectionClosed as closed:
             if (
@@ -163,6 +205,7 @@ class SessionDriver:
                 code = 1009
         self._to_upstream.discard()
         if code is None:
+            # websockets reports 1006 when no close frame was received.
             code = upstream.close_code if upstream.close_code is not None else 1006
         await self._apply(UpstreamClosed(code, upstream.close_reason or ""))
 

@@ -42,6 +42,7 @@ from relay.sansio.handshake import (
     HandshakeRequest,
     upstream_headers,
 )
+from relay.sansio.session import RelaySession
 from relay.typing import TokenProvider
 from relay.upstream import open_upstream
 
@@ -203,14 +204,21 @@ class RealtimeEndpoint:
             await websocket.accept(subprotocol=admission.subprotocol)
             log.info(
                 "session.start",
+                policy=admission.client.policy.name,
                 auth=admission.credential_source,
                 api_version=admission.route.api_version,
+            )
+            session = RelaySession(
+                admission.client.policy,
+                admission.route.family,
+                init_timeout=self._settings.limits.policy_timeout,
             )
             driver = SessionDriver(
                 websocket,
                 upstream.connection,
+                session,
                 flow=self._settings.flow,
-                traffic=self._metrics,
+                observer=self._metrics,
             )
             started = time.monotonic()
             self._metrics.sessions_active.inc()

@@ -22,6 +22,7 @@ from relay.sansio.closes import OUTCOMES
 __all__ = ["DIRECTIONS", "UPSTREAM_RESULTS", "RelayMetrics"]
 
 DIRECTIONS = ("client_to_upstream", "upstream_to_client")
+POLICY_ACTIONS = ("overwrite", "clamp", "refuse")
 UPSTREAM_RESULTS = ("ok", "refused", "unavailable", "timeout", "credential_unavailable")
 # Handshakes include an upstream TLS + WebSocket handshake across regions.
 _HANDSHAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -79,6 +80,12 @@ class RelayMetrics:
             ["direction"],
             registry=registry,
         )
+        self.policy_actions = Counter(
+            "relay_policy_actions",
+            "What session policies did to client events, by action and field.",
+            ["action", "field"],
+            registry=registry,
+        )
         build_info = Gauge(
             "relay_build_info",
             "Build of the running relay.",
@@ -96,6 +103,16 @@ class RelayMetrics:
         self._c2u_bytes = self.message_bytes.labels(DIRECTIONS[0])
         self._u2c_messages = self.messages.labels(DIRECTIONS[1])
         self._u2c_bytes = self.message_bytes.labels(DIRECTIONS[1])
+
+    def prepare_policy_labels(self, targets: list[str]) -> None:
+        """Create the policy series of configured rule targets at 0."""
+        for target in targets:
+            for action in POLICY_ACTIONS:
+                self.policy_actions.labels(action, target)
+
+    def policy_applied(self, action: str, field: str) -> None:
+        """Count one policy action (bounded labels: rule targets, event_type, message)."""
+        self.policy_actions.labels(action, field).inc()
 
     def client_to_upstream(self, size: int) -> None:
         """Count one message of ``size`` bytes received from a client."""

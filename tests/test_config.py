@@ -240,7 +240,10 @@ def test_key_lists_for_rotation() -> None:
             MINIMAL.replace("]", f', {{id: app-b, key_sha256: "{HEX}"}}]'),
             "clients[1].key_sha256: expected keys not shared with client 'app-a'",
         ),
-        (MINIMAL.replace("}]", ", policy: x}]"), "clients[0].policy: unknown key"),
+        (
+            MINIMAL.replace("}]", ", policy: x}]"),
+            "clients[0].policy: expected the name of a configured policy (none configured)",
+        ),
         (
             MINIMAL + "limits: {max_message_bytes: 10}",
             "limits.max_message_bytes: expected an integer from 65536",

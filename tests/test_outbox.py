@@ -17,46 +17,50 @@ def test_frame_size_counts_utf8_bytes() -> None:
 
 
 async def test_frames_then_close_come_out_in_order() -> None:
-    """A close is delivered after the frames queued before it; later frames are refused."""
+    """A close is delivered after the frames queued before it; later frames are dropped."""
     box = Outbox(1024)
-    assert await box.put("a")
-    assert await box.put(b"b")
+    assert box.push("a")
+    assert box.push(b"b")
     box.close(1000, "bye")
-    assert not await box.put("too late")
+    assert not box.push("too late")
     assert await box.get() == "a"
     assert await box.get() == b"b"
     assert await box.get() == CloseRequest(1000, "bye")
 
 
-async def test_put_waits_for_room_and_resumes_in_order() -> None:
-    """A full outbox holds the producer until the consumer makes room."""
+async def test_wait_room_holds_the_producer_until_the_consumer_drains() -> None:
+    """Past the bound the producer waits; one get makes room."""
     box = Outbox(10)
-    assert await box.put("x" * 8)
-    blocked = asyncio.ensure_future(box.put("y" * 8))
+    box.push("x" * 8)
+    box.push("y" * 8)
+    waiting = asyncio.ensure_future(box.wait_room())
     await asyncio.sleep(0)
-    assert not blocked.done()
-    assert box.size == 8
+    assert not waiting.done()
+    assert box.size == 16
     assert await box.get() == "x" * 8
-    assert await blocked
-    assert await box.get() == "y" * 8
-    assert box.size == 0
+    async with asyncio.timeout(1):
+        await waiting
+    assert box.size == 8
 
 
-async def test_oversized_frame_passes_an_empty_outbox() -> None:
-    """A frame bigger than the bound still moves when nothing else is queued."""
-    box = Outbox(4)
-    assert await box.put("x" * 100)
-    assert await box.get() == "x" * 100
+async def test_under_the_bound_there_is_no_wait() -> None:
+    """wait_room returns at once while the outbox is under its bound."""
+    box = Outbox(10)
+    box.push("x" * 9)
+    async with asyncio.timeout(1):
+        await box.wait_room()
 
 
 async def test_discard_releases_producers_and_ends_the_consumer() -> None:
-    """When the leg is gone nothing waits forever: put returns False, get returns None."""
+    """When the leg is gone nothing waits forever."""
     box = Outbox(4)
-    assert await box.put("full")
-    blocked = asyncio.ensure_future(box.put("more"))
+    box.push("full")
+    waiting = asyncio.ensure_future(box.wait_room())
     await asyncio.sleep(0)
     box.discard()
-    assert await blocked is False
+    async with asyncio.timeout(1):
+        await waiting
+    assert not box.push("more")
     assert await box.get() is None
     assert box.size == 0
 
@@ -67,8 +71,9 @@ async def test_get_waits_for_a_frame() -> None:
     getter = asyncio.ensure_future(box.get())
     await asyncio.sleep(0)
     assert not getter.done()
-    await box.put("hello")
-    assert await getter == "hello"
+    box.push("hello")
+    async with asyncio.timeout(1):
+        assert await getter == "hello"
 
 
 @pytest.mark.parametrize("first", ["close", "discard"])

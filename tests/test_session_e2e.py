@@ -79,13 +79,17 @@ class TestTurns:
             assert "response.output_audio.delta" in types
             assert "response.audio.delta" not in types
 
-    async def test_binary_frames_stay_binary(self) -> None:
-        """The relay forwards a binary frame as binary (the upstream answers it with an error)."""
+    async def test_binary_client_frames_are_refused_by_the_relay(self) -> None:
+        """The protocol is JSON text: the relay answers a binary frame itself and goes on."""
         async with relay_stack() as stack, connect_relay(stack.preview_url()) as ws:
             await receive_event(ws)
             await ws.send(b"\x00\x01binary")
             event = (await events_until(ws, "error"))[-1]
-            assert event["error"]["code"] == "unsupported_binary_frame"
+            # The relay's answer, not the simulator's ("unsupported_binary_frame").
+            assert event["error"]["code"] == "invalid_event"
+            assert event["event_id"].startswith("event_relay_")
+            await send_event(ws, {"type": "input_audio_buffer.clear"})
+            assert (await receive_event(ws))["type"] == "input_audio_buffer.cleared"
 
     async def test_a_16_mib_client_message_is_accepted(self) -> None:
         """Messages up to the 16 MiB default pass (Azure allows 15 MiB appends)."""

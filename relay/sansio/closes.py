@@ -45,6 +45,7 @@ OUTCOMES: Final = (
     "upstream_closed",
     "upstream_lost",
     "message_too_big",
+    "policy_failed",
     "relay_error",
     "rejected_auth",
     "rejected_request",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from relay.typing import Side
 
 
-__all__ = ["Close", "Command", "Ended", "Send"]
+__all__ = ["Applied", "Close", "Command", "Ended", "Send", "Wakeup"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,4 +44,23 @@ class Ended:
     reason: str
 
 
-Command = Send | Close | Ended
+@dataclass(frozen=True, slots=True)
+class Wakeup:
+    """Feed a :class:`~relay.sansio.events.Tick` at time ``at`` (replaces any earlier request)."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The policy acted (``overwrite``, ``clamp``, ``refuse``, ``hide``) on ``field``.
+
+    A fact for metrics and logs; ``field`` is a bounded name (a rule target,
+    ``event_type`` or ``message``), never a value.
+    """
+
+    action: str
+    field: str
+
+
+Command = Send | Close | Ended | Wakeup | Applied

@@ -18,6 +18,20 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
+class Started:
+    """Both legs are open; the session begins at ``now`` (seconds, monotonic)."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A :class:`~relay.sansio.commands.Wakeup` came due; it is now ``now``."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class ClientMessage:
     """A complete WebSocket message from the client (text as ``str``, binary as ``bytes``)."""
 
@@ -58,4 +72,12 @@ class Failed:
     error: RelayError
 
 
-Event = ClientMessage | UpstreamMessage | ClientClosed | UpstreamClosed | Failed
+Event = (
+    Started
+    | Tick
+    | ClientMessage
+    | UpstreamMessage
+    | ClientClosed
+    | UpstreamClosed
+    | Failed
+)

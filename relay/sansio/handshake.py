@@ -86,7 +86,7 @@ class Route:
 class Admission:
     """A client allowed to open a session, and where its session goes."""
 
-    client_id: ClientId
+    client: ClientSettings
     credential_source: CredentialSource
     route: Route
     deployment: DeploymentSettings
@@ -94,6 +94,11 @@ class Admission:
     """Upstream path and query, e.g. ``/openai/v1/realtime?model=gpt-realtime-prod``."""
     subprotocol: str | None
     """The subprotocol to select when accepting (never a key-bearing one)."""
+
+    @property
+    def client_id(self) -> ClientId:
+        """The configured id of the admitted client."""
+        return self.client.id
 
 
 def family_for_api_version(api_version: str) -> Family:
@@ -158,9 +163,9 @@ class Gatekeeper:
         clients: Sequence[ClientSettings],
         deployments: Mapping[str, DeploymentSettings],
     ) -> None:
-        # (digest, client id) for every configured key, compared in constant time.
-        self._keys: tuple[tuple[bytes, ClientId], ...] = tuple(
-            (digest, client.id) for client in clients for digest in client.key_sha256
+        # (digest, client) for every configured key, compared in constant time.
+        self._keys: tuple[tuple[bytes, ClientSettings], ...] = tuple(
+            (digest, client) for client in clients for digest in client.key_sha256
         )
         self._deployments = deployments
 
@@ -175,7 +180,7 @@ class Gatekeeper:
         if request.path != PREVIEW_PATH and request.path not in GA_PATHS:
             raise NotFound("no realtime endpoint at this path")
         key, source = _credential(request)
-        client_id = self._authenticate(key)
+        client = self._authenticate(key)
         params = _query_params(request.query)
         route = _route(request.path, params)
         deployment = self._deployments.get(route.deployment)
@@ -184,7 +189,7 @@ class Gatekeeper:
                 f"deployment {route.deployment!r} is not served by this relay"
             )
         return Admission(
-            client_id=client_id,
+            client=client,
             credential_source=source,
             route=route,
             deployment=deployment,
@@ -192,13 +197,13 @@ class Gatekeeper:
             subprotocol=select_subprotocol(request.subprotocols),
         )
 
-    def _authenticate(self, key: str) -> ClientId:
+    def _authenticate(self, key: str) -> ClientSettings:
         digest = hashlib.sha256(key.encode()).digest()
-        found: ClientId | None = None
+        found: ClientSettings | None = None
         # Compare against every key, whatever matches, so timing reveals nothing.
-        for expected, client_id in self._keys:
+        for expected, client in self._keys:
             if hmac.compare_digest(digest, expected):
-                found = client_id
+                found = client
         if found is None:
             raise Unauthenticated("invalid credentials")
         return found

@@ -1,39 +1,68 @@
 """The state machine of one relayed session.
 
-A session starts :attr:`~State.OPEN` once both legs are up. Messages from one
-leg become :class:`~relay.sansio.commands.Send` commands for the other. The
-first close, from either side or from the relay, decides the outcome
-(:class:`~relay.sansio.commands.Ended`, exactly once) and moves the session to
-:attr:`~State.CLOSING`, with a :class:`~relay.sansio.commands.Close` for every
-leg still open. When both legs have been seen closed the session is
-:attr:`~State.CLOSED`. Every event is accepted in every state, so a late frame
-or a duplicate close can never crash a session; they produce no commands.
+Life cycle::
+
+    INITIALIZING --session.updated--> OPEN --first close--> CLOSING --both legs--> CLOSED
+         (policy has an initial update)     (otherwise Started opens at once)
+
+**Initializing.** When the client's policy has values to apply, the relay waits
+for the upstream's ``session.created``, sends its own ``session.update``, and
+holds everything until the matching ``session.updated``: upstream events in
+order, client frames in order. The client's first event is then
+``session.created`` carrying the *effective* configuration (the
+``session.updated`` body), followed by what the upstream sent meanwhile; held
+client frames are judged and released in order. An ``error`` answering the
+relay's update, or no answer by the deadline, fails the session: the client
+gets an ``error`` event and close 1011, the upstream a normal close.
+
+**Open.** Every client text frame is parsed strictly and judged by the policy
+(:func:`relay.sansio.policy.judge`): forwarded (rewritten if needed) or refused
+with an ``error`` event, the session staying open. Binary client frames are
+refused: the protocol is JSON text. Upstream frames pass through unchanged,
+except ``session.created``/``session.updated`` when the policy hides fields.
+
+**Closing.** The first close, from either side or from the relay, decides the
+outcome (:class:`~relay.sansio.commands.Ended`, exactly once) and closes every
+leg still open. Every event is accepted in every state, so a late frame or a
+duplicate close can never crash a session; they produce no commands.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import assert_never
+import json
+from collections import deque
+from typing import Final, assert_never
 
-from relay.exceptions import RelayError
 from relay.sansio.closes import CLIENT_GONE, client_close_for_upstream, truncate_reason
-from relay.sansio.commands import Close, Command, Ended, Send
+from relay.sansio.commands import Applied, Close, Command, Ended, Send, Wakeup
 from relay.sansio.events import (
     ClientClosed,
     ClientMessage,
     Event,
     Failed,
+    Started,
+    Tick,
     UpstreamClosed,
     UpstreamMessage,
 )
+from relay.sansio.fields import FIELDS, JSON, write
+from relay.sansio.policy import EMPTY_POLICY, GOVERNED_EVENTS, Forward, Policy, judge
+from relay.sansio.wire import InvalidEvent, dump, error_event, parse_event
+from relay.typing import Family
 
 
-__all__ = ["RelaySession", "State"]
+__all__ = ["INIT_EVENT_ID", "RelaySession", "State"]
+
+INIT_EVENT_ID: Final = "relay_policy_init"
+"""``event_id`` of the relay's own first ``session.update``."""
+_HIDDEN_VALUES: Final[dict[str, JSON]] = {"instructions": "", "tools": []}
 
 
 class State(enum.Enum):
     """Life cycle of a relayed session."""
 
+    INITIALIZING = "initializing"
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
@@ -42,78 +71,298 @@ class State(enum.Enum):
 class RelaySession:
     """Sans-I/O rules of one session; feed :meth:`handle` and execute what it returns.
 
-    The driver must execute the returned commands in order: ``Send``/``Close``
-    for one side are delivered in the order given.
+    The driver must feed :class:`~relay.sansio.events.Started` first, execute
+    the returned commands in order (``Send``/``Close`` for one side are
+    delivered in the order given), and feed a ``Tick`` when a ``Wakeup`` comes
+    due. While :attr:`held_bytes` exceeds its buffer bound it should stop
+    reading the client until the value drops.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        policy: Policy = EMPTY_POLICY,
+        family: Family = "preview",
+        *,
+        init_timeout: float = 5.0,
+    ) -> None:
+        self.policy = policy
+        self.family: Family = family
+        self._init_timeout = init_timeout
         # Life-cycle state; see the module docstring.
-        self.state = State.OPEN
+        self.state = State.INITIALIZING
         # Whether each leg has been seen closed (by an event, not by our command).
         self.client_closed = False
         self.upstream_closed = False
-        # The outcome once decided; None while the session is open.
+        # The outcome once decided; None while the session runs.
         self.outcome: str | None = None
+        # Initialization: the upstream's session.created, once received.
+        self._created: dict[str, JSON] | None = None
+        self._deadline = 0.0
+        # Frames held during initialization, in arrival order.
+        self._held_upstream: deque[str | bytes] = deque()
+        self._held_client: deque[str | bytes] = deque()
+        self.held_bytes = 0
+        """Bytes of client frames held until the policy is in force."""
+        # Hidden fields the client set itself: no longer hidden from it.
+        self._client_set: set[str] = set()
+        self._relay_events = 0
+
+    # Events
 
     def handle(self, event: Event) -> list[Command]:
         """Apply ``event`` and return the commands it causes."""
         match event:
+            case Started(now=now):
+                return self._start(now)
+            case Tick(now=now):
+                if self.state is State.INITIALIZING and now >= self._deadline:
+                    return self._fail_init(
+                        "the upstream did not confirm the session policy in time"
+                    )
+                return []
             case ClientMessage(data=data):
+                if self.state is State.INITIALIZING:
+                    self._held_client.append(data)
+                    self.held_bytes += len(data)
+                    return []
                 if self.state is State.OPEN:
-                    return [Send("upstream", data)]
+                    return self._from_client(data)
                 return []
             case UpstreamMessage(data=data):
+                if self.state is State.INITIALIZING:
+                    return self._initializing(data)
                 if self.state is State.OPEN:
-                    return [Send("client", data)]
+                    return [Send("client", self._from_upstream(data))]
                 return []
             case ClientClosed(code=code):
                 self.client_closed = True
-                if self.state is State.OPEN:
+                if self._running:
                     upstream_code, reason = CLIENT_GONE
                     return self._end(
                         Ended("client_closed", code, "client closed"),
-                        Close("upstream", upstream_code, reason),
+                        [Close("upstream", upstream_code, reason)],
                     )
                 self._settle()
                 return []
             case UpstreamClosed(code=code):
                 self.upstream_closed = True
-                if self.state is State.OPEN:
+                if self._running:
                     client_code, reason, outcome = client_close_for_upstream(code)
                     return self._end(
                         Ended(outcome, client_code, reason),
-                        Close("client", client_code, reason),
+                        [Close("client", client_code, reason)],
                     )
                 self._settle()
                 return []
             case Failed(error=error):
-                if self.state is State.OPEN:
-                    return self._fail(error)
+                if self._running:
+                    return self._fail(
+                        error.outcome,
+                        error.close_code,
+                        error.message,
+                        upstream_code=1011 if error.close_code == 1011 else 1000,
+                    )
                 return []
             case _:  # pragma: no cover - exhaustiveness is checked by mypy
                 assert_never(event)
 
-    def _fail(self, error: RelayError) -> list[Command]:
-        reason = truncate_reason(error.message)
-        commands: list[Command] = [Ended(error.outcome, error.close_code, reason)]
-        if not self.client_closed:
-            commands.append(Close("client", error.close_code, reason))
-        if not self.upstream_closed:
-            # The upstream did nothing wrong from its side: end the session normally
-            # unless the relay itself failed.
-            code = 1011 if error.close_code == 1011 else 1000
-            commands.append(Close("upstream", code, "session ended by the relay"))
-        self.outcome = error.outcome
-        self.state = State.CLOSING
-        self._settle()
+    @property
+    def _running(self) -> bool:
+        return self.state in (State.INITIALIZING, State.OPEN)
+
+    # Initialization
+
+    def _start(self, now: float) -> list[Command]:
+        if self.state is not State.INITIALIZING or self._created is not None:
+            return []
+        if self.policy.initial_session(self.family) is None:
+            self.state = State.OPEN
+            return []
+        self._deadline = now + self._init_timeout
+        return [Wakeup(self._deadline)]
+
+    def _initializing(self, data: str | bytes) -> list[Command]:
+        event = _peek(data)
+        kind = event.get("type") if event is not None else None
+        if self._created is None and kind == "session.created":
+            assert event is not None
+            self._created = event
+            session = self.policy.initial_session(self.family)
+            return [
+                Send(
+                    "upstream",
+                    dump(
+                        {
+                            "type": "session.update",
+                            "event_id": INIT_EVENT_ID,
+                            "session": session,
+                        }
+                    ),
+                )
+            ]
+        if self._created is not None and kind == "session.updated":
+            assert event is not None
+            return self._open(event)
+        if kind == "error" and event is not None:
+            error = event.get("error")
+            if isinstance(error, dict) and error.get("event_id") == INIT_EVENT_ID:
+                return self._fail_init("the upstream refused the session policy")
+        self._held_upstream.append(data)
+        return []
+
+    def _open(self, updated: dict[str, JSON]) -> list[Command]:
+        assert self._created is not None
+        self.state = State.OPEN
+        created = dict(self._created)
+        created["session"] = updated.get("session", created.get("session"))
+        self._hide(created)
+        commands: list[Command] = [Send("client", dump(created))]
+        commands.extend(
+            Send("client", self._from_upstream(data)) for data in self._held_upstream
+        )
+        self._held_upstream.clear()
+        while self._held_client and self.state is State.OPEN:
+            commands.extend(self._from_client(self._held_client.popleft()))
+        self._held_client.clear()
+        self.held_bytes = 0
         return commands
 
-    def _end(self, ended: Ended, close: Close) -> list[Command]:
+    def _fail_init(self, reason: str) -> list[Command]:
+        notice = error_event(
+            self._event_id(),
+            code="policy_not_applied",
+            message=f"session policy could not be applied: {reason}",
+            param=None,
+            client_event_id=None,
+            error_type="server_error",
+        )
+        return [
+            Send("client", notice),
+            *self._fail(
+                "policy_failed",
+                1011,
+                "session policy could not be applied",
+                upstream_code=1000,
+            ),
+        ]
+
+    # Open
+
+    def _from_client(self, data: str | bytes) -> list[Command]:
+        if isinstance(data, bytes):
+            return self._invalid(
+                None,
+                "binary frames are not supported: send JSON text events",
+                "message",
+            )
+        try:
+            event = parse_event(data)
+        except InvalidEvent as exc:
+            return self._invalid(None, str(exc), "message")
+        client_event_id = event.get("event_id")
+        verdict = judge(self.policy, self.family, event)
+        commands: list[Command] = []
+        if isinstance(verdict, Forward):
+            commands.extend(Applied(a.action, a.field) for a in verdict.actions)
+            self._client_set |= verdict.client_set
+            governed = event["type"] in GOVERNED_EVENTS
+            # Governed events go upstream exactly as inspected; others as received
+            # (the strict parse proved they cannot be read differently).
+            commands.append(Send("upstream", dump(verdict.event) if governed else data))
+            return commands
+        commands.extend(Applied(a.action, a.field) for a in verdict.actions)
+        commands.append(
+            Send(
+                "client",
+                error_event(
+                    self._event_id(),
+                    code=verdict.code,
+                    message=verdict.message,
+                    param=verdict.param,
+                    client_event_id=client_event_id,
+                ),
+            )
+        )
+        return commands
+
+    def _invalid(
+        self, client_event_id: JSON, message: str, field: str
+    ) -> list[Command]:
+        notice = error_event(
+            self._event_id(),
+            code="invalid_event",
+            message=message,
+            param=None,
+            client_event_id=client_event_id,
+        )
+        return [Applied("refuse", field), Send("client", notice)]
+
+    def _from_upstream(self, data: str | bytes) -> str | bytes:
+        # Only session.created/updated can need hiding; base64 audio cannot
+        # contain these names, so most frames skip parsing entirely.
+        if not self._hidden or isinstance(data, bytes):
+            return data
+        if "session.created" not in data and "session.updated" not in data:
+            return data
+        event = _peek(data)
+        if event is None or event.get("type") not in (
+            "session.created",
+            "session.updated",
+        ):
+            return data
+        return dump(event) if self._hide(event) else data
+
+    @property
+    def _hidden(self) -> frozenset[str]:
+        return self.policy.hide - self._client_set
+
+    def _hide(self, event: dict[str, JSON]) -> bool:
+        session = event.get("session")
+        if not isinstance(session, dict):
+            return False
+        for name in sorted(self._hidden):
+            write(
+                session, FIELDS[name], self.family, _HIDDEN_VALUES[name], response=False
+            )
+        return bool(self._hidden)
+
+    # Ending
+
+    def _fail(
+        self, outcome: str, code: int, message: str, *, upstream_code: int
+    ) -> list[Command]:
+        reason = truncate_reason(message)
+        closes: list[Command] = []
+        if not self.client_closed:
+            closes.append(Close("client", code, reason))
+        if not self.upstream_closed:
+            closes.append(
+                Close("upstream", upstream_code, "session ended by the relay")
+            )
+        return self._end(Ended(outcome, code, reason), closes)
+
+    def _end(self, ended: Ended, closes: list[Command]) -> list[Command]:
         self.outcome = ended.outcome
         self.state = State.CLOSING
+        self._held_client.clear()
+        self._held_upstream.clear()
+        self.held_bytes = 0
         self._settle()
-        return [ended, close]
+        return [ended, *closes]
 
     def _settle(self) -> None:
         if self.client_closed and self.upstream_closed:
             self.state = State.CLOSED
+
+    def _event_id(self) -> str:
+        self._relay_events += 1
+        return f"event_relay_{self._relay_events}"
+
+
+def _peek(data: str | bytes) -> dict[str, JSON] | None:
+    """The upstream event as an object, if it is one (upstream frames are trusted)."""
+    try:
+        event = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return event if isinstance(event, dict) else None

@@ -48,9 +48,14 @@ class ConnectionDriver:
         faults: Faults,
         audio_pace: float | None,
         clock: Callable[[], float],
+        record: Callable[[str | bytes], None] | None = None,
     ) -> None:
-        """``clock`` returns Unix time; ``audio_pace`` is seconds between audio deltas."""
+        """``clock`` returns Unix time; ``audio_pace`` is seconds between audio deltas.
+
+        ``record`` is told every client frame received (the simulator's stats).
+        """
         self._ws = ws
+        self._record = record
         self._session = session
         self._faults = faults
         self._audio_pace = audio_pace
@@ -83,6 +88,8 @@ class ConnectionDriver:
     async def _read(self) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for message in self._ws:
+                if self._record is not None:
+                    self._record(message)
                 now = self._clock()
                 if isinstance(message, str):
                     events = self._session.receive(message, now)

@@ -271,6 +271,7 @@ class Simulator:
             faults=self.faults,
             audio_pace=self._audio_pace,
             clock=time.time,
+            record=self.stats.record_client_frame,
         )
         try:
             await driver.run()

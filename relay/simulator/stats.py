@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +12,8 @@ from typing import Any
 _SECRET_HEADERS = frozenset({"api-key", "authorization", "ocp-apim-subscription-key"})
 _SECRET_QUERY = frozenset({"api-key", "authorization"})
 REDACTED = "<redacted>"
+MAX_RECORDED_EVENTS = 1000
+"""Client events kept in :attr:`Stats.client_events` (older ones are forgotten)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,28 @@ class Stats:
     """WebSocket connections upgraded."""
     connections_closed: int = 0
     """Upgraded connections whose TCP connection has closed."""
+    client_events: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=MAX_RECORDED_EVENTS)
+    )
+    """The latest client events received, parsed, with audio payloads cut out."""
+
+    def record_client_frame(self, message: str | bytes) -> None:
+        """Remember a received client frame (what the upstream acted on)."""
+        try:
+            event = json.loads(message)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            kind = "binary" if isinstance(message, bytes) else "text"
+            event = {"type": f"(non-event {kind} frame)", "size": len(message)}
+        elif isinstance(event.get("audio"), str):
+            # Appends can be megabytes: keep their size, not their audio.
+            event["audio"] = f"<{len(event['audio'])} base64 chars>"
+        self.client_events.append(event)
+
+    def events_of_type(self, kind: str) -> list[dict[str, Any]]:
+        """Recorded client events of type ``kind``, oldest first."""
+        return [event for event in self.client_events if event.get("type") == kind]
 
     @property
     def connections_active(self) -> int:
@@ -64,6 +90,7 @@ class Stats:
         """Forget handshakes; restart the counters from the active connections."""
         active = self.connections_active
         self.handshakes.clear()
+        self.client_events.clear()
         self.connections_opened, self.connections_closed = active, 0
 
     def as_json(self, *, redact: bool = True) -> dict[str, Any]:
@@ -73,4 +100,5 @@ class Stats:
             "connections_opened": self.connections_opened,
             "connections_closed": self.connections_closed,
             "connections_active": self.connections_active,
+            "client_events": list(self.client_events),
         }

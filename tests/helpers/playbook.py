@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from relay.sansio.commands import Command
-from relay.sansio.events import Event
+from relay.sansio.events import Event, Started
 from relay.sansio.session import RelaySession
 
 
@@ -15,9 +15,12 @@ class Playbook:
     :meth:`done` checks nothing is left.
     """
 
-    def __init__(self, session: RelaySession | None = None) -> None:
+    def __init__(
+        self, session: RelaySession | None = None, *, now: float = 0.0
+    ) -> None:
         self.session = session if session is not None else RelaySession()
-        self._pending: list[Command] = []
+        # Every session starts with Started; its commands are the first to check.
+        self._pending: list[Command] = list(self.session.handle(Started(now)))
 
     def __rshift__(self, event: Event) -> Playbook:
         assert not self._pending, (
