@@ -350,3 +350,66 @@ async def test_openai_sdk_client_under_a_policy() -> None:
             == 0
         )
         assert json.dumps(stack.simulator.stats.as_json()).count("pirate") == 0
+
+
+async def test_nested_unknown_fields() -> None:
+    """Under a set rule they vanish with the rewrite; elsewhere the upstream's own answer comes back."""
+    async with (
+        policy_stack() as stack,
+        connect_relay(stack.preview_url(), key=KEY_A) as ws,
+    ):
+        await receive_event(ws)
+        odd_turn = {
+            "type": "server_vad",
+            "threshold": 0.7,
+            "surprise": {"deep": [1, {"deeper": True}]},
+        }
+        await send_event(
+            ws,
+            {
+                "type": "session.update",
+                "event_id": "u1",
+                "session": {"turn_detection": odd_turn},
+            },
+        )
+        assert (await events_until(ws, "session.updated"))[-1]["session"][
+            "turn_detection"
+        ] == TURN
+        bogus = {"model": "whisper-1", "bogus": {"x": 1}}
+        await send_event(
+            ws,
+            {
+                "type": "session.update",
+                "event_id": "u2",
+                "session": {"input_audio_transcription": bogus},
+            },
+        )
+        error = (await events_until(ws, "error"))[-1]
+        assert error["error"]["event_id"] == "u2"
+        assert not error["event_id"].startswith("event_relay_")  # the upstream's answer
+        await send_event(ws, {"type": "input_audio_buffer.clear"})
+        await events_until(ws, "input_audio_buffer.cleared")
+
+
+async def test_the_same_refused_event_repeated_rapidly() -> None:
+    """Hundreds of refusals in a burst: each answered, in order, and the session goes on."""
+    async with policy_stack() as stack, connect_relay(stack.ga_url(), key=KEY_A) as ws:
+        await receive_event(ws)
+        for number in range(300):
+            await send_event(
+                ws,
+                {
+                    "type": "session.update",
+                    "event_id": f"t{number}",
+                    "session": {"type": "realtime", "tools": []},
+                },
+            )
+        async with asyncio.timeout(10 * SECOND):
+            ids = [(await receive_event(ws))["error"]["event_id"] for _ in range(300)]
+        assert ids == [f"t{number}" for number in range(300)]
+        await send_event(ws, {"type": "response.create"})
+        await events_until(ws, "response.done")
+        assert (
+            stack.simulator.stats.events_of_type("session.update")[-1]["event_id"]
+            == "relay_policy_init"
+        )
