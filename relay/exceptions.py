@@ -8,8 +8,12 @@ frame. Every leaf therefore carries both, so no caller has to map errors itself:
     * :exc:`ConfigError` — the configuration is invalid; raised at start-up only.
     * :exc:`ClientRejected` — the client's request breaks the relay's rules.
         * :exc:`Unauthenticated` (401 / 1008)
+        * :exc:`Forbidden` (403 / 1008)
         * :exc:`BadRequest` (400 / 1008)
         * :exc:`NotFound` (404 / 1008)
+        * :exc:`QuotaExceeded` (429 / 1008)
+    * :exc:`Overloaded` (503 / 1013) — this replica cannot take the session now.
+        * :exc:`LimitsUnavailable` — the shared limits store is unreachable.
     * :exc:`UpstreamError` — the upstream could not serve the session.
         * :exc:`UpstreamRefused` (mirrors or maps the upstream's status / 1014)
         * :exc:`UpstreamUnavailable` (502 / 1014)
@@ -22,6 +26,7 @@ tokens or upstream internals. Details for operators go to the log.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 
@@ -30,7 +35,11 @@ __all__ = [
     "ClientRejected",
     "ConfigError",
     "CredentialUnavailable",
+    "Forbidden",
+    "LimitsUnavailable",
     "NotFound",
+    "Overloaded",
+    "QuotaExceeded",
     "RelayError",
     "Unauthenticated",
     "UpstreamError",
@@ -86,16 +95,79 @@ class ClientRejected(RelayError):
 
 
 class Unauthenticated(ClientRejected):
-    """No credential, or one that matches no configured client."""
+    """No credential, or one that matches no configured client.
+
+    ``reason`` is a bounded label for metrics and logs (``missing``,
+    ``malformed``, ``invalid``, ``expired``, ``not_yet_valid``,
+    ``bad_signature``, ``bad_issuer``, ``bad_audience``, ``bad_algorithm``,
+    ``unknown_kid``, ``unknown_client``, ``jwks_unavailable``,
+    ``query_auth_disabled``); the message stays generic for the client.
+    """
 
     http_status = 401
     error_code = "unauthorized"
     outcome = "rejected_auth"
 
+    def __init__(self, message: str = "invalid credentials", *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
     @property
     def headers(self) -> Mapping[str, str]:
         """Tell the client which schemes are accepted (RFC 9110 §11.6.1)."""
         return {"WWW-Authenticate": 'Bearer realm="realtime-relay"'}
+
+
+class Forbidden(ClientRejected):
+    """An authenticated client asks for what it may not have (a deployment, an Origin)."""
+
+    http_status = 403
+    error_code = "forbidden"
+    outcome = "rejected_forbidden"
+
+
+class QuotaExceeded(ClientRejected):
+    """The client is over one of its limits; it may retry after ``retry_after`` seconds."""
+
+    http_status = 429
+    error_code = "quota_exceeded"
+    outcome = "rejected_quota"
+
+    def __init__(self, message: str, *, retry_after: float, limit: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.limit = limit
+        """Which limit: ``max_sessions`` or ``sessions_per_minute``."""
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Whole seconds, at least 1 (RFC 9110 §10.2.3)."""
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class Overloaded(RelayError):
+    """This replica cannot take the session now (at its cap, or draining)."""
+
+    http_status = 503
+    close_code = 1013  # try again later
+    error_code = "overloaded"
+    outcome = "rejected_capacity"
+
+    def __init__(self, message: str = "this relay is at capacity; retry", *, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Whole seconds, at least 1."""
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class LimitsUnavailable(Overloaded):
+    """The shared limits store (Redis) is unreachable and the relay fails closed."""
+
+    error_code = "limits_unavailable"
+    outcome = "limits_unavailable"
 
 
 class BadRequest(ClientRejected):

@@ -48,6 +48,10 @@ OUTCOMES: Final = (
     "policy_failed",
     "relay_error",
     "rejected_auth",
+    "rejected_forbidden",
+    "rejected_quota",
+    "rejected_capacity",
+    "limits_unavailable",
     "rejected_request",
     "upstream_error",
 )
