@@ -109,6 +109,12 @@ class Node:
             self.fail("one of " + ", ".join(choices))
         return self.value
 
+    def as_bool(self) -> bool:
+        """A boolean (YAML ``true``/``false``)."""
+        if not isinstance(self.value, bool):
+            self.fail("true or false")
+        return self.value
+
     def as_int(self, *, minimum: int | None = None, maximum: int | None = None) -> int:
         """An integer within the inclusive bounds (booleans are not integers here)."""
         value = self.value

@@ -25,6 +25,9 @@ from relay.config import Settings
 from relay.credentials import EntraTokenProvider, provider_for
 from relay.endpoint import RAW_QUERY_KEY, RealtimeEndpoint, deny
 from relay.exceptions import NotFound
+from relay.gate import Gate
+from relay.jwt_auth import JwtVerifier
+from relay.limits import LimitsBackend, MemoryBackend
 from relay.logs import guard_library_loggers
 from relay.metrics import RelayMetrics
 from relay.sansio.handshake import GA_PATHS, PREVIEW_PATH, redact_query
@@ -94,11 +97,32 @@ class RelayApp:
             )
 
 
+def limits_backend_for(settings: Settings) -> LimitsBackend:
+    """The configured limits backend (``memory`` by default, or ``redis``)."""
+    limits = settings.limits
+    if limits.backend == "memory":
+        return MemoryBackend()
+    from relay.limits_redis import RedisBackend
+
+    assert limits.redis_url is not None  # checked by the configuration
+    return RedisBackend(
+        limits.redis_url,
+        failure_mode=limits.failure_mode,
+        lease_seconds=limits.lease_seconds,
+    )
+
+
+def jwt_verifier_for(settings: Settings) -> JwtVerifier | None:
+    """The client JWT verifier, when ``auth.jwt`` is configured."""
+    return JwtVerifier(settings.jwt) if settings.jwt is not None else None
+
+
 def create_app(
     settings: Settings,
     *,
     registry: CollectorRegistry | None = None,
     provider: TokenProvider | None = None,
+    limits: LimitsBackend | None = None,
     metrics_port: int | None = None,
 ) -> RelayApp:
     """Build the relay for ``settings``.
@@ -106,8 +130,11 @@ def create_app(
     Args:
         registry: where metrics are registered (a fresh one by default).
         provider: the upstream credential; built from ``settings`` by default.
-            The application's lifespan closes it either way.
+        limits: the limits backend; built from ``settings`` by default.
         metrics_port: the port whose requests are served ``/metrics`` only.
+
+    The application's lifespan starts and closes the provider, the limits
+    backend and the JWT verifier, injected or not.
     """
     guard_library_loggers()
     metrics = RelayMetrics(registry if registry is not None else CollectorRegistry())
@@ -127,7 +154,14 @@ def create_app(
             settings.upstream.auth, timeout=settings.upstream.credential_timeout
         )
     )
-    endpoint = RealtimeEndpoint(settings, provider=token_provider, metrics=metrics)
+    backend = limits if limits is not None else limits_backend_for(settings)
+    metrics.limits_backend_up.set_function(lambda: float(backend.status().reachable))
+    metrics.limits_degraded.set_function(lambda: float(backend.status().degraded))
+    verifier = jwt_verifier_for(settings)
+    gate = Gate(settings, limits=backend, verifier=verifier)
+    endpoint = RealtimeEndpoint(
+        settings, provider=token_provider, metrics=metrics, gate=gate
+    )
     ready = {"ready": False}
 
     @asynccontextmanager
@@ -135,6 +169,9 @@ def create_app(
         if isinstance(token_provider, EntraTokenProvider):
             # Fetch the first token now so the first session does not wait for it.
             token_provider.warm_up()
+        await backend.start()
+        if verifier is not None:
+            await verifier.start()
         ready["ready"] = True
         log.info(
             "relay.started",
@@ -145,6 +182,9 @@ def create_app(
             yield
         finally:
             ready["ready"] = False
+            if verifier is not None:
+                await verifier.close()
+            await backend.close()
             await token_provider.close()
             log.info("relay.stopped")
 
@@ -152,9 +192,23 @@ def create_app(
         return JSONResponse({"status": "alive"})
 
     async def readyz(_request: Request) -> Response:
-        if ready["ready"]:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "not ready"}, status_code=503)
+        # Never touches Azure: readiness must not open paid sessions or depend
+        # on the upstream's health (that would cascade restarts).
+        limits_status = backend.status()
+        # Failing open keeps the replica useful; failing closed with the store
+        # down means every session would be refused.
+        limits_ok = limits_status.reachable or limits_status.degraded
+        checks = {
+            "started": ready["ready"],
+            "limits": {
+                "backend": limits_status.backend,
+                "reachable": limits_status.reachable,
+                "degraded": limits_status.degraded,
+            },
+        }
+        ok = ready["ready"] and limits_ok
+        body = {"status": "ready" if ok else "not ready", "checks": checks}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def upgrade_required(_request: Request) -> Response:
         return JSONResponse(

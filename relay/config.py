@@ -18,15 +18,18 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from relay._policies import check_reachable, parse_policies, resolve_policy
+from relay._clients import parse_auth, parse_clients
+from relay._policies import parse_policies
 from relay._reader import Node, Section, load_yaml
 from relay.exceptions import ConfigError
+from relay.jwt_auth import JwtSettings
 from relay.sansio.policy import EMPTY_POLICY, Policy
 from relay.typing import ClientId
 
 
 __all__ = [
     "ApiKeyAuth",
+    "ClientLimits",
     "ClientSettings",
     "DeploymentSettings",
     "EntraAuth",
@@ -48,8 +51,6 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Deployment names travel in URL query strings; Azure allows letters, digits,
 # '-', '_' and '.' (UNVERIFIED beyond the portal's own rules).
 _DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,24 +116,61 @@ class DeploymentSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """A client's limits (defaults suit one voice app; raise them per client)."""
+
+    max_sessions: int = 20
+    """Concurrent sessions (across replicas with ``limits.backend: redis``)."""
+    sessions_per_minute: int = 60
+    """Session starts in any rolling minute."""
+    max_session_seconds: float = 1800.0
+    """Longest session; never later than just before Azure's own 30-minute cap."""
+    idle_seconds: float = 120.0
+    """A session with no client event for this long is closed."""
+    messages_per_second: float = 200.0
+    """Sustained inbound messages per second, per session (20 ms audio is 50)."""
+    bytes_per_second: int = 1 * MiB
+    """Sustained inbound bytes per second, per session (PCM16 24 kHz is 64 KB as base64)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ClientSettings:
     """An internal app allowed to open sessions."""
 
     id: ClientId
-    key_sha256: tuple[bytes, ...] = field(repr=False)
-    """SHA-256 digests of the client's keys (several, so keys can rotate)."""
+    key_sha256: tuple[bytes, ...] = field(default=(), repr=False)
+    """SHA-256 digests of the client's keys (several, so keys can rotate; none: JWT only)."""
     policy: Policy = EMPTY_POLICY
     """The session policy applied to every session of this client."""
+    limits: ClientLimits = ClientLimits()
+    allow_query_auth: bool = True
+    """Whether credentials in the query string are accepted (browser-style clients)."""
+    allowed_origins: frozenset[str] = frozenset()
+    """``Origin`` values accepted; server-to-server callers send none."""
+    deployments: frozenset[str] | None = None
+    """Deployments this client may use; ``None``: all configured ones."""
 
 
 @dataclass(frozen=True, slots=True)
 class LimitsSettings:
-    """Per-replica limits."""
+    """Per-replica limits, and where per-client counts are kept."""
 
     max_message_bytes: int = 16 * MiB
     """Largest WebSocket message accepted on either leg; a larger one closes with 1009."""
     policy_timeout: float = 5.0
     """Bound on the upstream confirming the relay's initial ``session.update``, in seconds."""
+    max_sessions: int = 500
+    """Concurrent sessions on this replica; beyond it, 503 with ``Retry-After``."""
+    handshake_timeout: float = 15.0
+    """Bound on everything between the upgrade request and accepting it, in seconds."""
+    backend: Literal["memory", "redis"] = "memory"
+    """Where per-client session counts and start rates live."""
+    redis_url: str | None = field(default=None, repr=False)
+    """``redis://`` URL of the shared store (may hold a password: never logged)."""
+    failure_mode: Literal["fail_open", "fail_closed"] = "fail_closed"
+    """With Redis unreachable: admit with per-replica limits, or refuse with 503."""
+    lease_seconds: float = 30.0
+    """A dead replica's session slots come back within this long (redis)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +205,8 @@ class Settings:
     upstream: UpstreamSettings
     deployments: Mapping[str, DeploymentSettings]
     clients: tuple[ClientSettings, ...]
+    jwt: JwtSettings | None = None
+    """Client JWT validation (``auth.jwt``), beside static keys."""
     limits: LimitsSettings = LimitsSettings()
     flow: FlowSettings = FlowSettings()
     log: LogSettings = LogSettings()
@@ -200,8 +240,13 @@ def parse_settings(text: str, *, source: str, environ: Mapping[str, str]) -> Set
     )
     policies_section = root.section("policies")
     policies = parse_policies(policies_section)
-    clients = _clients(
-        root.require("clients", "a list of clients"), policies, policies_section
+    jwt = parse_auth(root.section("auth"))
+    clients = parse_clients(
+        root.require("clients", "a list of clients"),
+        policies=policies,
+        policies_section=policies_section,
+        deployments=deployments,
+        jwt=jwt,
     )
     limits = _limits(root.section("limits"))
     flow = _flow(root.section("flow"))
@@ -214,6 +259,7 @@ def parse_settings(text: str, *, source: str, environ: Mapping[str, str]) -> Set
         upstream=upstream,
         deployments=deployments,
         clients=clients,
+        jwt=jwt,
         limits=limits,
         flow=flow,
         log=log,
@@ -346,62 +392,51 @@ def _deployments(node: Node) -> Mapping[str, DeploymentSettings]:
     return MappingProxyType(deployments)
 
 
-def _clients(
-    node: Node, policies: dict[str, Policy], policies_section: Section
-) -> tuple[ClientSettings, ...]:
-    clients: list[ClientSettings] = []
-    owners: dict[bytes, str] = {}
-    used: set[str] = set()
-    for item in node.as_list():
-        section = item.as_section()
-        id_node = section.require("id", "a client id")
-        client_id = id_node.as_str()
-        if not _CLIENT_ID.fullmatch(client_id):
-            id_node.fail("a client id (letters, digits, '.', '_', '-'; at most 64)")
-        if any(client.id == client_id for client in clients):
-            id_node.fail("a client id not used by another client")
-        keys_node = section.require(
-            "key_sha256", "a SHA-256 hex digest or a list of them"
-        )
-        digests = _digests(keys_node)
-        for digest in digests:
-            if digest in owners:
-                keys_node.fail(f"keys not shared with client {owners[digest]!r}")
-            owners[digest] = client_id
-        policy = resolve_policy(policies, section.get("policy"), used)
-        section.finish()
-        clients.append(
-            ClientSettings(id=ClientId(client_id), key_sha256=digests, policy=policy)
-        )
-    if not clients:
-        node.fail("at least one client")
-    check_reachable(policies, used, policies_section)
-    return tuple(clients)
-
-
-def _digests(node: Node) -> tuple[bytes, ...]:
-    items = node.as_list() if isinstance(node.value, list) else [node]
-    if not items:
-        node.fail("at least one SHA-256 hex digest")
-    digests: list[bytes] = []
-    for item in items:
-        if not isinstance(item.value, str) or not _SHA256_HEX.fullmatch(item.value):
-            item.fail("a SHA-256 hex digest (64 hex characters)")
-        digest = bytes.fromhex(item.value)
-        if digest in digests:
-            item.fail("distinct digests")
-        digests.append(digest)
-    return tuple(digests)
-
-
 def _limits(section: Section) -> LimitsSettings:
     kwargs: dict[str, Any] = {}
     if size := section.get("max_message_bytes"):
         kwargs["max_message_bytes"] = size.as_int(minimum=64 * 1024, maximum=64 * MiB)
     if timeout := section.get("policy_timeout"):
         kwargs["policy_timeout"] = timeout.as_float(minimum=0.1, maximum=60)
+    if node := section.get("max_sessions"):
+        kwargs["max_sessions"] = node.as_int(minimum=1, maximum=1_000_000)
+    if node := section.get("handshake_timeout"):
+        kwargs["handshake_timeout"] = node.as_float(minimum=1, maximum=120)
+    if node := section.get("backend"):
+        kwargs["backend"] = node.as_choice(("memory", "redis"))
+    url_node = section.get("redis_url")
+    if url_node:
+        kwargs["redis_url"] = _redis_url(url_node)
+    if node := section.get("failure_mode"):
+        kwargs["failure_mode"] = node.as_choice(("fail_open", "fail_closed"))
+    if node := section.get("lease_seconds"):
+        kwargs["lease_seconds"] = node.as_float(minimum=3, maximum=600)
     section.finish()
-    return LimitsSettings(**kwargs)
+    settings = LimitsSettings(**kwargs)
+    if settings.backend == "redis" and settings.redis_url is None:
+        raise ConfigError(
+            f"{section.source}: limits.redis_url: missing, expected a redis:// URL for backend redis"
+        )
+    return settings
+
+
+def _redis_url(node: Node) -> str:
+    url = node.as_str()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("redis", "rediss", "unix")
+        or not (parts.hostname or parts.path)
+    ):
+        # Never echo the URL: it may carry a password.
+        raise ConfigError(
+            f"{node.source}: {node.path}: expected a redis://, rediss:// or unix:// URL"
+        )
+    return url
 
 
 def _flow(section: Section) -> FlowSettings:

@@ -182,7 +182,7 @@ class SessionDriver:
             self.counters.client_messages += 1
             self.counters.client_bytes += size
             self._observer.client_to_upstream(size)
-            await self._apply(ClientMessage(data))
+            await self._apply(ClientMessage(data, self._loop.time()))
 
     async def _read_upstream(self) -> None:
         upstream = self._upstream

@@ -2,15 +2,18 @@
 
 Order matters and is the point of this module:
 
-1. the handshake is judged (:class:`~relay.sansio.handshake.Gatekeeper`)
-   before anything touches the network;
+1. the handshake is judged and the session's place reserved
+   (:class:`~relay.gate.Gate`: identity, Origin, deployment, replica capacity,
+   client quota) before any upstream connection exists;
 2. the relay obtains its own credential and opens the upstream;
 3. only then is the client accepted, selecting a safe subprotocol;
 4. the :class:`~relay.driver.SessionDriver` relays until both legs close.
 
-Any failure in 1-2 is answered with an HTTP status and a JSON body before
-accept (a denial response), so SDKs raise their usual handshake errors. Every
-upstream connection opened is closed before this handler returns.
+Steps 1-2 are bounded together by ``limits.handshake_timeout``. Any failure in
+them is answered with an HTTP status and a JSON body before accept (a denial
+response), so SDKs raise their usual handshake errors. Every upstream
+connection opened is closed, and every reservation released, before this
+handler returns.
 """
 
 from __future__ import annotations
@@ -30,18 +33,17 @@ from relay.config import Settings
 from relay.driver import SessionDriver
 from relay.exceptions import (
     CredentialUnavailable,
+    Forbidden,
+    HandshakeTimeout,
     RelayError,
+    Unauthenticated,
     UpstreamRefused,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from relay.gate import Gate, Reservation, session_limits
 from relay.metrics import RelayMetrics
-from relay.sansio.handshake import (
-    Admission,
-    Gatekeeper,
-    HandshakeRequest,
-    upstream_headers,
-)
+from relay.sansio.handshake import Admission, HandshakeRequest, upstream_headers
 from relay.sansio.session import RelaySession
 from relay.typing import TokenProvider
 from relay.upstream import open_upstream
@@ -83,11 +85,12 @@ class RealtimeEndpoint:
         *,
         provider: TokenProvider,
         metrics: RelayMetrics,
+        gate: Gate,
     ) -> None:
         self._settings = settings
         self._provider = provider
         self._metrics = metrics
-        self._gatekeeper = Gatekeeper(settings.clients, settings.deployments)
+        self._gate = gate
         # Connections inside `handle`, from upgrade request to the end of both legs.
         self.connections = 0
         self._connections_changed = asyncio.Condition()
@@ -127,31 +130,47 @@ class RealtimeEndpoint:
         session_id = "rs_" + uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(session_id=session_id):
             started = time.monotonic()
+            reservation: Reservation | None = None
+            upstream: _Upstream | None = None
             try:
-                admission = self._gatekeeper.admit(request)
-            except RelayError as error:
-                self._refused(error)
-                await deny(websocket, error)
-                return
-            with structlog.contextvars.bound_contextvars(
-                client_id=admission.client_id,
-                deployment=admission.deployment.name,
-                family=admission.route.family,
-            ):
                 try:
-                    upstream = await self._connect(admission)
+                    async with asyncio.timeout(self._settings.limits.handshake_timeout):
+                        admission = await self._gate.admit(request)
+                        structlog.contextvars.bind_contextvars(
+                            client_id=admission.client_id,
+                            deployment=admission.deployment.name,
+                            family=admission.route.family,
+                            policy=admission.client.policy.name,
+                            auth=admission.credential_source,
+                        )
+                        reservation = await self._gate.reserve(admission, session_id)
+                        upstream = await self._connect(admission)
+                except TimeoutError:
+                    error: RelayError = HandshakeTimeout(
+                        "the relay could not prepare the session in time"
+                    )
+                    self._refused(error)
+                    await deny(websocket, error)
+                    return
                 except RelayError as error:
                     self._refused(error)
                     await deny(websocket, error)
                     return
                 self._metrics.handshake_duration.observe(time.monotonic() - started)
-                try:
-                    await self._relay(websocket, admission, upstream)
-                finally:
+                await self._relay(websocket, reservation, upstream)
+            finally:
+                if upstream is not None:
                     await self._close_upstream(upstream.connection)
+                if reservation is not None:
+                    await self._gate.release(reservation)
+                structlog.contextvars.unbind_contextvars(
+                    "client_id", "deployment", "family", "policy", "auth"
+                )
 
     def _refused(self, error: RelayError) -> None:
         self._metrics.sessions.labels(error.outcome).inc()
+        if isinstance(error, Unauthenticated | Forbidden):
+            self._metrics.auth_failures.labels(error.reason).inc()
         log.info(
             "handshake.rejected",
             status=error.http_status,
@@ -192,8 +211,9 @@ class RealtimeEndpoint:
         return _Upstream(connection, request_id)
 
     async def _relay(
-        self, websocket: WebSocket, admission: Admission, upstream: _Upstream
+        self, websocket: WebSocket, reservation: Reservation, upstream: _Upstream
     ) -> None:
+        admission = reservation.admission
         response = upstream.connection.response
         headers = response.headers if response is not None else {}
         with structlog.contextvars.bound_contextvars(
@@ -202,16 +222,12 @@ class RealtimeEndpoint:
             region=headers.get("x-ms-region"),
         ):
             await websocket.accept(subprotocol=admission.subprotocol)
-            log.info(
-                "session.start",
-                policy=admission.client.policy.name,
-                auth=admission.credential_source,
-                api_version=admission.route.api_version,
-            )
+            log.info("session.start", api_version=admission.route.api_version)
             session = RelaySession(
                 admission.client.policy,
                 admission.route.family,
                 init_timeout=self._settings.limits.policy_timeout,
+                limits=session_limits(admission.client, self._settings),
             )
             driver = SessionDriver(
                 websocket,

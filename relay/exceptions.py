@@ -36,6 +36,7 @@ __all__ = [
     "ConfigError",
     "CredentialUnavailable",
     "Forbidden",
+    "HandshakeTimeout",
     "LimitsUnavailable",
     "NotFound",
     "Overloaded",
@@ -108,7 +109,9 @@ class Unauthenticated(ClientRejected):
     error_code = "unauthorized"
     outcome = "rejected_auth"
 
-    def __init__(self, message: str = "invalid credentials", *, reason: str = "invalid") -> None:
+    def __init__(
+        self, message: str = "invalid credentials", *, reason: str = "invalid"
+    ) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -119,11 +122,18 @@ class Unauthenticated(ClientRejected):
 
 
 class Forbidden(ClientRejected):
-    """An authenticated client asks for what it may not have (a deployment, an Origin)."""
+    """An authenticated client asks for what it may not have (a deployment, an Origin).
+
+    ``reason`` is ``origin`` or ``deployment`` (a bounded label).
+    """
 
     http_status = 403
     error_code = "forbidden"
     outcome = "rejected_forbidden"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class QuotaExceeded(ClientRejected):
@@ -153,7 +163,12 @@ class Overloaded(RelayError):
     error_code = "overloaded"
     outcome = "rejected_capacity"
 
-    def __init__(self, message: str = "this relay is at capacity; retry", *, retry_after: float = 5.0) -> None:
+    def __init__(
+        self,
+        message: str = "this relay is at capacity; retry",
+        *,
+        retry_after: float = 5.0,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -229,6 +244,15 @@ class UpstreamUnavailable(UpstreamError):
 
     http_status = 502
     error_code = "upstream_unavailable"
+
+
+class HandshakeTimeout(RelayError):
+    """The relay could not decide and prepare the session within ``limits.handshake_timeout``."""
+
+    http_status = 504
+    close_code = 1013
+    error_code = "handshake_timeout"
+    outcome = "upstream_error"
 
 
 class UpstreamTimeout(UpstreamError):

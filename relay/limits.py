@@ -41,7 +41,9 @@ class LimitsBackend(Protocol):
         """Connect and start background work (lease renewal); idempotent."""
         ...
 
-    async def acquire(self, client: ClientId, session_id: str, quota: SessionQuota) -> None:
+    async def acquire(
+        self, client: ClientId, session_id: str, quota: SessionQuota
+    ) -> None:
         """Take a session slot for ``session_id`` and count one session start.
 
         Raises:
@@ -75,7 +77,9 @@ class MemoryBackend:
     async def start(self) -> None:
         """Nothing to connect."""
 
-    async def acquire(self, client: ClientId, session_id: str, quota: SessionQuota) -> None:
+    async def acquire(
+        self, client: ClientId, session_id: str, quota: SessionQuota
+    ) -> None:
         """See :meth:`LimitsBackend.acquire`; never unavailable."""
         denial = self._ledger.acquire(client, session_id, quota, self._clock())
         if denial is not None:

@@ -23,6 +23,24 @@ __all__ = ["DIRECTIONS", "UPSTREAM_RESULTS", "RelayMetrics"]
 
 DIRECTIONS = ("client_to_upstream", "upstream_to_client")
 POLICY_ACTIONS = ("overwrite", "clamp", "refuse")
+AUTH_FAILURE_REASONS = (
+    "missing",
+    "malformed",
+    "invalid",
+    "expired",
+    "not_yet_valid",
+    "bad_signature",
+    "bad_issuer",
+    "bad_audience",
+    "bad_algorithm",
+    "unknown_kid",
+    "missing_claim",
+    "unknown_client",
+    "jwks_unavailable",
+    "query_auth_disabled",
+    "origin",
+    "deployment",
+)
 UPSTREAM_RESULTS = ("ok", "refused", "unavailable", "timeout", "credential_unavailable")
 # Handshakes include an upstream TLS + WebSocket handshake across regions.
 _HANDSHAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -80,6 +98,22 @@ class RelayMetrics:
             ["direction"],
             registry=registry,
         )
+        self.auth_failures = Counter(
+            "relay_auth_failures",
+            "Handshakes refused for identity reasons (401/403), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.limits_backend_up = Gauge(
+            "relay_limits_backend_up",
+            "Whether the limits backend answered its last request (1) or not (0).",
+            registry=registry,
+        )
+        self.limits_degraded = Gauge(
+            "relay_limits_degraded",
+            "1 while failing open: client limits are enforced per replica only.",
+            registry=registry,
+        )
         self.policy_actions = Counter(
             "relay_policy_actions",
             "What session policies did to client events, by action and field.",
@@ -98,6 +132,9 @@ class RelayMetrics:
             self.sessions.labels(outcome)
         for result in UPSTREAM_RESULTS:
             self.upstream_connects.labels(result)
+        for reason in AUTH_FAILURE_REASONS:
+            self.auth_failures.labels(reason)
+        self.limits_backend_up.set(1)
         # Children bound once: the per-message path must not look labels up.
         self._c2u_messages = self.messages.labels(DIRECTIONS[0])
         self._c2u_bytes = self.message_bytes.labels(DIRECTIONS[0])

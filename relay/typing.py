@@ -7,6 +7,7 @@ from typing import Literal, NewType, Protocol
 
 __all__ = [
     "ClientId",
+    "ClientTokenVerifier",
     "Family",
     "Side",
     "TokenProvider",
@@ -20,6 +21,18 @@ Family = Literal["preview", "ga"]
 
 Side = Literal["client", "upstream"]
 """One leg of a relayed session."""
+
+
+class ClientTokenVerifier(Protocol):
+    """Validates a client's bearer token (a JWT) and names the client it identifies."""
+
+    async def verify(self, token: str) -> str:
+        """Return the token's client claim.
+
+        Raises:
+            relay.exceptions.Unauthenticated: the token is not valid (with a reason).
+        """
+        ...
 
 
 class TokenProvider(Protocol):

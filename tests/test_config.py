@@ -290,3 +290,183 @@ def test_empty_file_names_the_first_missing_key() -> None:
     """An empty file is a mapping with nothing in it."""
     with pytest.raises(ConfigError, match="upstream: missing"):
         parse("")
+
+
+HEX2 = hashlib.sha256(b"client-key-2").hexdigest()
+IDENTITY_EXAMPLE = f"""
+upstream: {{endpoint: https://res.openai.azure.com, auth: {{type: entra}}}}
+deployments: {{gpt-realtime: }}
+auth:
+  jwt:                                   # optional; static keys keep working beside it
+    jwks_url: https://login.example.com/.well-known/jwks.json
+    issuer: https://login.example.com/
+    audience: realtime-relay
+    client_claim: azp                    # the claim whose value is a client id below
+clients:
+  - id: app-a
+    key_sha256: ["{HEX}", "{HEX2}"]   # a string or a list
+    limits: {{max_sessions: 2, sessions_per_minute: 30, max_session_seconds: 1800, idle_seconds: 60}}
+    allowed_origins: []                  # none: any Origin header is refused
+limits:
+  backend: memory                        # memory | redis
+  redis_url: redis://127.0.0.1:6379/0
+  max_sessions: 500                      # per replica
+"""
+
+
+def test_identity_example_loads_as_written() -> None:
+    """The identity issue's example works exactly as written."""
+    settings = parse(IDENTITY_EXAMPLE, env={})
+    assert settings.jwt is not None
+    assert (settings.jwt.issuer, settings.jwt.audience, settings.jwt.client_claim) == (
+        "https://login.example.com/",
+        "realtime-relay",
+        "azp",
+    )
+    assert settings.jwt.algorithms == ("RS256",)
+    client = settings.clients[0]
+    assert len(client.key_sha256) == 2
+    assert (client.limits.max_sessions, client.limits.sessions_per_minute) == (2, 30)
+    assert (client.limits.max_session_seconds, client.limits.idle_seconds) == (1800, 60)
+    assert client.allowed_origins == frozenset()
+    assert (settings.limits.backend, settings.limits.max_sessions) == ("memory", 500)
+    assert "redis://" not in repr(settings)
+
+
+def test_client_options() -> None:
+    """Query auth, origins, deployments and every limit can be set per client; JWT-only clients need no key."""
+    text = (
+        IDENTITY_EXAMPLE.replace(
+            "allowed_origins: []",
+            "allowed_origins: [https://App.Example.com:8443]\n    allow_query_auth: false\n    deployments: [gpt-realtime]",
+        ).replace(
+            "idle_seconds: 60",
+            "idle_seconds: 60, messages_per_second: 80, bytes_per_second: 131072",
+        )
+        + "  failure_mode: fail_open\n  lease_seconds: 10\n  handshake_timeout: 5\n"
+    )
+    settings = parse(text, env={})
+    client = settings.clients[0]
+    assert client.allowed_origins == {"https://app.example.com:8443"}
+    assert client.allow_query_auth is False
+    assert client.deployments == {"gpt-realtime"}
+    assert (client.limits.messages_per_second, client.limits.bytes_per_second) == (
+        80,
+        131072,
+    )
+    assert (
+        settings.limits.failure_mode,
+        settings.limits.lease_seconds,
+        settings.limits.handshake_timeout,
+    ) == ("fail_open", 10, 5)
+    jwt_only = parse(
+        IDENTITY_EXAMPLE.replace(
+            f'key_sha256: ["{HEX}", "{HEX2}"]   # a string or a list', ""
+        ),
+        env={},
+    )
+    assert jwt_only.clients[0].key_sha256 == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            (
+                "jwks_url: https://login.example.com/.well-known/jwks.json",
+                "jwks_url: http://login.example.com/jwks",
+            ),
+            "auth.jwt.jwks_url: expected an https URL (http only for a loopback host)",
+        ),
+        (
+            ("client_claim: azp", "client_claim: azp\n    algorithms: [none]"),
+            "auth.jwt.algorithms[0]: expected one of RS256",
+        ),
+        (
+            ("client_claim: azp", "client_claim: azp\n    algorithms: [HS256]"),
+            "auth.jwt.algorithms[0]: expected one of RS256",
+        ),
+        (
+            ("client_claim: azp", "client_claim: azp\n    leeway: 3600"),
+            "auth.jwt.leeway: expected a number from 0 to 300",
+        ),
+        (
+            ("audience: realtime-relay", "audience: 7"),
+            "auth.jwt.audience: expected a non-empty string",
+        ),
+        (("issuer: https://login.example.com/", ""), "auth.jwt.issuer: missing"),
+        (
+            ("client_claim: azp", "client_claim: azp\n    jwks: x"),
+            "auth.jwt.jwks: unknown key",
+        ),
+        (
+            ("max_sessions: 2,", "max_sessions: 0,"),
+            "clients[0].limits.max_sessions: expected an integer from 1",
+        ),
+        (
+            ("idle_seconds: 60", "idle_seconds: -1"),
+            "clients[0].limits.idle_seconds: expected a number from 1.0",
+        ),
+        (
+            ("max_session_seconds: 1800", "max_session_seconds: 3600"),
+            "clients[0].limits.max_session_seconds: expected a number from 1.0 to 1800.0",
+        ),
+        (
+            ("idle_seconds: 60", "idle_seconds: 60, burst: 9"),
+            "clients[0].limits.burst: unknown key",
+        ),
+        (
+            ("allowed_origins: []", "allowed_origins: ['*']"),
+            "clients[0].allowed_origins[0]: expected an origin",
+        ),
+        (
+            ("allowed_origins: []", "allowed_origins: [https://app.example.com/path]"),
+            "clients[0].allowed_origins[0]: expected an origin",
+        ),
+        (
+            ("allowed_origins: []", "allow_query_auth: 'no'"),
+            "clients[0].allow_query_auth: expected true or false",
+        ),
+        (
+            ("allowed_origins: []", "deployments: [gpt-4o]"),
+            "clients[0].deployments[0]: expected a configured deployment (gpt-realtime)",
+        ),
+        (
+            (
+                "backend: memory                        # memory | redis\n  redis_url: redis://127.0.0.1:6379/0",
+                "backend: redis",
+            ),
+            "limits.redis_url: missing",
+        ),
+        (
+            ("backend: memory", "backend: etcd"),
+            "limits.backend: expected one of memory, redis",
+        ),
+        (
+            (
+                "redis_url: redis://127.0.0.1:6379/0",
+                "redis_url: 'http://user:s3cret@host'",
+            ),
+            "limits.redis_url: expected a redis://",
+        ),
+        (
+            ("max_sessions: 500", "max_sessions: 0"),
+            "limits.max_sessions: expected an integer from 1",
+        ),
+    ],
+)
+def test_identity_and_limits_errors(change: tuple[str, str], message: str) -> None:
+    """Each new key refuses bad values, naming itself; secrets in URLs are never echoed."""
+    old, new = change
+    assert old in IDENTITY_EXAMPLE
+    with pytest.raises(ConfigError) as info:
+        parse(IDENTITY_EXAMPLE.replace(old, new), env={})
+    assert message in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+def test_keyless_client_needs_jwt() -> None:
+    """Without auth.jwt every client needs a key."""
+    text = MINIMAL.replace(f', key_sha256: "{HEX}"', "")
+    with pytest.raises(ConfigError, match=r"clients\[0\]\.key_sha256: missing"):
+        parse(text)

@@ -36,7 +36,14 @@ async def test_livez_and_readyz() -> None:
         live = await http.get(f"{base}/livez")
         ready = await http.get(f"{base}/readyz")
     assert (live.status_code, live.json()) == (200, {"status": "alive"})
-    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {
+            "started": True,
+            "limits": {"backend": "memory", "reachable": True, "degraded": False},
+        },
+    }
 
 
 async def test_metrics_live_on_their_own_port_only() -> None:

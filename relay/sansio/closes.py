@@ -22,6 +22,23 @@ anything else           1011         unknown: treat as an upstream failure
 When the client closes (any code, or a lost connection), the upstream leg is
 closed with 1000: the session is over and Azure should stop billing it.
 
+Closes the relay initiates itself (the upstream leg always gets 1000 unless the
+relay failed):
+
+======  ============================================  =========================
+code    when                                          client should
+======  ============================================  =========================
+1008    the upstream refused the content (mapped)     not retry as is
+1009    a message over ``limits.max_message_bytes``   send smaller messages
+1011    internal relay error; policy not applied      retry later
+1014    the upstream vanished                         retry
+4000    the client's ``max_session_seconds`` reached  start a new session
+4001    no client event for ``idle_seconds``          start a new session
+4029    inbound rate limit exceeded for too long      slow down, then retry
+======  ============================================  =========================
+
+The limit closes are preceded by an ``error`` event that explains them.
+
 Reasons are the relay's own short texts: upstream reasons may carry internals
 and are never passed on.
 """
@@ -33,7 +50,10 @@ from typing import Final
 
 __all__ = [
     "CLIENT_GONE",
+    "IDLE_TIMEOUT",
+    "MAX_DURATION",
     "OUTCOMES",
+    "RATE_LIMITED",
     "client_close_for_upstream",
     "client_status_for_upstream",
     "is_sendable",
@@ -46,6 +66,9 @@ OUTCOMES: Final = (
     "upstream_lost",
     "message_too_big",
     "policy_failed",
+    "max_duration",
+    "idle_timeout",
+    "rate_limited",
     "relay_error",
     "rejected_auth",
     "rejected_forbidden",
@@ -58,6 +81,9 @@ OUTCOMES: Final = (
 """Every value of the sessions-by-outcome label."""
 
 CLIENT_GONE: Final = (1000, "client closed")
+MAX_DURATION: Final = (4000, "session duration limit reached")
+IDLE_TIMEOUT: Final = (4001, "idle timeout")
+RATE_LIMITED: Final = (4029, "rate limit exceeded")
 """Upstream close code and reason used whenever the client's leg ends."""
 
 _UPSTREAM_TO_CLIENT: Final[dict[int, tuple[int, str]]] = {

@@ -33,9 +33,14 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class ClientMessage:
-    """A complete WebSocket message from the client (text as ``str``, binary as ``bytes``)."""
+    """A complete WebSocket message from the client (text as ``str``, binary as ``bytes``).
+
+    ``now`` is when it arrived (seconds, monotonic): it feeds the idle timer
+    and the inbound rate limits.
+    """
 
     data: str | bytes
+    now: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,10 +6,16 @@ It runs before any upstream connection exists. The checks run in this order,
 so an unauthenticated caller learns nothing about deployments:
 
 1. the path is a known realtime path (else 404);
-2. the credential matches a configured client (else 401);
-3. the query is well formed (else 400): no repeated parameters, the required
+2. a credential is present and well formed (else 401), and identifies a
+   configured client: one of its static keys here, or a JWT verified by the
+   I/O edge (else 401);
+3. the client may use a query-string credential, if that is where it came
+   from (else 401);
+4. an ``Origin`` header, if any, is in the client's allow-list (else 403):
+   server-to-server callers send none, browsers always do;
+5. the query is well formed (else 400): no repeated parameters, the required
    ones present, values of a safe shape;
-4. the deployment is configured (else 404).
+6. the deployment is configured (else 404) and the client may use it (else 403).
 
 Credentials are accepted, in this order of precedence, from the ``api-key``
 header, ``Authorization: Bearer``, an ``openai-insecure-api-key.<key>``
@@ -23,17 +29,18 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 from urllib.parse import parse_qsl, quote, urlencode
 
 from relay.config import ClientSettings, DeploymentSettings
-from relay.exceptions import BadRequest, NotFound, Unauthenticated
+from relay.exceptions import BadRequest, Forbidden, NotFound, Unauthenticated
 from relay.typing import ClientId, Family
 
 
 __all__ = [
     "Admission",
+    "Credential",
     "CredentialSource",
     "Gatekeeper",
     "HandshakeRequest",
@@ -70,6 +77,14 @@ class HandshakeRequest:
     query: bytes
     headers: Sequence[tuple[str, str]]
     subprotocols: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What the client presented to authenticate, and where."""
+
+    secret: str = field(repr=False)
+    source: CredentialSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,19 +183,67 @@ class Gatekeeper:
             (digest, client) for client in clients for digest in client.key_sha256
         )
         self._deployments = deployments
+        self._by_id: dict[str, ClientSettings] = {
+            client.id: client for client in clients
+        }
 
-    def admit(self, request: HandshakeRequest) -> Admission:
-        """Decide on ``request``; see the module docstring for the order of checks.
+    def credential(self, request: HandshakeRequest) -> Credential:
+        """Steps 1-2: the realtime path and the credential the client presents.
 
         Raises:
-            NotFound: unknown path or deployment.
-            Unauthenticated: no credential, a malformed one, or an unknown key.
-            BadRequest: a malformed query.
+            NotFound: unknown path.
+            Unauthenticated: no credential, or a malformed one.
+            BadRequest: a query string that is not ASCII.
         """
         if request.path != PREVIEW_PATH and request.path not in GA_PATHS:
             raise NotFound("no realtime endpoint at this path")
-        key, source = _credential(request)
-        client = self._authenticate(key)
+        secret, source = _credential(request)
+        return Credential(secret, source)
+
+    def identify(self, credential: Credential) -> ClientSettings | None:
+        """The client one of whose static keys ``credential`` is, if any."""
+        digest = hashlib.sha256(credential.secret.encode()).digest()
+        found: ClientSettings | None = None
+        # Compare against every key, whatever matches, so timing reveals nothing.
+        for expected, client in self._keys:
+            if hmac.compare_digest(digest, expected):
+                found = client
+        return found
+
+    def client_by_id(self, client_id: str) -> ClientSettings | None:
+        """The configured client called ``client_id`` (a JWT's client claim)."""
+        return self._by_id.get(client_id)
+
+    def admit(
+        self,
+        request: HandshakeRequest,
+        client: ClientSettings | None = None,
+        credential: Credential | None = None,
+    ) -> Admission:
+        """Decide on ``request``; see the module docstring for the order of checks.
+
+        ``client`` and ``credential`` are given when the edge identified the
+        client itself (a JWT); otherwise the credential must be a static key.
+
+        Raises:
+            NotFound: unknown path or deployment.
+            Unauthenticated: no credential, a malformed or unknown one, or a
+                query-string credential the client may not use.
+            Forbidden: an Origin or a deployment the client may not use.
+            BadRequest: a malformed query.
+        """
+        if credential is None:
+            credential = self.credential(request)
+        if client is None:
+            client = self.identify(credential)
+            if client is None:
+                raise Unauthenticated("invalid credentials", reason="invalid")
+        if credential.source == "query" and not client.allow_query_auth:
+            raise Unauthenticated(
+                "credentials in the query string are not accepted for this client",
+                reason="query_auth_disabled",
+            )
+        _check_origin(request, client)
         params = _query_params(request.query)
         route = _route(request.path, params)
         deployment = self._deployments.get(route.deployment)
@@ -188,25 +251,27 @@ class Gatekeeper:
             raise NotFound(
                 f"deployment {route.deployment!r} is not served by this relay"
             )
+        if client.deployments is not None and deployment.name not in client.deployments:
+            raise Forbidden(
+                f"deployment {route.deployment!r} is not allowed for this client",
+                reason="deployment",
+            )
         return Admission(
             client=client,
-            credential_source=source,
+            credential_source=credential.source,
             route=route,
             deployment=deployment,
             upstream_target=_upstream_target(route, deployment),
             subprotocol=select_subprotocol(request.subprotocols),
         )
 
-    def _authenticate(self, key: str) -> ClientSettings:
-        digest = hashlib.sha256(key.encode()).digest()
-        found: ClientSettings | None = None
-        # Compare against every key, whatever matches, so timing reveals nothing.
-        for expected, client in self._keys:
-            if hmac.compare_digest(digest, expected):
-                found = client
-        if found is None:
-            raise Unauthenticated("invalid credentials")
-        return found
+
+def _check_origin(request: HandshakeRequest, client: ClientSettings) -> None:
+    origins = [value for name, value in request.headers if name == "origin"]
+    if not origins:
+        return
+    if len(origins) > 1 or origins[0].strip().lower() not in client.allowed_origins:
+        raise Forbidden("this Origin is not allowed", reason="origin")
 
 
 def _credential(request: HandshakeRequest) -> tuple[str, CredentialSource]:
@@ -215,7 +280,7 @@ def _credential(request: HandshakeRequest) -> tuple[str, CredentialSource]:
         value for name, value in request.headers if name == "authorization"
     ]
     if len(api_keys) > 1 or len(authorizations) > 1:
-        raise Unauthenticated("more than one credential header")
+        raise Unauthenticated("more than one credential header", reason="malformed")
     if api_keys:
         return _nonempty(api_keys[0].strip()), "api-key-header"
     if authorizations:
@@ -235,20 +300,23 @@ def _credential(request: HandshakeRequest) -> tuple[str, CredentialSource]:
         if name.lower() == "authorization":
             return _bearer(value), "query"
     raise Unauthenticated(
-        "missing credentials: send an api-key header or Authorization: Bearer"
+        "missing credentials: send an api-key header or Authorization: Bearer",
+        reason="missing",
     )
 
 
 def _nonempty(key: str) -> str:
     if not key:
-        raise Unauthenticated("empty credential")
+        raise Unauthenticated("empty credential", reason="malformed")
     return key
 
 
 def _bearer(value: str) -> str:
     scheme, _, token = value.strip().partition(" ")
     if scheme.lower() != "bearer":
-        raise Unauthenticated("malformed Authorization: expected 'Bearer <token>'")
+        raise Unauthenticated(
+            "malformed Authorization: expected 'Bearer <token>'", reason="malformed"
+        )
     return _nonempty(token.strip())
 
 

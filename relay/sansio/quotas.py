@@ -47,7 +47,9 @@ class QuotaLedger:
     def __init__(self) -> None:
         self._clients: dict[str, _Client] = {}
 
-    def acquire(self, client: str, session_id: str, quota: SessionQuota, now: float) -> Denial | None:
+    def acquire(
+        self, client: str, session_id: str, quota: SessionQuota, now: float
+    ) -> Denial | None:
         """Take a slot for ``session_id`` and count a start, or say why not.
 
         A refused attempt counts nothing. ``retry_after`` for a full slot set

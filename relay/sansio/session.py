@@ -34,7 +34,14 @@ import json
 from collections import deque
 from typing import Final, assert_never
 
-from relay.sansio.closes import CLIENT_GONE, client_close_for_upstream, truncate_reason
+from relay.sansio.closes import (
+    CLIENT_GONE,
+    IDLE_TIMEOUT,
+    MAX_DURATION,
+    RATE_LIMITED,
+    client_close_for_upstream,
+    truncate_reason,
+)
 from relay.sansio.commands import Applied, Close, Command, Ended, Send, Wakeup
 from relay.sansio.events import (
     ClientClosed,
@@ -47,6 +54,7 @@ from relay.sansio.events import (
     UpstreamMessage,
 )
 from relay.sansio.fields import FIELDS, JSON, write
+from relay.sansio.limits import InboundRate, SessionLimits
 from relay.sansio.policy import EMPTY_POLICY, GOVERNED_EVENTS, Forward, Policy, judge
 from relay.sansio.wire import InvalidEvent, dump, error_event, parse_event
 from relay.typing import Family
@@ -55,6 +63,8 @@ from relay.typing import Family
 __all__ = ["INIT_EVENT_ID", "RelaySession", "State"]
 
 INIT_EVENT_ID: Final = "relay_policy_init"
+NO_LIMITS: Final = SessionLimits()
+"""Only Azure's own duration cap applies."""
 """``event_id`` of the relay's own first ``session.update``."""
 _HIDDEN_VALUES: Final[dict[str, JSON]] = {"instructions": "", "tools": []}
 
@@ -84,10 +94,16 @@ class RelaySession:
         family: Family = "preview",
         *,
         init_timeout: float = 5.0,
+        limits: SessionLimits = NO_LIMITS,
     ) -> None:
         self.policy = policy
         self.family: Family = family
         self._init_timeout = init_timeout
+        self._limits = limits
+        # Deadlines (monotonic seconds), set by Started.
+        self._end_at = float("inf")
+        self._last_client = 0.0
+        self._rate: InboundRate | None = None
         # Life-cycle state; see the module docstring.
         self.state = State.INITIALIZING
         # Whether each leg has been seen closed (by an event, not by our command).
@@ -115,19 +131,19 @@ class RelaySession:
             case Started(now=now):
                 return self._start(now)
             case Tick(now=now):
-                if self.state is State.INITIALIZING and now >= self._deadline:
-                    return self._fail_init(
-                        "the upstream did not confirm the session policy in time"
-                    )
-                return []
-            case ClientMessage(data=data):
+                return self._tick(now) if self._running else []
+            case ClientMessage(data=data, now=now):
+                if not self._running:
+                    return []
+                self._last_client = max(self._last_client, now)
+                refused = self._over_rate(data, now)
+                if refused is not None:
+                    return refused
                 if self.state is State.INITIALIZING:
                     self._held_client.append(data)
                     self.held_bytes += len(data)
                     return []
-                if self.state is State.OPEN:
-                    return self._from_client(data)
-                return []
+                return self._from_client(data)
             case UpstreamMessage(data=data):
                 if self.state is State.INITIALIZING:
                     return self._initializing(data)
@@ -173,13 +189,92 @@ class RelaySession:
     # Initialization
 
     def _start(self, now: float) -> list[Command]:
-        if self.state is not State.INITIALIZING or self._created is not None:
+        if self.state is not State.INITIALIZING or self._rate is not None:
             return []
+        self._end_at = self._limits.session_end(now)
+        self._last_client = now
+        self._rate = InboundRate(self._limits, now)
         if self.policy.initial_session(self.family) is None:
             self.state = State.OPEN
-            return []
-        self._deadline = now + self._init_timeout
-        return [Wakeup(self._deadline)]
+        else:
+            self._deadline = now + self._init_timeout
+        return [Wakeup(self._next_deadline())]
+
+    # Limits
+
+    def _next_deadline(self) -> float:
+        deadlines = [self._end_at]
+        if self.state is State.INITIALIZING:
+            deadlines.append(self._deadline)
+        if self._limits.idle_seconds is not None:
+            deadlines.append(self._last_client + self._limits.idle_seconds)
+        return min(deadlines)
+
+    def _tick(self, now: float) -> list[Command]:
+        if self.state is State.INITIALIZING and now >= self._deadline:
+            return self._fail_init(
+                "the upstream did not confirm the session policy in time"
+            )
+        if now >= self._end_at:
+            return self._limit_close(
+                MAX_DURATION,
+                "max_duration",
+                "session_duration_limit_reached",
+                "the session reached its maximum duration",
+            )
+        idle = self._limits.idle_seconds
+        if idle is not None and now >= self._last_client + idle:
+            return self._limit_close(
+                IDLE_TIMEOUT,
+                "idle_timeout",
+                "idle_timeout",
+                f"no client event for {idle:g} seconds",
+            )
+        return [Wakeup(self._next_deadline())]
+
+    def _over_rate(self, data: str | bytes, now: float) -> list[Command] | None:
+        assert self._rate is not None, "Started must come first"
+        verdict = self._rate.check(len(data), now)
+        if verdict.allowed:
+            return None
+        if verdict.close:
+            return self._limit_close(
+                RATE_LIMITED,
+                "rate_limited",
+                "rate_limit_exceeded",
+                "inbound rate limit exceeded for too long",
+            )
+        commands: list[Command] = [Applied("refuse", "rate_limit")]
+        if verdict.notify:
+            commands.append(
+                Send(
+                    "client",
+                    error_event(
+                        self._event_id(),
+                        code="rate_limit_exceeded",
+                        message="inbound rate limit exceeded: messages are being dropped; slow down",
+                        param=None,
+                        client_event_id=None,
+                    ),
+                )
+            )
+        return commands
+
+    def _limit_close(
+        self, close: tuple[int, str], outcome: str, code: str, message: str
+    ) -> list[Command]:
+        notice = error_event(
+            self._event_id(),
+            code=code,
+            message=message,
+            param=None,
+            client_event_id=None,
+        )
+        close_code, reason = close
+        return [
+            Send("client", notice),
+            *self._fail(outcome, close_code, reason, upstream_code=1000),
+        ]
 
     def _initializing(self, data: str | bytes) -> list[Command]:
         event = _peek(data)

@@ -19,8 +19,10 @@ class Playbook:
         self, session: RelaySession | None = None, *, now: float = 0.0
     ) -> None:
         self.session = session if session is not None else RelaySession()
-        # Every session starts with Started; its commands are the first to check.
-        self._pending: list[Command] = list(self.session.handle(Started(now)))
+        # Every session starts with Started; its commands (the first Wakeup) are
+        # kept apart so scripts only check what their own events cause.
+        self.started: list[Command] = list(self.session.handle(Started(now)))
+        self._pending: list[Command] = []
 
     def __rshift__(self, event: Event) -> Playbook:
         assert not self._pending, (

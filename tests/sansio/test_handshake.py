@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from relay.config import ClientSettings, DeploymentSettings
-from relay.exceptions import BadRequest, NotFound, Unauthenticated
+from relay.exceptions import BadRequest, Forbidden, NotFound, Unauthenticated
 from relay.sansio.handshake import (
     Gatekeeper,
     HandshakeRequest,
@@ -290,3 +290,112 @@ def test_upstream_headers_are_an_allow_list() -> None:
         "x-ms-client-request-id",
         "user-agent",
     ]
+
+
+def _client(**changes: object) -> ClientSettings:
+    from dataclasses import replace
+
+    return replace(ClientSettings(ClientId("app-c"), (_digest("key-c"),)), **changes)  # type: ignore[arg-type]
+
+
+def _gate(client: ClientSettings) -> Gatekeeper:
+    return Gatekeeper((client,), GATE._deployments)
+
+
+class TestClientRestrictions:
+    def test_origin_is_refused_unless_listed(self) -> None:
+        """Server-to-server callers send no Origin; any Origin not listed is 403."""
+        gate = _gate(_client(allowed_origins=frozenset({"https://app.example.com"})))
+        headers = [("api-key", "key-c")]
+        assert gate.admit(request(headers=headers)).client_id == "app-c"
+        assert (
+            gate.admit(
+                request(headers=[*headers, ("origin", "HTTPS://APP.example.com")])
+            ).client_id
+            == "app-c"
+        )
+        for origin in (
+            "https://evil.example.com",
+            "https://app.example.com.evil.com",
+            "null",
+            "",
+        ):
+            with pytest.raises(Forbidden) as info:
+                gate.admit(request(headers=[*headers, ("origin", origin)]))
+            assert info.value.reason == "origin"
+        with pytest.raises(Forbidden):
+            gate.admit(
+                request(
+                    headers=[
+                        *headers,
+                        ("origin", "https://app.example.com"),
+                        ("origin", "https://app.example.com"),
+                    ]
+                )
+            )
+
+    def test_any_origin_is_refused_by_default(self) -> None:
+        """An empty allow-list refuses every browser."""
+        with pytest.raises(Forbidden):
+            _gate(_client()).admit(
+                request(headers=[("api-key", "key-c"), ("origin", "http://localhost")])
+            )
+
+    def test_query_credentials_can_be_turned_off(self) -> None:
+        """allow_query_auth: false refuses the key in the query string, not in a header."""
+        gate = _gate(_client(allow_query_auth=False))
+        with pytest.raises(Unauthenticated) as info:
+            gate.admit(request(headers=[], query=PREVIEW_QUERY + b"&api-key=key-c"))
+        assert info.value.reason == "query_auth_disabled"
+        assert gate.admit(request(headers=[("api-key", "key-c")])).client_id == "app-c"
+
+    def test_deployments_per_client(self) -> None:
+        """A client restricted to some deployments gets 403 for the others."""
+        gate = _gate(_client(deployments=frozenset({"gpt-realtime"})))
+        with pytest.raises(Forbidden) as info:
+            gate.admit(request(headers=[("api-key", "key-c")]))
+        assert info.value.reason == "deployment"
+        admission = gate.admit(
+            request(
+                path="/openai/v1/realtime",
+                query=b"model=gpt-realtime",
+                headers=[("api-key", "key-c")],
+            )
+        )
+        assert admission.deployment.name == "gpt-realtime"
+
+    def test_identification_for_jwt_clients(self) -> None:
+        """The edge names a JWT's client; the same rules apply to it."""
+        client = _client(key_sha256=())
+        gate = _gate(client)
+        credential = gate.credential(
+            request(headers=[("authorization", "Bearer a.b.c")])
+        )
+        assert credential.source == "bearer"
+        assert "a.b.c" not in repr(credential)
+        assert gate.identify(credential) is None
+        assert gate.client_by_id("app-c") is client
+        assert gate.client_by_id("nobody") is None
+        assert (
+            gate.admit(
+                request(headers=[("authorization", "Bearer a.b.c")]), client, credential
+            ).client_id
+            == "app-c"
+        )
+
+    @pytest.mark.parametrize(
+        ("headers", "reason"),
+        [
+            ([], "missing"),
+            ([("authorization", "Basic x")], "malformed"),
+            ([("api-key", "")], "malformed"),
+            ([("api-key", "nope")], "invalid"),
+        ],
+    )
+    def test_failure_reasons_are_bounded_labels(
+        self, headers: list[tuple[str, str]], reason: str
+    ) -> None:
+        """Each refusal carries a reason fit for a metric label."""
+        with pytest.raises(Unauthenticated) as info:
+            GATE.admit(request(headers=headers))
+        assert info.value.reason == reason

@@ -169,7 +169,7 @@ class TestInitialization:
     def test_policy_is_in_force_before_the_first_client_frame(self) -> None:
         """The client's first event is session.created with the effective configuration."""
         book = Playbook(RelaySession(STANDARD, "preview", init_timeout=5.0), now=100.0)
-        (book << Wakeup(105.0)).done()
+        assert book.started == [Wakeup(105.0)]
         assert state_of(book) is State.INITIALIZING
         # A client frame arriving early is held, not forwarded.
         (
@@ -203,8 +203,8 @@ class TestInitialization:
         ).done()
         assert state_of(book) is State.OPEN
         assert book.session.held_bytes == 0
-        # The deadline no longer matters.
-        (book >> Tick(200.0)).done()
+        # The init deadline no longer matters: the next one is the duration cap.
+        (book >> Tick(200.0) << Wakeup(100.0 + 1795.0)).done()
 
     def test_ga_initial_update_has_the_ga_shape(self) -> None:
         """In GA the update carries type realtime and the audio.input paths."""
@@ -242,8 +242,8 @@ class TestInitialization:
     def test_no_confirmation_in_time_fails_the_session(self) -> None:
         """Without session.updated by the deadline the client is told and both legs close."""
         book = Playbook(RelaySession(STANDARD, "preview", init_timeout=5.0))
-        (book << Wakeup(5.0)).done()
-        (book >> Tick(4.9)).done()
+        assert book.started == [Wakeup(5.0)]
+        (book >> Tick(4.9) << Wakeup(5.0)).done()
         book >> Tick(5.0)
         notice = sent(book._pending.pop(0))
         assert notice["error"]["code"] == "policy_not_applied"

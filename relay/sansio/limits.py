@@ -1,0 +1,108 @@
+"""A session's own limits: how long it may last, stay idle, and how fast it may send.
+
+:class:`SessionLimits` is what the relay enforces inside one session (the
+per-client session counts live in :mod:`relay.sansio.quotas`). All times are
+seconds on the monotonic clock of the events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from relay.sansio.quotas import TokenBucket
+
+
+__all__ = [
+    "AZURE_MARGIN",
+    "AZURE_MAX_SESSION",
+    "InboundRate",
+    "RateVerdict",
+    "SessionLimits",
+]
+
+AZURE_MAX_SESSION: Final = 1800.0
+"""Azure ends a realtime session after 30 minutes (protocol.md §5)."""
+AZURE_MARGIN: Final = 5.0
+"""The relay ends sessions this long before Azure would: the client gets the relay's explanation."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """Limits of one session; ``None`` disables a limit."""
+
+    max_session_seconds: float | None = None
+    idle_seconds: float | None = None
+    messages_per_second: float | None = None
+    bytes_per_second: float | None = None
+    burst_bytes: float = 0.0
+    """Largest single burst of bytes (at least the largest message allowed)."""
+    rate_grace: float = 5.0
+    """How long a client may stay over its rate before the session is closed."""
+
+    def session_end(self, started: float) -> float:
+        """When the session must end: its own cap, and never after Azure's minus a margin."""
+        cap = AZURE_MAX_SESSION - AZURE_MARGIN
+        seconds = (
+            cap
+            if self.max_session_seconds is None
+            else min(self.max_session_seconds, cap)
+        )
+        return started + seconds
+
+
+@dataclass(frozen=True, slots=True)
+class RateVerdict:
+    """What the rate limits say about one inbound message."""
+
+    allowed: bool
+    notify: bool = False
+    """Tell the client (first refusal of a streak, then at most once a second)."""
+    close: bool = False
+    """The client stayed over its rate for longer than the grace period."""
+
+
+class InboundRate:
+    """Messages-per-second and bytes-per-second buckets of one session, with a grace period."""
+
+    def __init__(self, limits: SessionLimits, now: float) -> None:
+        self._grace = limits.rate_grace
+        self._messages = (
+            None
+            if limits.messages_per_second is None
+            else TokenBucket(
+                limits.messages_per_second, 2 * limits.messages_per_second, now
+            )
+        )
+        self._bytes = (
+            None
+            if limits.bytes_per_second is None
+            else TokenBucket(
+                limits.bytes_per_second,
+                max(2 * limits.bytes_per_second, limits.burst_bytes),
+                now,
+            )
+        )
+        # Start of the current run of refusals, and the latest refusal. A run
+        # ends after a second without refusals: a client persistently over its
+        # rate also gets some messages through, and is still over it.
+        self._streak = 0.0
+        self._last_refusal = float("-inf")
+        self._last_notice = float("-inf")
+
+    def check(self, size: int, now: float) -> RateVerdict:
+        """Account one message of ``size`` bytes arriving at ``now``."""
+        allowed = (self._messages is None or self._messages.take(1, now)) and (
+            self._bytes is None or self._bytes.take(size, now)
+        )
+        if allowed:
+            return RateVerdict(True)
+        if now - self._last_refusal > 1.0:
+            self._streak = now
+        self._last_refusal = now
+        if now - self._streak >= self._grace:
+            return RateVerdict(False, close=True)
+        notify = now - self._last_notice >= 1.0
+        if notify:
+            self._last_notice = now
+        return RateVerdict(False, notify=notify)
