@@ -1,0 +1,89 @@
+"""The relay as a real process (`python -m relay run`), for multi-replica and signal tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.helpers.timing import SECOND
+
+
+_SERVING = re.compile(rb"is serving on ws://[^:]+:(\d+)")
+
+
+@dataclass
+class RelayProcess:
+    """A running relay process and what it printed."""
+
+    process: asyncio.subprocess.Process
+    port: int = 0
+    output: list[bytes] = field(default_factory=list)
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no cleanup, as a crashed node."""
+        self.process.kill()
+
+    async def stop(self) -> int:
+        """SIGTERM, then wait (bounded); the exit status."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20 * SECOND):
+            return await self.process.wait()
+
+
+@asynccontextmanager
+async def relay_process(
+    config: Path, env: Mapping[str, str]
+) -> AsyncIterator[RelayProcess]:
+    """Start ``python -m relay run --config config``; yield once it serves; stop it after."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "run",
+        "--config",
+        str(config),
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    relay = RelayProcess(process)
+    assert process.stderr is not None
+    stream = process.stderr
+
+    async def read_until_serving() -> None:
+        while not relay.port:
+            line = await stream.readline()
+            if not line:
+                raise AssertionError(b"".join(relay.output).decode(errors="replace"))
+            relay.output.append(line)
+            if match := _SERVING.search(line):
+                relay.port = int(match.group(1))
+
+    async def drain() -> None:
+        # Keep reading so a full pipe never blocks the relay's logging.
+        while line := await stream.readline():
+            relay.output.append(line)
+
+    try:
+        async with asyncio.timeout(20 * SECOND):
+            await read_until_serving()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(drain())
+            try:
+                yield relay
+            finally:
+                if process.returncode is None:
+                    with suppress(TimeoutError):
+                        await relay.stop()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
