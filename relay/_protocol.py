@@ -7,9 +7,14 @@ import json
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import SecurityError
+from websockets.http11 import Request
 
 
-__all__ = ["RelayWebSocketProtocol"]
+__all__ = ["ABORT_EXTENSION", "RelayWebSocketProtocol"]
+
+ABORT_EXTENSION = "relay.abort"
+"""ASGI scope extension: ``scope["extensions"]["relay.abort"]["abort"]()`` drops
+the client's connection at once (RST), for a client that stopped reading."""
 
 
 def _http_error(status: int, phrase: str, code: str, message: str) -> bytes:
@@ -26,6 +31,11 @@ def _http_error(status: int, phrase: str, code: str, message: str) -> bytes:
 class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     """:class:`WebSocketsSansIOProtocol` that answers every handshake it cannot serve.
 
+    It also offers the application a way to drop a connection
+    (:data:`ABORT_EXTENSION`): ASGI has none, and a close frame can never reach
+    a client that stopped reading, so the connection would otherwise stay open
+    until the kernel gives up.
+
     Two gaps of uvicorn 0.54 are closed here:
 
     * an upgrade request the `websockets` parser refuses (a header line over
@@ -37,6 +47,17 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
       also logged "ASGI callable returned without completing handshake" at
       ERROR. The response itself was always sent correctly.
     """
+
+    def handle_connect(self, event: Request) -> None:
+        """Start the ASGI application as uvicorn does, offering :data:`ABORT_EXTENSION`."""
+        super().handle_connect(event)
+        self.scope.setdefault("extensions", {})[ABORT_EXTENSION] = {
+            "abort": self._abort
+        }
+
+    def _abort(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser as uvicorn does, then answer a request it refused."""

@@ -32,6 +32,7 @@ __all__ = [
     "ClientLimits",
     "ClientSettings",
     "DeploymentSettings",
+    "DrainSettings",
     "EntraAuth",
     "FlowSettings",
     "LimitsSettings",
@@ -185,6 +186,18 @@ class FlowSettings:
     """Seconds to wait for a pong before the leg is considered dead."""
     close_timeout: float = 1.0
     """Bound on delivering queued frames and the close frame to a closing leg."""
+    stall_timeout: float = 10.0
+    """Seconds a leg may stay unable to take data before the session is closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainSettings:
+    """Graceful shutdown: SIGTERM or ``/internal/drain`` (on the metrics port)."""
+
+    grace_seconds: float = 600.0
+    """Live sessions may finish within this; then they are closed with 1012."""
+    propagation_delay: float = 5.0
+    """Handshakes are still accepted this long after the drain starts (endpoint propagation)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +222,7 @@ class Settings:
     """Client JWT validation (``auth.jwt``), beside static keys."""
     limits: LimitsSettings = LimitsSettings()
     flow: FlowSettings = FlowSettings()
+    drain: DrainSettings = DrainSettings()
     log: LogSettings = LogSettings()
 
 
@@ -250,6 +264,7 @@ def parse_settings(text: str, *, source: str, environ: Mapping[str, str]) -> Set
     )
     limits = _limits(root.section("limits"))
     flow = _flow(root.section("flow"))
+    drain = _drain(root.section("drain"))
     log = _log(root.section("log"))
     root.finish()
     return Settings(
@@ -262,6 +277,7 @@ def parse_settings(text: str, *, source: str, environ: Mapping[str, str]) -> Set
         jwt=jwt,
         limits=limits,
         flow=flow,
+        drain=drain,
         log=log,
     )
 
@@ -450,8 +466,20 @@ def _flow(section: Section) -> FlowSettings:
             kwargs[key] = node.as_float(minimum=0.1, maximum=3600) if node else None
     if node := section.get("close_timeout"):
         kwargs["close_timeout"] = node.as_float(minimum=0.1, maximum=60)
+    if node := section.get("stall_timeout"):
+        kwargs["stall_timeout"] = node.as_float(minimum=0.5, maximum=600)
     section.finish()
     return FlowSettings(**kwargs)
+
+
+def _drain(section: Section) -> DrainSettings:
+    kwargs: dict[str, Any] = {}
+    if node := section.get("grace_seconds"):
+        kwargs["grace_seconds"] = node.as_float(minimum=0, maximum=3600)
+    if (node := section.get("propagation_delay")) is not None:
+        kwargs["propagation_delay"] = node.as_float(minimum=0, maximum=300)
+    section.finish()
+    return DrainSettings(**kwargs)
 
 
 def _log(section: Section) -> LogSettings:

@@ -7,7 +7,10 @@ once, without awaiting, so nothing interleaves with them; then the reader
 waits until the outboxes it fed are under their bound before reading again.
 Backpressure is therefore end to end: a slow leg fills its outbox, the other
 leg's reader stops reading, and TCP pushes back on the sender. Client frames
-held while the policy is being applied count against the same bound.
+held while the policy is being applied count against the same bound. A writer
+that cannot hand a frame to its leg for ``flow.stall_timeout`` (the peer
+stopped reading) is reported to the core as :class:`Stalled`, which ends the
+session; a watchdog timer checks once a second, so no timer is armed per frame.
 
 When the session ends, every task ends with it: each writer delivers what is
 queued and the close frame within ``close_timeout``, and anything still
@@ -26,18 +29,22 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay._outbox import CloseRequest, Outbox, frame_size
+from relay._protocol import ABORT_EXTENSION
 from relay.config import FlowSettings
-from relay.sansio.commands import Applied, Close, Command, Ended, Send, Wakeup
+from relay.sansio.commands import Abort, Applied, Close, Command, Ended, Send, Wakeup
 from relay.sansio.events import (
     ClientClosed,
     ClientMessage,
+    Draining,
     Event,
+    Stalled,
     Started,
     Tick,
     UpstreamClosed,
     UpstreamMessage,
 )
 from relay.sansio.session import RelaySession
+from relay.typing import Side
 
 
 __all__ = ["Observer", "SessionCounters", "SessionDriver"]
@@ -53,6 +60,8 @@ class Observer(Protocol):
     def upstream_to_client(self, size: int) -> None: ...
 
     def policy_applied(self, action: str, field: str) -> None: ...
+
+    def stalled(self, side: Side) -> None: ...
 
 
 @dataclass(slots=True)
@@ -95,10 +104,17 @@ class SessionDriver:
         # The pending Wakeup, if any.
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        # Since when each writer has been waiting for its leg to take a frame.
+        self._sending_since: dict[Side, float | None] = {
+            "client": None,
+            "upstream": None,
+        }
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def run(self) -> Ended:
         """Relay until both legs are closed; return how the session ended."""
         self._execute(self.session.handle(Started(self._loop.time())))
+        self._arm_watchdog()
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
@@ -117,10 +133,34 @@ class SessionDriver:
                     log.warning("session.task_cancelled", task=task.get_name())
                     task.cancel()
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
+            for timer in (self._timer, self._watchdog):
+                if timer is not None:
+                    timer.cancel()
         assert self.ended is not None
         return self.ended
+
+    def drain(self, deadline: float, grace_seconds: float) -> None:
+        """Tell the client the relay is draining; end the session by ``deadline``."""
+        self._execute(self.session.handle(Draining(deadline, grace_seconds)))
+
+    def _arm_watchdog(self) -> None:
+        interval = min(1.0, self._flow.stall_timeout / 2)
+        self._watchdog = self._loop.call_later(interval, self._check_stalls)
+
+    def _check_stalls(self) -> None:
+        now = self._loop.time()
+        for side, since in self._sending_since.items():
+            if since is not None and now - since >= self._flow.stall_timeout:
+                self._sending_since[side] = None
+                self._observer.stalled(side)
+                log.warning(
+                    "session.stalled",
+                    side=side,
+                    stall_timeout_s=self._flow.stall_timeout,
+                )
+                self._execute(self.session.handle(Stalled(side)))
+        if self.ended is None:
+            self._arm_watchdog()
 
     def _execute(self, commands: list[Command]) -> None:
         for command in commands:
@@ -133,6 +173,8 @@ class SessionDriver:
                     (self._to_client if side == "client" else self._to_upstream).close(
                         code, reason
                     )
+                case Abort(side=side):
+                    self._abort(side)
                 case Applied(action=action, field=field):
                     self._observer.policy_applied(action, field)
                     log.info("policy.applied", action=action, field=field)
@@ -147,6 +189,18 @@ class SessionDriver:
                     assert_never(command)
         if self.session.held_bytes == 0:
             self._released.set()
+
+    def _abort(self, side: Side) -> None:
+        if side == "upstream":
+            self._to_upstream.discard()
+            self._upstream.transport.abort()
+            return
+        self._to_client.discard()
+        extension = self._client.scope.get("extensions", {}).get(ABORT_EXTENSION)
+        if extension is not None:
+            extension["abort"]()
+        # Without the extension (another ASGI server) the writer's bounded close
+        # attempt is all that can be done.
 
     def _tick(self) -> None:
         self._timer = None
@@ -220,10 +274,12 @@ class SessionDriver:
                     async with asyncio.timeout(self._flow.close_timeout):
                         await client.close(item.code, item.reason)
                     return
+                self._sending_since["client"] = self._loop.time()
                 if isinstance(item, str):
                     await client.send({"type": "websocket.send", "text": item})
                 else:
                     await client.send({"type": "websocket.send", "bytes": item})
+                self._sending_since["client"] = None
             except (OSError, RuntimeError, WebSocketDisconnect, TimeoutError):
                 # The client is gone or stopped reading past the close bound; its
                 # reader reports the disconnect. Nothing more can be delivered.
@@ -242,7 +298,9 @@ class SessionDriver:
                     # then drops the connection.
                     await upstream.close(item.code, item.reason)
                     return
+                self._sending_since["upstream"] = self._loop.time()
                 await upstream.send(item)
+                self._sending_since["upstream"] = None
             except ConnectionClosed:
                 self._to_upstream.discard()
                 return

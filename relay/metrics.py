@@ -114,6 +114,17 @@ class RelayMetrics:
             "1 while failing open: client limits are enforced per replica only.",
             registry=registry,
         )
+        self.backpressure_stalls = Counter(
+            "relay_backpressure_stalls",
+            "Sessions ended because a leg stopped reading, by the direction that stalled.",
+            ["direction"],
+            registry=registry,
+        )
+        self.draining = Gauge(
+            "relay_draining",
+            "1 while this replica drains (refusing new sessions).",
+            registry=registry,
+        )
         self.policy_actions = Counter(
             "relay_policy_actions",
             "What session policies did to client events, by action and field.",
@@ -135,6 +146,8 @@ class RelayMetrics:
         for reason in AUTH_FAILURE_REASONS:
             self.auth_failures.labels(reason)
         self.limits_backend_up.set(1)
+        for direction in DIRECTIONS:
+            self.backpressure_stalls.labels(direction)
         # Children bound once: the per-message path must not look labels up.
         self._c2u_messages = self.messages.labels(DIRECTIONS[0])
         self._c2u_bytes = self.message_bytes.labels(DIRECTIONS[0])
@@ -150,6 +163,11 @@ class RelayMetrics:
     def policy_applied(self, action: str, field: str) -> None:
         """Count one policy action (bounded labels: rule targets, event_type, message)."""
         self.policy_actions.labels(action, field).inc()
+
+    def stalled(self, side: str) -> None:
+        """Count a session ended because ``side`` stopped reading."""
+        direction = "upstream_to_client" if side == "client" else "client_to_upstream"
+        self.backpressure_stalls.labels(direction).inc()
 
     def client_to_upstream(self, size: int) -> None:
         """Count one message of ``size`` bytes received from a client."""

@@ -31,13 +31,22 @@ code    when                                          client should
 1008    the upstream refused the content (mapped)     not retry as is
 1009    a message over ``limits.max_message_bytes``   send smaller messages
 1011    internal relay error; policy not applied      retry later
+1012    the relay is draining (restart, deploy)       reconnect (another replica)
+1013    overloaded                                    retry later
 1014    the upstream vanished                         retry
-4000    the client's ``max_session_seconds`` reached  start a new session
+4000    the session's maximum duration was reached    start a new session
+        (the client's ``max_session_seconds``, or
+        Azure's ``session_expired``, forwarded first)
 4001    no client event for ``idle_seconds``          start a new session
+4002    the upstream stopped reading for              retry
+        ``flow.stall_timeout``
 4029    inbound rate limit exceeded for too long      slow down, then retry
 ======  ============================================  =========================
 
-The limit closes are preceded by an ``error`` event that explains them.
+The limit closes are preceded by an ``error`` event that explains them; the
+drain by a ``relay.draining`` event. A client that stops reading for
+``flow.stall_timeout`` cannot be sent anything: its connection is dropped
+(it sees 1006) and the upstream leg is closed with 1000.
 
 Reasons are the relay's own short texts: upstream reasons may carry internals
 and are never passed on.
@@ -50,10 +59,13 @@ from typing import Final
 
 __all__ = [
     "CLIENT_GONE",
+    "DRAINED",
+    "EXPIRED",
     "IDLE_TIMEOUT",
     "MAX_DURATION",
     "OUTCOMES",
     "RATE_LIMITED",
+    "STALLED",
     "client_close_for_upstream",
     "client_status_for_upstream",
     "is_sendable",
@@ -69,6 +81,9 @@ OUTCOMES: Final = (
     "max_duration",
     "idle_timeout",
     "rate_limited",
+    "stalled",
+    "drained",
+    "session_expired",
     "relay_error",
     "rejected_auth",
     "rejected_forbidden",
@@ -84,6 +99,9 @@ CLIENT_GONE: Final = (1000, "client closed")
 MAX_DURATION: Final = (4000, "session duration limit reached")
 IDLE_TIMEOUT: Final = (4001, "idle timeout")
 RATE_LIMITED: Final = (4029, "rate limit exceeded")
+STALLED: Final = (4002, "upstream stopped reading")
+DRAINED: Final = (1012, "relay restarting; reconnect")
+EXPIRED: Final = (4000, "upstream session expired")
 """Upstream close code and reason used whenever the client's leg ends."""
 
 _UPSTREAM_TO_CLIENT: Final[dict[int, tuple[int, str]]] = {

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from relay.typing import Side
 
 
-__all__ = ["Applied", "Close", "Command", "Ended", "Send", "Wakeup"]
+__all__ = ["Abort", "Applied", "Close", "Command", "Ended", "Send", "Wakeup"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,17 @@ class Close:
     side: Side
     code: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Drop ``side``'s connection without a closing handshake.
+
+    For a peer that stopped reading: a close frame could never reach it, and
+    waiting for the transport to flush would hold the connection forever.
+    """
+
+    side: Side
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,4 +74,4 @@ class Applied:
     field: str
 
 
-Command = Send | Close | Ended | Wakeup | Applied
+Command = Send | Close | Abort | Ended | Wakeup | Applied

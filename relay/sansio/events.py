@@ -5,13 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay.exceptions import RelayError
+from relay.typing import Side
 
 
 __all__ = [
     "ClientClosed",
     "ClientMessage",
+    "Draining",
     "Event",
     "Failed",
+    "Stalled",
+    "Started",
+    "Tick",
     "UpstreamClosed",
     "UpstreamMessage",
 ]
@@ -71,6 +76,23 @@ class UpstreamClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class Stalled:
+    """``side`` could not take data for ``flow.stall_timeout``: it stopped reading."""
+
+    side: Side
+
+
+@dataclass(frozen=True, slots=True)
+class Draining:
+    """The relay is draining: tell the client, and end the session by ``deadline``."""
+
+    deadline: float
+    """Monotonic time by which the session must have ended."""
+    grace_seconds: float
+    """The same deadline, as seconds from now (for the client's notice)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """The relay itself must end the session (e.g. a leg misbehaved or a bug)."""
 
@@ -84,5 +106,7 @@ Event = (
     | UpstreamMessage
     | ClientClosed
     | UpstreamClosed
+    | Stalled
+    | Draining
     | Failed
 )

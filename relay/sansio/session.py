@@ -36,18 +36,23 @@ from typing import Final, assert_never
 
 from relay.sansio.closes import (
     CLIENT_GONE,
+    DRAINED,
+    EXPIRED,
     IDLE_TIMEOUT,
     MAX_DURATION,
     RATE_LIMITED,
+    STALLED,
     client_close_for_upstream,
     truncate_reason,
 )
-from relay.sansio.commands import Applied, Close, Command, Ended, Send, Wakeup
+from relay.sansio.commands import Abort, Applied, Close, Command, Ended, Send, Wakeup
 from relay.sansio.events import (
     ClientClosed,
     ClientMessage,
+    Draining,
     Event,
     Failed,
+    Stalled,
     Started,
     Tick,
     UpstreamClosed,
@@ -57,7 +62,7 @@ from relay.sansio.fields import FIELDS, JSON, write
 from relay.sansio.limits import InboundRate, SessionLimits
 from relay.sansio.policy import EMPTY_POLICY, GOVERNED_EVENTS, Forward, Policy, judge
 from relay.sansio.wire import InvalidEvent, dump, error_event, parse_event
-from relay.typing import Family
+from relay.typing import Family, Side
 
 
 __all__ = ["INIT_EVENT_ID", "RelaySession", "State"]
@@ -104,6 +109,7 @@ class RelaySession:
         self._end_at = float("inf")
         self._last_client = 0.0
         self._rate: InboundRate | None = None
+        self._drain_at: float | None = None
         # Life-cycle state; see the module docstring.
         self.state = State.INITIALIZING
         # Whether each leg has been seen closed (by an event, not by our command).
@@ -148,8 +154,26 @@ class RelaySession:
                 if self.state is State.INITIALIZING:
                     return self._initializing(data)
                 if self.state is State.OPEN:
+                    if (
+                        isinstance(data, str)
+                        and "session_expired" in data
+                        and _expired(data)
+                    ):
+                        # Forward Azure's explanation, then end both legs: Azure
+                        # closes its side anyway, with an undocumented code.
+                        code, reason = EXPIRED
+                        return [
+                            Send("client", data),
+                            *self._fail(
+                                "session_expired", code, reason, upstream_code=1000
+                            ),
+                        ]
                     return [Send("client", self._from_upstream(data))]
                 return []
+            case Stalled(side=side):
+                return self._stalled(side) if self._running else []
+            case Draining(deadline=deadline, grace_seconds=grace):
+                return self._draining(deadline, grace) if self._running else []
             case ClientClosed(code=code):
                 self.client_closed = True
                 if self._running:
@@ -202,8 +226,44 @@ class RelaySession:
 
     # Limits
 
+    def _stalled(self, side: Side) -> list[Command]:
+        if side == "client":
+            # Nothing can reach a client that stopped reading, not even a close.
+            ended = Ended("stalled", 1006, "client stopped reading")
+            return self._end(
+                ended,
+                [
+                    Abort("client"),
+                    Close("upstream", 1000, "session ended by the relay"),
+                ],
+            )
+        code, reason = STALLED
+        return self._end(
+            Ended("stalled", code, reason),
+            [Close("client", code, reason), Abort("upstream")],
+        )
+
+    def _draining(self, deadline: float, grace: float) -> list[Command]:
+        if self._drain_at is not None:
+            return []
+        self._drain_at = deadline
+        notice = dump(
+            {
+                "type": "relay.draining",
+                "event_id": self._event_id(),
+                "grace_ms": round(grace * 1000),
+            }
+        )
+        if self.state is State.INITIALIZING:
+            # The client's first event must stay session.created.
+            self._held_upstream.append(notice)
+            return [Wakeup(self._next_deadline())]
+        return [Send("client", notice), Wakeup(self._next_deadline())]
+
     def _next_deadline(self) -> float:
         deadlines = [self._end_at]
+        if self._drain_at is not None:
+            deadlines.append(self._drain_at)
         if self.state is State.INITIALIZING:
             deadlines.append(self._deadline)
         if self._limits.idle_seconds is not None:
@@ -215,6 +275,9 @@ class RelaySession:
             return self._fail_init(
                 "the upstream did not confirm the session policy in time"
             )
+        if self._drain_at is not None and now >= self._drain_at:
+            code, reason = DRAINED
+            return self._fail("drained", code, reason, upstream_code=1000)
         if now >= self._end_at:
             return self._limit_close(
                 MAX_DURATION,
@@ -452,6 +515,15 @@ class RelaySession:
     def _event_id(self) -> str:
         self._relay_events += 1
         return f"event_relay_{self._relay_events}"
+
+
+def _expired(data: str) -> bool:
+    """Whether an upstream frame is Azure's ``session_expired`` error (protocol.md §1.4)."""
+    event = _peek(data)
+    if event is None or event.get("type") != "error":
+        return False
+    error = event.get("error")
+    return isinstance(error, dict) and error.get("code") == "session_expired"
 
 
 def _peek(data: str | bytes) -> dict[str, JSON] | None:
