@@ -38,7 +38,7 @@ code    when                                          client should
         (the client's ``max_session_seconds``, or
         Azure's ``session_expired``, forwarded first)
 4001    no client event for ``idle_seconds``          start a new session
-4002    the upstream stopped reading for              retry
+4002    a leg stopped reading for                     retry
         ``flow.stall_timeout``
 4029    inbound rate limit exceeded for too long      slow down, then retry
 ======  ============================================  =========================
@@ -46,7 +46,8 @@ code    when                                          client should
 The limit closes are preceded by an ``error`` event that explains them; the
 drain by a ``relay.draining`` event. A client that stops reading for
 ``flow.stall_timeout`` cannot be sent anything: its connection is dropped
-(it sees 1006) and the upstream leg is closed with 1000.
+(it sees 1006; logs and metrics record 4002) and the upstream leg is closed
+with 1000.
 
 Reasons are the relay's own short texts: upstream reasons may carry internals
 and are never passed on.
@@ -89,6 +90,7 @@ OUTCOMES: Final = (
     "rejected_forbidden",
     "rejected_quota",
     "rejected_capacity",
+    "rejected_draining",
     "limits_unavailable",
     "rejected_request",
     "upstream_error",
@@ -99,7 +101,7 @@ CLIENT_GONE: Final = (1000, "client closed")
 MAX_DURATION: Final = (4000, "session duration limit reached")
 IDLE_TIMEOUT: Final = (4001, "idle timeout")
 RATE_LIMITED: Final = (4029, "rate limit exceeded")
-STALLED: Final = (4002, "upstream stopped reading")
+STALLED: Final = (4002, "peer stopped reading")
 DRAINED: Final = (1012, "relay restarting; reconnect")
 EXPIRED: Final = (4000, "upstream session expired")
 """Upstream close code and reason used whenever the client's leg ends."""

@@ -49,6 +49,7 @@ __all__ = [
     "redact_query",
     "select_subprotocol",
     "upstream_headers",
+    "upstream_target",
 ]
 
 CredentialSource = Literal["api-key-header", "bearer", "subprotocol", "query"]
@@ -105,8 +106,6 @@ class Admission:
     credential_source: CredentialSource
     route: Route
     deployment: DeploymentSettings
-    upstream_target: str
-    """Upstream path and query, e.g. ``/openai/v1/realtime?model=gpt-realtime-prod``."""
     subprotocol: str | None
     """The subprotocol to select when accepting (never a key-bearing one)."""
 
@@ -261,7 +260,6 @@ class Gatekeeper:
             credential_source=credential.source,
             route=route,
             deployment=deployment,
-            upstream_target=_upstream_target(route, deployment),
             subprotocol=select_subprotocol(request.subprotocols),
         )
 
@@ -356,13 +354,16 @@ def _route(path: str, params: dict[str, str]) -> Route:
     return Route(family="ga", deployment=_required(params, "model"), api_version=None)
 
 
-def _upstream_target(route: Route, deployment: DeploymentSettings) -> str:
+def upstream_target(route: Route, upstream_deployment: str) -> str:
+    """The upstream path and query for ``route`` on a deployment named ``upstream_deployment``.
+
+    Each upstream of a deployment may name it differently, so the target is
+    built per attempt, e.g. ``/openai/v1/realtime?model=gpt-realtime-prod``.
+    The preview path keeps the client's ``api-version``.
+    """
     if route.api_version is not None:
         query = urlencode(
-            {
-                "api-version": route.api_version,
-                "deployment": deployment.upstream_deployment,
-            }
+            {"api-version": route.api_version, "deployment": upstream_deployment}
         )
         return f"{PREVIEW_PATH}?{query}"
-    return "/openai/v1/realtime?" + urlencode({"model": deployment.upstream_deployment})
+    return "/openai/v1/realtime?" + urlencode({"model": upstream_deployment})

@@ -228,8 +228,10 @@ class RelaySession:
 
     def _stalled(self, side: Side) -> list[Command]:
         if side == "client":
-            # Nothing can reach a client that stopped reading, not even a close.
-            ended = Ended("stalled", 1006, "client stopped reading")
+            # Nothing can reach a client that stopped reading, not even a close:
+            # its connection is dropped. The stall code is what logs record.
+            code, _ = STALLED
+            ended = Ended("stalled", code, "client stopped reading")
             return self._end(
                 ended,
                 [

@@ -9,12 +9,14 @@ from hypothesis import given, strategies as st
 
 from relay.exceptions import RelayError, UpstreamUnavailable
 from relay.sansio.closes import OUTCOMES, is_sendable
-from relay.sansio.commands import Applied, Close, Ended, Send, Wakeup
+from relay.sansio.commands import Abort, Applied, Close, Ended, Send, Wakeup
 from relay.sansio.events import (
     ClientClosed,
     ClientMessage,
+    Draining,
     Event,
     Failed,
+    Stalled,
     Started,
     Tick,
     UpstreamClosed,
@@ -442,6 +444,8 @@ _events = st.one_of(
     ),
     st.builds(Failed, st.just(RelayError())),
     st.builds(Tick, st.floats(min_value=0, max_value=20)),
+    st.builds(Stalled, st.sampled_from(["client", "upstream"])),
+    st.builds(Draining, st.floats(min_value=0, max_value=20), st.just(10.0)),
 )
 
 
@@ -471,3 +475,80 @@ def test_any_event_sequence_keeps_the_invariants(
     if session.state in (State.CLOSING, State.CLOSED):
         assert ended == 1
         assert session.held_bytes == 0
+
+
+class TestStallsExpiryAndDrain:
+    def test_a_client_that_stops_reading_is_dropped(self) -> None:
+        """Nothing can reach it: abort its connection, close the upstream normally."""
+        (
+            Playbook()
+            >> Stalled("client")
+            << Ended("stalled", 4002, "client stopped reading")
+            << Abort("client")
+            << Close("upstream", 1000, "session ended by the relay")
+        ).done()
+
+    def test_an_upstream_that_stops_reading_is_dropped(self) -> None:
+        """The client is told with 4002; the upstream connection is aborted."""
+        (
+            Playbook()
+            >> Stalled("upstream")
+            << Ended("stalled", 4002, "peer stopped reading")
+            << Close("client", 4002, "peer stopped reading")
+            << Abort("upstream")
+        ).done()
+
+    def test_session_expired_is_forwarded_then_both_legs_close(self) -> None:
+        """Azure's explanation reaches the client before the relay's own close."""
+        expired = json.dumps(
+            {
+                "type": "error",
+                "event_id": "e9",
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "session_expired",
+                    "message": "Your session hit the maximum duration of 30 minutes.",
+                },
+            }
+        )
+        (
+            Playbook()
+            >> UpstreamMessage(expired)
+            << Send("client", expired)
+            << Ended("session_expired", 4000, "upstream session expired")
+            << Close("client", 4000, "upstream session expired")
+            << Close("upstream", 1000, "session ended by the relay")
+        ).done()
+
+    def test_other_errors_mentioning_expiry_pass_through(self) -> None:
+        """Only the error event with that code ends the session."""
+        text = '{"type":"response.audio_transcript.delta","delta":"session_expired"}'
+        (Playbook() >> UpstreamMessage(text) << Send("client", text)).done()
+
+    def test_drain_notice_then_1012_at_the_deadline(self) -> None:
+        """The client is told how long it has; at the deadline the relay closes with 1012."""
+        book = Playbook(RelaySession(), now=0.0)
+        book >> Draining(deadline=30.0, grace_seconds=30.0)
+        notice = sent(book._pending.pop(0))
+        assert notice["type"] == "relay.draining"
+        assert notice["grace_ms"] == 30000
+        assert notice["event_id"].startswith("event_relay_")
+        (book << Wakeup(30.0)).done()
+        (book >> Draining(deadline=99.0, grace_seconds=99.0)).done()  # idempotent
+        (
+            book
+            >> Tick(30.0)
+            << Ended("drained", 1012, "relay restarting; reconnect")
+            << Close("client", 1012, "relay restarting; reconnect")
+            << Close("upstream", 1000, "session ended by the relay")
+        ).done()
+
+    def test_drain_during_initialization_keeps_session_created_first(self) -> None:
+        """The notice waits behind session.created."""
+        book = Playbook(RelaySession(STANDARD, "preview"))
+        (book >> Draining(deadline=10.0, grace_seconds=10.0) << Wakeup(5.0)).done()
+        book >> UpstreamMessage(CREATED)
+        book._pending.clear()
+        book >> UpstreamMessage(UPDATED)
+        assert sent(book._pending.pop(0))["type"] == "session.created"
+        assert sent(book._pending.pop(0))["type"] == "relay.draining"
