@@ -9,6 +9,8 @@ everything else to the Starlette application.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from relay.config import Settings
-from relay.credentials import EntraTokenProvider, provider_for
+from relay.drain import Drain
 from relay.endpoint import RAW_QUERY_KEY, RealtimeEndpoint, deny
 from relay.exceptions import NotFound
 from relay.gate import Gate
@@ -30,6 +32,7 @@ from relay.jwt_auth import JwtVerifier
 from relay.limits import LimitsBackend, MemoryBackend
 from relay.logs import guard_library_loggers
 from relay.metrics import RelayMetrics
+from relay.pools import UpstreamPools
 from relay.sansio.handshake import GA_PATHS, PREVIEW_PATH, redact_query
 from relay.typing import TokenProvider
 
@@ -44,8 +47,13 @@ REALTIME_PATHS = (PREVIEW_PATH, *sorted(GA_PATHS))
 class RelayApp:
     """Outermost ASGI callable; see the module docstring.
 
+    ``/internal/drain`` (GET or POST, metrics port only, so it is never exposed
+    with the WebSocket listener) starts the drain for a Kubernetes preStop
+    hook; with ``?wait=1`` it answers once drained (or after the grace period).
+
     Attributes:
         endpoint: the realtime WebSocket endpoint (it knows the live connections).
+        drain: the replica's drain (SIGTERM and ``/internal/drain`` start it).
         metrics: the relay's metrics (on the registry given to :func:`create_app`).
         metrics_port: port of the metrics listener, or ``None`` when requests on
             every port go to the main application (tests without a metrics socket).
@@ -57,9 +65,11 @@ class RelayApp:
         endpoint: RealtimeEndpoint,
         metrics: RelayMetrics,
         metrics_port: int | None,
+        drain: Drain,
     ) -> None:
         self.main = main
         self.endpoint = endpoint
+        self.drain = drain
         self.metrics = metrics
         self.metrics_port = metrics_port
         self._metrics_app: ASGIApp = make_asgi_app(registry=metrics.registry)
@@ -83,9 +93,21 @@ class RelayApp:
                 return
         await self.main(scope, receive, send)
 
+    async def _drain_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        if request.method not in ("GET", "POST"):
+            response: Response = Response(
+                status_code=405, headers={"Allow": "GET, POST"}
+            )
+        else:
+            response = await _drain_answer(self, request)
+        await response(scope, receive, send)
+
     async def _serve_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/metrics":
             await self._metrics_app(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/internal/drain":
+            await self._drain_endpoint(scope, receive, send)
         elif scope["type"] == "http":
             await Response("not found\n", status_code=404, media_type="text/plain")(
                 scope, receive, send
@@ -95,6 +117,24 @@ class RelayApp:
                 WebSocket(scope, receive, send),
                 NotFound("no WebSocket endpoint on the metrics port"),
             )
+
+
+async def _drain_answer(app: RelayApp, request: Request) -> Response:
+    app.drain.begin()
+    if request.query_params.get("wait") in ("1", "true"):
+        _, grace = app.drain.deadline()
+        # Sessions close at the deadline; give their closing handshakes a moment.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace + 15):
+                await app.drain.drained.wait()
+    return JSONResponse(
+        {
+            "draining": True,
+            "drained": app.drain.drained.is_set(),
+            "connections": app.endpoint.connections,
+        },
+        status_code=202 if not app.drain.drained.is_set() else 200,
+    )
 
 
 def limits_backend_for(settings: Settings) -> LimitsBackend:
@@ -129,12 +169,14 @@ def create_app(
 
     Args:
         registry: where metrics are registered (a fresh one by default).
-        provider: the upstream credential; built from ``settings`` by default.
+        provider: the upstream credential of every deployment served by the
+            top-level ``upstream``; built from ``settings`` by default (as are
+            the credentials of deployments that list their ``upstreams``).
         limits: the limits backend; built from ``settings`` by default.
         metrics_port: the port whose requests are served ``/metrics`` only.
 
-    The application's lifespan starts and closes the provider, the limits
-    backend and the JWT verifier, injected or not.
+    The application's lifespan starts and closes the credential providers,
+    the limits backend and the JWT verifier, injected or not.
     """
     guard_library_loggers()
     metrics = RelayMetrics(registry if registry is not None else CollectorRegistry())
@@ -147,28 +189,29 @@ def create_app(
             }
         )
     )
-    token_provider = (
-        provider
-        if provider is not None
-        else provider_for(
-            settings.upstream.auth, timeout=settings.upstream.credential_timeout
-        )
-    )
+    upstreams = UpstreamPools(settings, metrics=metrics, provider=provider)
     backend = limits if limits is not None else limits_backend_for(settings)
     metrics.limits_backend_up.set_function(lambda: float(backend.status().reachable))
     metrics.limits_degraded.set_function(lambda: float(backend.status().degraded))
     verifier = jwt_verifier_for(settings)
-    gate = Gate(settings, limits=backend, verifier=verifier)
+    # The drain calls back into the endpoint, which is built just below.
+    drain = Drain(
+        settings.drain,
+        sessions=lambda: endpoint.connections,
+        wait_sessions=lambda at_most: endpoint.wait_connections(at_most),
+        notify=lambda deadline, grace: endpoint.drain_sessions(deadline, grace),
+    )
+    metrics.draining.set_function(lambda: float(drain.draining))
+    gate = Gate(settings, limits=backend, verifier=verifier, drain=drain)
     endpoint = RealtimeEndpoint(
-        settings, provider=token_provider, metrics=metrics, gate=gate
+        settings, upstreams=upstreams, metrics=metrics, gate=gate, drain=drain
     )
     ready = {"ready": False}
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        if isinstance(token_provider, EntraTokenProvider):
-            # Fetch the first token now so the first session does not wait for it.
-            token_provider.warm_up()
+        # Fetch the first Entra tokens now so the first sessions do not wait.
+        upstreams.warm_up()
         await backend.start()
         if verifier is not None:
             await verifier.start()
@@ -182,10 +225,11 @@ def create_app(
             yield
         finally:
             ready["ready"] = False
+            await drain.close()
             if verifier is not None:
                 await verifier.close()
             await backend.close()
-            await token_provider.close()
+            await upstreams.close()
             log.info("relay.stopped")
 
     async def livez(_request: Request) -> Response:
@@ -198,15 +242,19 @@ def create_app(
         # Failing open keeps the replica useful; failing closed with the store
         # down means every session would be refused.
         limits_ok = limits_status.reachable or limits_status.degraded
-        checks = {
+        # The relay's own credentials (cached token or key), not Azure's health.
+        credentials_ok, credentials = upstreams.credential_report()
+        checks: dict[str, object] = {
             "started": ready["ready"],
             "limits": {
                 "backend": limits_status.backend,
                 "reachable": limits_status.reachable,
                 "degraded": limits_status.degraded,
             },
+            "credentials": credentials,
+            "draining": drain.draining,
         }
-        ok = ready["ready"] and limits_ok
+        ok = ready["ready"] and limits_ok and credentials_ok and not drain.draining
         body = {"status": "ready" if ok else "not ready", "checks": checks}
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -233,5 +281,9 @@ def create_app(
         WebSocketRoute("/{path:path}", not_found),
     ]
     return RelayApp(
-        Starlette(routes=routes, lifespan=lifespan), endpoint, metrics, metrics_port
+        Starlette(routes=routes, lifespan=lifespan),
+        endpoint,
+        metrics,
+        metrics_port,
+        drain,
     )

@@ -122,6 +122,11 @@ def _run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _check_simulator_endpoint(settings: Settings) -> None:
+    if settings.upstream is None:
+        raise ConfigError(
+            f"{settings.source}: upstream: missing, expected an http://<loopback>:<port> "
+            "endpoint for --with-simulator"
+        )
     parts = urlsplit(settings.upstream.ws_base)
     host = parts.hostname or ""
     try:
@@ -150,6 +155,8 @@ async def _maybe_simulator(settings: Settings, *, enabled: bool) -> AsyncIterato
         return
     from relay.simulator import Simulator
 
+    # Checked by _check_simulator_endpoint before serving.
+    assert settings.upstream is not None
     parts = urlsplit(settings.upstream.ws_base)
     auth = settings.upstream.auth
     # The simulator accepts exactly the relay's own upstream key (with entra
@@ -166,8 +173,17 @@ def _announce(settings: Settings, relay: RunningRelay, with_simulator: bool) -> 
     base = f"ws://{host}:{relay.port}"
     deployment = next(iter(settings.deployments))
     upstream = "the built-in simulator at " if with_simulator else ""
+    endpoints = ", ".join(
+        sorted(
+            {
+                target.endpoint
+                for name in settings.deployments
+                for target in settings.upstream_targets(name)
+            }
+        )
+    )
     lines = [
-        f"Realtime Relay {__version__} is serving on {base} (upstream: {upstream}{settings.upstream.endpoint})",
+        f"Realtime Relay {__version__} is serving on {base} (upstream: {upstream}{endpoints})",
         f"  health:  http://{host}:{relay.port}/readyz    metrics: http://{settings.metrics.host}:{relay.metrics_port}/metrics",
         f"  preview: {base}/openai/realtime?api-version=2025-04-01-preview&deployment={deployment}",
         f"  GA:      {base}/openai/v1/realtime?model={deployment}",

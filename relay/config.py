@@ -10,17 +10,21 @@ variables that hold them (``api_key_env``), and resolved secrets are kept out of
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from relay._clients import parse_auth, parse_clients
 from relay._policies import parse_policies
 from relay._reader import Node, Section, load_yaml
+from relay._upstreams import (
+    parse_deployments,
+    parse_failover,
+    parse_upstream,
+    require_upstream,
+)
 from relay.exceptions import ConfigError
 from relay.jwt_auth import JwtSettings
 from relay.sansio.policy import EMPTY_POLICY, Policy
@@ -34,6 +38,7 @@ __all__ = [
     "DeploymentSettings",
     "DrainSettings",
     "EntraAuth",
+    "FailoverSettings",
     "FlowSettings",
     "LimitsSettings",
     "ListenSettings",
@@ -41,17 +46,13 @@ __all__ = [
     "MetricsSettings",
     "Settings",
     "UpstreamSettings",
+    "UpstreamTarget",
     "load_settings",
     "parse_settings",
 ]
 
 MiB = 1024 * 1024
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Deployment names travel in URL query strings; Azure allows letters, digits,
-# '-', '_' and '.' (UNVERIFIED beyond the portal's own rules).
-_DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,7 @@ class EntraAuth:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamSettings:
-    """The Azure OpenAI resource the relay connects to."""
+    """The Azure OpenAI resource of deployments that list no ``upstreams``."""
 
     endpoint: str
     """As configured, e.g. ``https://res.openai.azure.com``."""
@@ -109,11 +110,65 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class DeploymentSettings:
-    """A deployment name clients may ask for, and the upstream deployment it maps to."""
+class UpstreamTarget:
+    """One upstream a deployment's sessions may start on.
+
+    An entry of the deployment's ``upstreams`` list, or the top-level
+    ``upstream`` for a deployment without one (see
+    :meth:`Settings.upstream_targets`).
+    """
 
     name: str
+    """``<deployment>/<index>``: a bounded name for metrics and logs (never a URL or key)."""
+    endpoint: str
+    """As configured, e.g. ``https://eastus2-res.openai.azure.com``."""
+    ws_base: str
+    """The WebSocket origin derived from it (``http`` -> ``ws``, ``https`` -> ``wss``)."""
     upstream_deployment: str
+    """The deployment's name on this resource."""
+    auth: ApiKeyAuth | EntraAuth
+    weight: int = 1
+    """Share of first attempts among the deployment's upstreams (1-100)."""
+    # Timeouts
+    connect_timeout: float = 10.0
+    """Bound on one attempt's TCP+TLS+WebSocket handshake, in seconds."""
+    credential_timeout: float = 10.0
+    """Bound on obtaining this upstream's Entra token, in seconds."""
+    inherited: bool = False
+    """Built from the top-level ``upstream`` section (the deployment lists no ``upstreams``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentSettings:
+    """A deployment name clients may ask for, and where its sessions go.
+
+    Either ``upstreams`` lists where (failover at session start), or the
+    top-level ``upstream`` serves it as ``upstream_deployment``.
+    """
+
+    name: str
+    upstream_deployment: str | None = None
+    """Its name on the top-level upstream (``None``: ``name``); only without ``upstreams``."""
+    upstreams: tuple[UpstreamTarget, ...] = ()
+    """Upstreams to fail over between at session start; empty: the top-level ``upstream``."""
+
+    def __post_init__(self) -> None:
+        if self.upstreams and self.upstream_deployment is not None:
+            raise ValueError(
+                f"deployment {self.name!r}: upstream_deployment and upstreams exclude each other"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverSettings:
+    """Circuit breakers of upstreams, and how long a ``Retry-After`` may hold one."""
+
+    failures_to_open: int = 3
+    """Consecutive failed session starts on an upstream that open its breaker."""
+    cooldown_seconds: float = 30.0
+    """An open breaker lets one trial session start through after this long."""
+    max_retry_after_seconds: float = 300.0
+    """Longest ``Retry-After`` (with 429 or 503) honoured by not trying the upstream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +270,8 @@ class Settings:
     source: str
     listen: ListenSettings
     metrics: MetricsSettings
-    upstream: UpstreamSettings
+    upstream: UpstreamSettings | None
+    """Serves deployments that list no ``upstreams``; required while one does not."""
     deployments: Mapping[str, DeploymentSettings]
     clients: tuple[ClientSettings, ...]
     jwt: JwtSettings | None = None
@@ -224,6 +280,43 @@ class Settings:
     flow: FlowSettings = FlowSettings()
     drain: DrainSettings = DrainSettings()
     log: LogSettings = LogSettings()
+    failover: FailoverSettings = FailoverSettings()
+
+    def __post_init__(self) -> None:
+        if self.upstream is None:
+            for name, deployment in self.deployments.items():
+                if not deployment.upstreams:
+                    raise ConfigError(
+                        f"{self.source}: upstream: missing, expected a mapping "
+                        f"(deployment {name!r} lists no upstreams)"
+                    )
+
+    def upstream_targets(self, deployment: str) -> tuple[UpstreamTarget, ...]:
+        """Where sessions of ``deployment`` may start, in the configured order.
+
+        A deployment without ``upstreams`` has one target: the top-level
+        ``upstream``, named ``<deployment>/0``.
+
+        Raises:
+            KeyError: ``deployment`` is not configured.
+        """
+        settings = self.deployments[deployment]
+        if settings.upstreams:
+            return settings.upstreams
+        upstream = self.upstream
+        assert upstream is not None  # checked on construction
+        return (
+            UpstreamTarget(
+                name=f"{deployment}/0",
+                endpoint=upstream.endpoint,
+                ws_base=upstream.ws_base,
+                upstream_deployment=settings.upstream_deployment or deployment,
+                auth=upstream.auth,
+                connect_timeout=upstream.connect_timeout,
+                credential_timeout=upstream.credential_timeout,
+                inherited=True,
+            ),
+        )
 
 
 def load_settings(path: str | Path, environ: Mapping[str, str]) -> Settings:
@@ -248,10 +341,19 @@ def parse_settings(text: str, *, source: str, environ: Mapping[str, str]) -> Set
     root = load_yaml(text, source)
     listen = _listen(root.section("listen"))
     metrics = _metrics(root.section("metrics"), listen)
-    upstream = _upstream(root.require("upstream", "a mapping").as_section(), environ)
-    deployments = _deployments(
-        root.require("deployments", "a mapping of deployment names")
+    upstream_node = root.get("upstream")
+    require_upstream(upstream_node, root.get("deployments"), source=source)
+    upstream = (
+        parse_upstream(upstream_node.as_section(), environ)
+        if upstream_node is not None
+        else None
     )
+    deployments = parse_deployments(
+        root.require("deployments", "a mapping of deployment names"),
+        upstream=upstream,
+        environ=environ,
+    )
+    failover = parse_failover(root.section("failover"))
     policies_section = root.section("policies")
     policies = parse_policies(policies_section)
     jwt = parse_auth(root.section("auth"))
@@ -279,6 +381,7 @@ def parse_settings(text: str, *, source: str, environ: Mapping[str, str]) -> Set
         flow=flow,
         drain=drain,
         log=log,
+        failover=failover,
     )
 
 
@@ -308,104 +411,6 @@ def _metrics(section: Section, listen: ListenSettings) -> MetricsSettings:
             f"{section.source}: {where}: expected a port other than listen.port ({listen.port})"
         )
     return settings
-
-
-def _env_name(node: Node) -> str:
-    name = node.as_str()
-    if not _ENV_NAME.fullmatch(name):
-        node.fail("an environment variable name")
-    return name
-
-
-def _upstream(section: Section, environ: Mapping[str, str]) -> UpstreamSettings:
-    endpoint_node = section.require("endpoint", "an http(s) or ws(s) URL")
-    endpoint = endpoint_node.as_str()
-    kwargs: dict[str, Any] = {
-        "endpoint": endpoint,
-        "ws_base": _ws_base(endpoint_node, endpoint),
-        "auth": _auth(
-            section.require("auth", "a mapping with a type").as_section(), environ
-        ),
-    }
-    for key in ("connect_timeout", "credential_timeout"):
-        if node := section.get(key):
-            kwargs[key] = node.as_float(minimum=0.1, maximum=120)
-    section.finish()
-    return UpstreamSettings(**kwargs)
-
-
-def _ws_base(node: Node, endpoint: str) -> str:
-    expected = "an http(s) or ws(s) URL with a host and no path, query or credentials"
-    try:
-        parts = urlsplit(endpoint)
-        port = parts.port  # raises ValueError on a malformed port
-    except ValueError:
-        node.fail(expected)
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
-    if (
-        scheme is None
-        or not parts.hostname
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-        or parts.username is not None
-        or parts.password is not None
-    ):
-        node.fail(expected)
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
-
-
-def _auth(section: Section, environ: Mapping[str, str]) -> ApiKeyAuth | EntraAuth:
-    kind = section.require("type", "api_key or entra").as_choice(("api_key", "entra"))
-    if kind == "api_key":
-        env_node = section.require(
-            "api_key_env", "the name of the environment variable holding the key"
-        )
-        env = _env_name(env_node)
-        section.finish()
-        key = environ.get(env, "").strip()
-        if not key:
-            raise ConfigError(
-                f"{section.source}: {env_node.path}: environment variable {env} is unset or empty"
-            )
-        return ApiKeyAuth(api_key_env=env, api_key=key)
-    kwargs: dict[str, Any] = {}
-    for key in ("scope", "client_id"):
-        if node := section.get(key):
-            kwargs[key] = node.as_str()
-    section.finish()
-    return EntraAuth(**kwargs)
-
-
-def _deployments(node: Node) -> Mapping[str, DeploymentSettings]:
-    section = node.as_section()
-    deployments: dict[str, DeploymentSettings] = {}
-    for name, entry in section.items():
-        if not _DEPLOYMENT_NAME.fullmatch(name):
-            Node(name, entry.path, entry.source).fail(
-                "a deployment name (letters, digits, '.', '_', '-'; at most 64)"
-            )
-        # `gpt-realtime: {}` and `gpt-realtime:` (null) both mean "same name upstream".
-        body = (
-            entry.as_section()
-            if entry.value is not None
-            else Section({}, entry.path, entry.source)
-        )
-        upstream_name = name
-        if target := body.get("upstream_deployment"):
-            upstream_name = target.as_str()
-            if not _DEPLOYMENT_NAME.fullmatch(upstream_name):
-                target.fail(
-                    "a deployment name (letters, digits, '.', '_', '-'; at most 64)"
-                )
-        body.finish()
-        deployments[name] = DeploymentSettings(
-            name=name, upstream_deployment=upstream_name
-        )
-    if not deployments:
-        node.fail("at least one deployment")
-    return MappingProxyType(deployments)
 
 
 def _limits(section: Section) -> LimitsSettings:

@@ -16,8 +16,8 @@ from azure.core.credentials_async import AsyncTokenCredential
 from relay._tasks import TaskSet
 from relay.config import ApiKeyAuth, EntraAuth
 from relay.exceptions import CredentialUnavailable
-from relay.sansio.tokens import CachedToken, refresh_due, usable
-from relay.typing import TokenProvider
+from relay.sansio.tokens import REFRESH_MARGIN, CachedToken, refresh_due, usable
+from relay.typing import CredentialStatus, TokenProvider
 
 
 __all__ = [
@@ -29,6 +29,11 @@ __all__ = [
 
 log = structlog.get_logger("relay.credentials")
 
+# Pauses of the background refresh, in seconds.
+_FIRST_RETRY = 5.0
+_LAST_RETRY = 60.0
+_MIN_REFRESH_PAUSE = 10.0
+
 
 class ApiKeyProvider:
     """Sends the resource key as ``api-key``."""
@@ -39,6 +44,10 @@ class ApiKeyProvider:
     async def auth_header(self) -> tuple[str, str]:
         """The ``api-key`` header; never fails."""
         return self._header
+
+    def status(self) -> CredentialStatus:
+        """A key is always there."""
+        return CredentialStatus(kind="api_key", ok=True)
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -71,6 +80,10 @@ class EntraTokenProvider:
         self._token: CachedToken | None = None
         # The fetch in progress, shared by every caller; None when idle.
         self._fetch: asyncio.Task[CachedToken] | None = None
+        # The background refresh loop, once started by warm_up().
+        self._refresher: asyncio.Task[None] | None = None
+        # Type name of the last fetch failure, cleared by a success.
+        self._last_error: str | None = None
         self._tasks = TaskSet()
 
     async def auth_header(self) -> tuple[str, str]:
@@ -96,8 +109,45 @@ class EntraTokenProvider:
             await asyncio.wait([fetch])
 
     def warm_up(self) -> None:
-        """Start fetching a token now, so the first session does not wait for it."""
-        self._start_fetch()
+        """Start keeping a token fresh in the background; idempotent.
+
+        The first token is fetched at once, so the first session does not wait
+        for it, and each next one :data:`~relay.sansio.tokens.REFRESH_MARGIN`
+        before the current one expires: session starts never wait for Entra
+        while it answers. Failures are retried with a growing pause (5 s to
+        60 s) while the current token stays in use.
+        """
+        if self._refresher is None:
+            self._refresher = self._tasks.spawn(
+                self._refresh_forever(), name="entra-token-refresh"
+            )
+
+    async def _refresh_forever(self) -> None:
+        pause_after_failure = _FIRST_RETRY
+        while True:
+            try:
+                token = await asyncio.shield(self._start_fetch())
+            except CredentialUnavailable:
+                pause = pause_after_failure
+                pause_after_failure = min(2 * pause_after_failure, _LAST_RETRY)
+            else:
+                pause_after_failure = _FIRST_RETRY
+                pause = max(
+                    _MIN_REFRESH_PAUSE,
+                    token.expires_on - REFRESH_MARGIN - self._clock(),
+                )
+            await asyncio.sleep(pause)  # the schedule itself, not synchronisation
+
+    def status(self) -> CredentialStatus:
+        """Whether a usable token is held, and until when (for /readyz and metrics)."""
+        token = self._token
+        now = self._clock()
+        return CredentialStatus(
+            kind="entra",
+            ok=usable(token, now),
+            expires_in=None if token is None else token.expires_on - now,
+            last_error=self._last_error,
+        )
 
     def _start_fetch(self) -> asyncio.Task[CachedToken]:
         if self._fetch is None or self._fetch.done():
@@ -114,6 +164,7 @@ class EntraTokenProvider:
             async with asyncio.timeout(self._timeout):
                 access = await self._credential.get_token(self._scope)
         except TimeoutError:
+            self._last_error = "timeout"
             log.warning("credential.fetch_timeout", timeout_s=self._timeout)
             raise CredentialUnavailable(
                 "the relay's upstream credential is unavailable"
@@ -121,12 +172,14 @@ class EntraTokenProvider:
         except Exception as exc:  # noqa: BLE001 - converted, logged by type
             # azure-identity raises several unrelated types (ClientAuthenticationError,
             # CredentialUnavailableError, aiohttp errors); none may escape as-is.
-            log.warning("credential.fetch_failed", error=type(exc).__name__)
+            self._last_error = type(exc).__name__
+            log.warning("credential.fetch_failed", error=self._last_error)
             raise CredentialUnavailable(
                 "the relay's upstream credential is unavailable"
             ) from None
         token = CachedToken(value=access.token, expires_on=float(access.expires_on))
         self._token = token
+        self._last_error = None
         log.info(
             "credential.token_refreshed",
             expires_in_s=round(token.expires_on - self._clock()),

@@ -110,10 +110,16 @@ class SessionDriver:
             "upstream": None,
         }
         self._watchdog: asyncio.TimerHandle | None = None
+        # A drain requested before the session started.
+        self._started = False
+        self._drain_request: tuple[float, float] | None = None
 
     async def run(self) -> Ended:
         """Relay until both legs are closed; return how the session ended."""
         self._execute(self.session.handle(Started(self._loop.time())))
+        self._started = True
+        if self._drain_request is not None:
+            self.drain(*self._drain_request)
         self._arm_watchdog()
         try:
             async with asyncio.TaskGroup() as group:
@@ -140,7 +146,13 @@ class SessionDriver:
         return self.ended
 
     def drain(self, deadline: float, grace_seconds: float) -> None:
-        """Tell the client the relay is draining; end the session by ``deadline``."""
+        """Tell the client the relay is draining; end the session by ``deadline``.
+
+        Before :meth:`run` has started the session, the request waits for it.
+        """
+        if not self._started:
+            self._drain_request = (deadline, grace_seconds)
+            return
         self._execute(self.session.handle(Draining(deadline, grace_seconds)))
 
     def _arm_watchdog(self) -> None:

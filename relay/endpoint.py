@@ -5,7 +5,8 @@ Order matters and is the point of this module:
 1. the handshake is judged and the session's place reserved
    (:class:`~relay.gate.Gate`: identity, Origin, deployment, replica capacity,
    client quota) before any upstream connection exists;
-2. the relay obtains its own credential and opens the upstream;
+2. the relay obtains its own credential and opens the upstream, failing over
+   between the deployment's upstreams (:mod:`relay.pools`);
 3. only then is the client accepted, selecting a safe subprotocol;
 4. the :class:`~relay.driver.SessionDriver` relays until both legs close.
 
@@ -30,23 +31,19 @@ from websockets.asyncio.client import ClientConnection
 
 from relay import __version__
 from relay.config import Settings
+from relay.drain import Drain
 from relay.driver import SessionDriver
 from relay.exceptions import (
-    CredentialUnavailable,
     Forbidden,
     HandshakeTimeout,
     RelayError,
     Unauthenticated,
-    UpstreamRefused,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from relay.gate import Gate, Reservation, session_limits
 from relay.metrics import RelayMetrics
-from relay.sansio.handshake import Admission, HandshakeRequest, upstream_headers
+from relay.pools import UpstreamPools
+from relay.sansio.handshake import Admission, HandshakeRequest
 from relay.sansio.session import RelaySession
-from relay.typing import TokenProvider
-from relay.upstream import open_upstream
 
 
 __all__ = ["RAW_QUERY_KEY", "RealtimeEndpoint", "deny"]
@@ -83,17 +80,27 @@ class RealtimeEndpoint:
         self,
         settings: Settings,
         *,
-        provider: TokenProvider,
+        upstreams: UpstreamPools,
         metrics: RelayMetrics,
         gate: Gate,
+        drain: Drain | None = None,
     ) -> None:
         self._settings = settings
-        self._provider = provider
+        self.upstreams = upstreams
+        """Every deployment's upstreams; sessions start on one of them."""
         self._metrics = metrics
         self._gate = gate
+        self._drain = drain
+        self.drivers: set[SessionDriver] = set()
+        """Sessions relaying now (accepted, both legs open)."""
         # Connections inside `handle`, from upgrade request to the end of both legs.
         self.connections = 0
         self._connections_changed = asyncio.Condition()
+
+    def drain_sessions(self, deadline: float, grace_seconds: float) -> None:
+        """Tell every live session the relay drains; each ends by ``deadline``."""
+        for driver in list(self.drivers):
+            driver.drain(deadline, grace_seconds)
 
     async def wait_connections(self, at_most: int = 0) -> None:
         """Return once at most ``at_most`` connections are being handled.
@@ -179,36 +186,18 @@ class RealtimeEndpoint:
         )
 
     async def _connect(self, admission: Admission) -> _Upstream:
-        """Obtain the relay's credential and open the upstream, counting the result."""
-        upstream = self._settings.upstream
-        request_id = str(uuid.uuid4())
-        try:
-            async with asyncio.timeout(upstream.credential_timeout):
-                auth = await self._provider.auth_header()
-        except (TimeoutError, CredentialUnavailable):
-            self._metrics.upstream_connects.labels("credential_unavailable").inc()
-            raise CredentialUnavailable(
-                "the relay's upstream credential is unavailable"
-            ) from None
-        try:
-            connection = await open_upstream(
-                upstream.ws_base + admission.upstream_target,
-                upstream_headers(auth, request_id=request_id, user_agent=USER_AGENT),
-                connect_timeout=upstream.connect_timeout,
-                max_message_bytes=self._settings.limits.max_message_bytes,
-                flow=self._settings.flow,
-            )
-        except UpstreamRefused:
-            self._metrics.upstream_connects.labels("refused").inc()
-            raise
-        except UpstreamTimeout:
-            self._metrics.upstream_connects.labels("timeout").inc()
-            raise
-        except UpstreamUnavailable:
-            self._metrics.upstream_connects.labels("unavailable").inc()
-            raise
-        self._metrics.upstream_connects.labels("ok").inc()
-        return _Upstream(connection, request_id)
+        """Open the deployment's upstream, failing over between its targets.
+
+        See :meth:`relay.pools.UpstreamPools.connect`: attempts, breakers and
+        metrics are handled there; the caller's handshake timeout bounds it.
+        Never called once the client is accepted: a session is never moved.
+        """
+        opened = await self.upstreams.connect(
+            admission.deployment.name, admission.route, user_agent=USER_AGENT
+        )
+        # Every later log line of the session names the upstream it runs on.
+        structlog.contextvars.bind_contextvars(upstream=opened.target.name)
+        return _Upstream(opened.connection, opened.request_id)
 
     async def _relay(
         self, websocket: WebSocket, reservation: Reservation, upstream: _Upstream
@@ -238,6 +227,9 @@ class RealtimeEndpoint:
             )
             started = time.monotonic()
             self._metrics.sessions_active.inc()
+            self.drivers.add(driver)
+            if self._drain is not None and self._drain.draining:
+                driver.drain(*self._drain.deadline())
             outcome, code, reason = "relay_error", 1011, "internal relay error"
             try:
                 ended = await driver.run()
@@ -247,6 +239,7 @@ class RealtimeEndpoint:
                 log.exception("session.crashed")
                 await self._close_client(websocket)
             finally:
+                self.drivers.discard(driver)
                 duration = time.monotonic() - started
                 self._metrics.sessions_active.dec()
                 self._metrics.sessions.labels(outcome).inc()

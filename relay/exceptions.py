@@ -13,6 +13,7 @@ frame. Every leaf therefore carries both, so no caller has to map errors itself:
         * :exc:`NotFound` (404 / 1008)
         * :exc:`QuotaExceeded` (429 / 1008)
     * :exc:`Overloaded` (503 / 1013) — this replica cannot take the session now.
+        * :exc:`ShuttingDown` — this replica is draining.
         * :exc:`LimitsUnavailable` — the shared limits store is unreachable.
     * :exc:`UpstreamError` — the upstream could not serve the session.
         * :exc:`UpstreamRefused` (mirrors or maps the upstream's status / 1014)
@@ -42,6 +43,7 @@ __all__ = [
     "Overloaded",
     "QuotaExceeded",
     "RelayError",
+    "ShuttingDown",
     "Unauthenticated",
     "UpstreamError",
     "UpstreamRefused",
@@ -176,6 +178,13 @@ class Overloaded(RelayError):
     def headers(self) -> Mapping[str, str]:
         """Whole seconds, at least 1."""
         return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class ShuttingDown(Overloaded):
+    """This replica is draining: connect again (another replica will answer)."""
+
+    error_code = "draining"
+    outcome = "rejected_draining"
 
 
 class LimitsUnavailable(Overloaded):

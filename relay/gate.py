@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from relay.config import ClientSettings, Settings
-from relay.exceptions import Overloaded, Unauthenticated
+from relay.drain import Drain
+from relay.exceptions import Overloaded, ShuttingDown, Unauthenticated
 from relay.limits import LimitsBackend
 from relay.sansio.handshake import Admission, Gatekeeper, HandshakeRequest
 from relay.sansio.limits import SessionLimits
@@ -57,10 +58,12 @@ class Gate:
         *,
         limits: LimitsBackend,
         verifier: ClientTokenVerifier | None,
+        drain: Drain | None = None,
     ) -> None:
         self._settings = settings
         self._limits = limits
         self._verifier = verifier
+        self._drain = drain
         self._gatekeeper = Gatekeeper(settings.clients, settings.deployments)
         # Sessions holding a place on this replica (handshaking or running).
         self.reserved = 0
@@ -91,10 +94,15 @@ class Gate:
         """Take a place on this replica and a slot of the client's quota.
 
         Raises:
+            ShuttingDown: this replica is draining (past the propagation delay).
             Overloaded: this replica is at ``limits.max_sessions``.
             relay.exceptions.QuotaExceeded: the client is over a limit.
             relay.exceptions.LimitsUnavailable: the shared store is down (fail closed).
         """
+        if self._drain is not None and self._drain.refusing():
+            raise ShuttingDown(
+                "this relay is shutting down; reconnect", retry_after=1.0
+            )
         if self.reserved >= self._settings.limits.max_sessions:
             raise Overloaded(
                 "this relay is at its session capacity; retry", retry_after=5.0

@@ -10,6 +10,8 @@ scales by replicas instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -41,7 +43,15 @@ AUTH_FAILURE_REASONS = (
     "origin",
     "deployment",
 )
-UPSTREAM_RESULTS = ("ok", "refused", "unavailable", "timeout", "credential_unavailable")
+UPSTREAM_RESULTS = (
+    "ok",
+    "refused",
+    "unavailable",
+    "timeout",
+    "credential_unavailable",
+    # Cut short without a verdict: the handshake budget ran out or the client left.
+    "abandoned",
+)
 # Handshakes include an upstream TLS + WebSocket handshake across regions.
 _HANDSHAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Sessions last up to Azure's 30-minute cap; buckets reach 35 minutes.
@@ -82,8 +92,19 @@ class RelayMetrics:
         )
         self.upstream_connects = Counter(
             "relay_upstream_connect",
-            "Upstream connection attempts by result.",
-            ["result"],
+            "Upstream connection attempts by upstream (<deployment>/<index>) and result.",
+            ["upstream", "result"],
+            registry=registry,
+        )
+        self.upstream_breaker_state = Gauge(
+            "relay_upstream_breaker_state",
+            "Circuit breaker of each upstream: 0 closed, 1 half-open, 2 open or held.",
+            ["upstream"],
+            registry=registry,
+        )
+        self.upstream_failovers = Counter(
+            "relay_upstream_failovers",
+            "Session starts moved on to another upstream after a failed attempt.",
             registry=registry,
         )
         self.messages = Counter(
@@ -114,6 +135,12 @@ class RelayMetrics:
             "1 while failing open: client limits are enforced per replica only.",
             registry=registry,
         )
+        self.upstream_credential_ok = Gauge(
+            "relay_upstream_credential_ok",
+            "1 while the relay holds a usable credential for the upstream (Entra token or key).",
+            ["upstream"],
+            registry=registry,
+        )
         self.backpressure_stalls = Counter(
             "relay_backpressure_stalls",
             "Sessions ended because a leg stopped reading, by the direction that stalled.",
@@ -141,8 +168,6 @@ class RelayMetrics:
 
         for outcome in OUTCOMES:
             self.sessions.labels(outcome)
-        for result in UPSTREAM_RESULTS:
-            self.upstream_connects.labels(result)
         for reason in AUTH_FAILURE_REASONS:
             self.auth_failures.labels(reason)
         self.limits_backend_up.set(1)
@@ -153,6 +178,22 @@ class RelayMetrics:
         self._c2u_bytes = self.message_bytes.labels(DIRECTIONS[0])
         self._u2c_messages = self.messages.labels(DIRECTIONS[1])
         self._u2c_bytes = self.message_bytes.labels(DIRECTIONS[1])
+
+    def prepare_upstream(
+        self,
+        name: str,
+        breaker_state: Callable[[], float],
+        credential_ok: Callable[[], float],
+    ) -> None:
+        """Create the series of upstream ``name``; its gauges read the callables.
+
+        The gauges are computed at scrape time, so an open breaker shows as
+        half-open as soon as its cool-down ends.
+        """
+        for result in UPSTREAM_RESULTS:
+            self.upstream_connects.labels(name, result)
+        self.upstream_breaker_state.labels(name).set_function(breaker_state)
+        self.upstream_credential_ok.labels(name).set_function(credential_ok)
 
     def prepare_policy_labels(self, targets: list[str]) -> None:
         """Create the policy series of configured rule targets at 0."""

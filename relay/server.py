@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from relay._protocol import RelayWebSocketProtocol
 from relay.app import RelayApp, create_app
 from relay.config import Settings
+from relay.drain import Drain
 from relay.typing import TokenProvider
 
 
@@ -76,15 +76,24 @@ def uvicorn_config(app: RelayApp, settings: Settings) -> uvicorn.Config:
 
 
 class RelayServer(uvicorn.Server):
-    """uvicorn's server, with a start-up event and a clean exit on SIGTERM/SIGINT.
+    """uvicorn's server, draining on SIGTERM/SIGINT and exiting 0.
 
-    uvicorn records a caught signal and raises it again once shut down, so the
-    process would die *by* SIGTERM (exit status -15) after a graceful stop.
+    uvicorn would close every WebSocket with 1012 at the first signal; with a
+    ``drain`` the first signal starts it instead (:mod:`relay.drain`) and the
+    server exits once the drain is over. A second signal stops at once (uvicorn
+    then closes what is left with 1012), a third forces the exit.
+
+    uvicorn also records a caught signal and raises it again once shut down, so
+    the process would die *by* SIGTERM (exit status -15) after a graceful stop.
     The relay exits 0 instead: a requested stop is not a failure.
     """
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, *, drain: Drain | None = None) -> None:
         super().__init__(config)
+        self._drain = drain
+        if drain is not None:
+            drain.on_drained = self._drained
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Set once the listeners are bound and the lifespan has started.
         self.started_event = asyncio.Event()
         # Set once serving has ended, whatever the reason.
@@ -92,12 +101,28 @@ class RelayServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Start as uvicorn does, then announce it."""
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
         self.started_event.set()
 
+    def _drained(self) -> None:
+        self.should_exit = True
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """Begin a graceful shutdown; a second SIGINT forces it. Never re-raise."""
-        if self.should_exit and sig == signal.SIGINT:
+        """First signal: drain (or stop, without a drain). Later ones: stop, then force.
+
+        Runs in the signal handler, between two bytecodes of the event loop's
+        thread: it only sets flags or schedules work on the loop.
+        """
+        drain, loop = self._drain, self._loop
+        if (
+            drain is not None
+            and loop is not None
+            and not drain.draining
+            and not self.should_exit
+        ):
+            loop.call_soon_threadsafe(drain.begin)
+        elif self.should_exit:
             self.force_exit = True
         else:
             self.should_exit = True
@@ -131,7 +156,7 @@ def _prepare(
     )
     return (
         app,
-        RelayServer(uvicorn_config(app, settings)),
+        RelayServer(uvicorn_config(app, settings), drain=app.drain),
         [main_socket, metrics_socket],
     )
 

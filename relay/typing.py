@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, NewType, Protocol
 
 
 __all__ = [
     "ClientId",
     "ClientTokenVerifier",
+    "CredentialStatus",
     "Family",
     "Side",
     "TokenProvider",
@@ -35,6 +37,20 @@ class ClientTokenVerifier(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class CredentialStatus:
+    """What ``/readyz`` and the metrics say about one upstream credential."""
+
+    kind: str
+    """``api_key`` or ``entra``."""
+    ok: bool
+    """A credential usable for a new upstream handshake is held."""
+    expires_in: float | None = None
+    """Seconds until the held token expires (Entra)."""
+    last_error: str | None = None
+    """Type of the last refresh failure, until a refresh succeeds."""
+
+
 class TokenProvider(Protocol):
     """Something that produces the relay's upstream ``Authorization`` material."""
 
@@ -48,4 +64,8 @@ class TokenProvider(Protocol):
 
     async def close(self) -> None:
         """Release network resources; idempotent."""
+        ...
+
+    def status(self) -> CredentialStatus:
+        """Health of the credential, for readiness and metrics."""
         ...

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from azure.core.credentials import AccessToken
 from starlette.applications import Starlette
@@ -31,6 +32,7 @@ class ScriptedCredential:
 
     def __init__(self) -> None:
         self.fetches = 0
+        self.asked = asyncio.Event()
         self.closed = False
         self.answers: asyncio.Queue[AccessToken | Exception] = asyncio.Queue()
 
@@ -44,6 +46,7 @@ class ScriptedCredential:
     ) -> AccessToken:
         assert scopes == ("https://cognitiveservices.azure.com/.default",)
         self.fetches += 1
+        self.asked.set()
         answer = await self.answers.get()
         if isinstance(answer, Exception):
             raise answer
@@ -257,3 +260,51 @@ async def test_unavailable_entra_token_is_503_before_upgrade(
             assert info.value.response.status_code == 503
             assert info.value.response.headers["Retry-After"] == "5"
             assert stack.simulator.stats.handshakes == []
+            # Readiness says why: no usable credential for any upstream.
+            async with httpx.AsyncClient() as http:
+                ready = await http.get(f"http://127.0.0.1:{stack.relay.port}/readyz")
+            assert ready.status_code == 503
+            assert all(not item["ok"] for item in ready.json()["checks"]["credentials"])
+
+
+class TestBackgroundRefresh:
+    async def test_warm_up_fetches_at_once_and_reports_status(self) -> None:
+        """The first token arrives before any session asks; status says how long it lasts."""
+        credential, clock = ScriptedCredential(), Clock()
+        provider = entra(credential, clock)
+        assert provider.status().ok is False
+        await credential.answers.put(AccessToken("tok", int(clock.now) + 3600))
+        provider.warm_up()
+        provider.warm_up()  # idempotent
+        async with asyncio.timeout(5 * SECOND):
+            await credential.asked.wait()
+            await provider.settled()
+        status = provider.status()
+        assert status.ok
+        assert status.kind == "entra"
+        assert status.expires_in == pytest.approx(3600, abs=1)
+        assert status.last_error is None
+        assert credential.fetches == 1
+        await provider.close()
+
+    async def test_a_failing_refresh_is_visible(self) -> None:
+        """A failure is reported by type in status(), and the loop keeps going."""
+        credential, clock = ScriptedCredential(), Clock()
+        provider = entra(credential, clock)
+        await credential.answers.put(
+            RuntimeError("login.microsoftonline.com unreachable")
+        )
+        provider.warm_up()
+        async with asyncio.timeout(5 * SECOND):
+            await credential.asked.wait()
+            await provider.settled()
+        status = provider.status()
+        assert (status.ok, status.last_error) == (False, "RuntimeError")
+        await provider.close()
+        assert credential.closed
+
+    async def test_api_key_status(self) -> None:
+        """A resource key is always usable."""
+        provider = ApiKeyProvider("k")
+        assert provider.status().ok
+        assert provider.status().kind == "api_key"

@@ -42,6 +42,17 @@ async def test_livez_and_readyz() -> None:
         "checks": {
             "started": True,
             "limits": {"backend": "memory", "reachable": True, "degraded": False},
+            "credentials": [
+                {
+                    "upstream": name,
+                    "kind": "api_key",
+                    "ok": True,
+                    "expires_in_s": None,
+                    "last_error": None,
+                }
+                for name in ("gpt-4o-realtime-preview/0", "gpt-realtime/0")
+            ],
+            "draining": False,
         },
     }
 
@@ -85,6 +96,8 @@ async def test_session_metrics_move() -> None:
         ("relay_message_bytes_total", (("direction", "client_to_upstream"),))
     ] == len('{"type":"input_audio_buffer.clear"}')
     assert after[("relay_messages_total", (("direction", "upstream_to_client"),))] >= 2
-    assert after[("relay_upstream_connect_total", (("result", "ok"),))] == 1
+    upstream = ("upstream", "gpt-4o-realtime-preview/0")
+    assert after[("relay_upstream_connect_total", (("result", "ok"), upstream))] == 1
+    assert after[("relay_upstream_breaker_state", (upstream,))] == 0
     assert after[("relay_handshake_duration_seconds_count", ())] == 1
     assert after[("relay_session_duration_seconds_count", ())] == 1

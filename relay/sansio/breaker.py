@@ -69,10 +69,16 @@ class Breaker:
     """
 
     def __init__(
-        self, *, failures_to_open: int = 3, cooldown: float = 30.0, max_hold: float = 300.0
+        self,
+        *,
+        failures_to_open: int = 3,
+        cooldown: float = 30.0,
+        max_hold: float = 300.0,
     ) -> None:
         if failures_to_open < 1 or not cooldown >= 0 or not max_hold >= 0:
-            raise ValueError("failures_to_open must be >= 1, cooldown and max_hold >= 0")
+            raise ValueError(
+                "failures_to_open must be >= 1, cooldown and max_hold >= 0"
+            )
         self.failures_to_open = failures_to_open
         self.cooldown = cooldown
         self.max_hold = max_hold
@@ -82,12 +88,22 @@ class Breaker:
         self._open_until: float | None = None
         # Bumped each time the breaker opens, so older attempts' results are stale.
         self._epoch = 0
-        # Whether the half-open trial is in flight.
-        self._trial_out = False
+        # Trials in flight (more than one only when forced).
+        self._trials_out = 0
         self.hold_until = -math.inf
         """No attempt starts before this time (a ``Retry-After``)."""
         self.hold_status: int | None = None
         """The status that came with the latest hold (opaque to the breaker)."""
+
+    @property
+    def open_until(self) -> float | None:
+        """When the cool-down ends (half-open from then on); ``None`` while closed."""
+        return self._open_until
+
+    @property
+    def epoch(self) -> int:
+        """How many times the breaker has opened (tickets carry it, see :class:`Attempt`)."""
+        return self._epoch
 
     def state(self, now: float) -> BreakerState:
         """The state at ``now``; a hold reports :attr:`BreakerState.OPEN`."""
@@ -105,7 +121,7 @@ class Breaker:
             return False
         if self._open_until is None:
             return True
-        return now >= self._open_until and not self._trial_out
+        return now >= self._open_until and self._trials_out == 0
 
     def held(self, now: float) -> bool:
         """Whether a ``Retry-After`` forbids attempts at ``now``."""
@@ -126,7 +142,7 @@ class Breaker:
             return None
         if self._open_until is None:
             return Attempt(self._epoch, trial=False)
-        self._trial_out = True
+        self._trials_out += 1
         return Attempt(self._epoch, trial=True)
 
     def succeeded(self, attempt: Attempt) -> None:
@@ -135,7 +151,7 @@ class Breaker:
             return
         # Tickets of the current epoch on an open breaker are all trials.
         self._open_until = None
-        self._trial_out = False
+        self._trials_out = 0
         self.failures = 0
 
     def failed(
@@ -171,11 +187,11 @@ class Breaker:
 
         A trial's slot is freed, so the next session may try again.
         """
-        if attempt.epoch == self._epoch and attempt.trial:
-            self._trial_out = False
+        if attempt.epoch == self._epoch and attempt.trial and self._trials_out > 0:
+            self._trials_out -= 1
 
     def _open(self, now: float) -> None:
         self._epoch += 1
         self._open_until = now + self.cooldown
-        self._trial_out = False
+        self._trials_out = 0
         self.failures = 0

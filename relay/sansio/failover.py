@@ -129,7 +129,7 @@ def retry_after_seconds(value: str | None, *, now_epoch: float) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return float(text)
     try:
         date = parsedate_to_datetime(text)

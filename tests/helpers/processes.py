@@ -16,6 +16,7 @@ from tests.helpers.timing import SECOND
 
 
 _SERVING = re.compile(rb"is serving on ws://[^:]+:(\d+)")
+_METRICS = re.compile(rb"metrics: http://[^:]+:(\d+)/metrics")
 
 
 @dataclass
@@ -24,6 +25,7 @@ class RelayProcess:
 
     process: asyncio.subprocess.Process
     port: int = 0
+    metrics_port: int = 0
     output: list[bytes] = field(default_factory=list)
 
     def kill(self) -> None:
@@ -59,13 +61,15 @@ async def relay_process(
     stream = process.stderr
 
     async def read_until_serving() -> None:
-        while not relay.port:
+        while not (relay.port and relay.metrics_port):
             line = await stream.readline()
             if not line:
                 raise AssertionError(b"".join(relay.output).decode(errors="replace"))
             relay.output.append(line)
             if match := _SERVING.search(line):
                 relay.port = int(match.group(1))
+            if match := _METRICS.search(line):
+                relay.metrics_port = int(match.group(1))
 
     async def drain() -> None:
         # Keep reading so a full pipe never blocks the relay's logging.

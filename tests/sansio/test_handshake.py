@@ -19,6 +19,7 @@ from relay.sansio.handshake import (
     redact_query,
     select_subprotocol,
     upstream_headers,
+    upstream_target,
 )
 from relay.typing import ClientId
 
@@ -149,20 +150,22 @@ class TestCredentials:
 
 class TestRoutes:
     def test_preview_path_maps_the_deployment(self) -> None:
-        """The upstream target keeps the client's api-version and maps the deployment."""
+        """The upstream target keeps the client's api-version and names the deployment."""
         admission = GATE.admit(request())
         assert admission.route.family == "preview"
-        assert admission.upstream_target == (
+        assert upstream_target(admission.route, "gpt-4o-realtime-preview") == (
             "/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-4o-realtime-preview"
         )
 
     @pytest.mark.parametrize("path", ["/openai/v1/realtime", "/v1/realtime"])
     def test_ga_paths_map_the_model(self, path: str) -> None:
-        """GA requests go to the GA path upstream with the mapped deployment as model."""
+        """GA requests go to the GA path upstream with the upstream deployment as model."""
         admission = GATE.admit(request(path=path, query=b"model=gpt-realtime"))
         assert admission.route.family == "ga"
+        assert admission.deployment.upstream_deployment == "gpt-realtime-prod"
         assert (
-            admission.upstream_target == "/openai/v1/realtime?model=gpt-realtime-prod"
+            upstream_target(admission.route, "gpt-realtime-prod")
+            == "/openai/v1/realtime?model=gpt-realtime-prod"
         )
 
     def test_ga_api_version_on_the_preview_path(self) -> None:
@@ -171,8 +174,8 @@ class TestRoutes:
             request(query=b"api-version=2025-08-28&deployment=gpt-realtime")
         )
         assert admission.route.family == "ga"
-        assert admission.upstream_target.startswith(
-            "/openai/realtime?api-version=2025-08-28&"
+        assert upstream_target(admission.route, "gpt-realtime-prod") == (
+            "/openai/realtime?api-version=2025-08-28&deployment=gpt-realtime-prod"
         )
 
     @pytest.mark.parametrize(

@@ -1,0 +1,190 @@
+"""Graceful drain of a real relay process: SIGTERM and /internal/drain."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus
+
+from relay.simulator import Simulator
+from tests.helpers.clients import connect_relay, events_until, receive_event, send_event
+from tests.helpers.processes import RelayProcess, relay_process
+from tests.helpers.timing import SECOND
+
+
+KEY = "drain-test-client-key"
+UPSTREAM_KEY = "drain-test-upstream-key"
+GRACE = 3.0
+PROPAGATION = 1.0
+
+
+def config(upstream: str) -> str:
+    return f"""
+listen: {{host: 127.0.0.1, port: 0}}
+metrics: {{host: 127.0.0.1, port: 0}}
+upstream: {{endpoint: {upstream}, auth: {{type: api_key, api_key_env: UPSTREAM_KEY}}}}
+deployments: {{gpt-realtime: }}
+clients:
+  - {{id: app-a, key_sha256: "{hashlib.sha256(KEY.encode()).hexdigest()}", limits: {{max_sessions: 100}}}}
+drain: {{grace_seconds: {GRACE}, propagation_delay: {PROPAGATION}}}
+log: {{format: json, level: info}}
+"""
+
+
+@asynccontextmanager
+async def running(tmp_path: Path) -> AsyncIterator[tuple[Simulator, RelayProcess]]:
+    async with AsyncExitStack() as stack:
+        simulator = await stack.enter_async_context(
+            Simulator.start(api_keys={UPSTREAM_KEY})
+        )
+        path = tmp_path / "relay.yaml"
+        path.write_text(config(simulator.url))
+        relay = await stack.enter_async_context(
+            relay_process(path, {"UPSTREAM_KEY": UPSTREAM_KEY})
+        )
+        yield simulator, relay
+
+
+def ws_url(relay: RelayProcess) -> str:
+    return f"ws://127.0.0.1:{relay.port}/openai/v1/realtime?model=gpt-realtime"
+
+
+async def readyz(relay: RelayProcess) -> int:
+    async with httpx.AsyncClient() as http:
+        return (await http.get(f"http://127.0.0.1:{relay.port}/readyz")).status_code
+
+
+async def test_sigterm_with_50_sessions(tmp_path: Path) -> None:
+    """readyz 503 within 1 s; sessions go on, get a notice, then close 1012 at the deadline; exit 0."""
+    async with running(tmp_path) as (simulator, relay):
+        sessions: list[ClientConnection] = []
+        for _ in range(50):
+            ws = await connect_relay(ws_url(relay), key=KEY)
+            assert (await receive_event(ws))["type"] == "session.created"
+            sessions.append(ws)
+        assert await readyz(relay) == 200
+        relay.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        # Polled: readiness is the relay process's own state.
+        async with asyncio.timeout(1 * SECOND):
+            for _ in range(100):
+                if await readyz(relay) == 503:
+                    break
+                await asyncio.sleep(0.01)
+        assert await readyz(relay) == 503
+        # Every session is told, and still works during the grace period.
+        for ws in sessions:
+            notice = (await events_until(ws, "relay.draining"))[-1]
+            assert 0 < notice["grace_ms"] <= GRACE * 1000
+        await send_event(sessions[0], {"type": "input_audio_buffer.clear"})
+        assert (await events_until(sessions[0], "input_audio_buffer.cleared"))[-1][
+            "type"
+        ] == "input_audio_buffer.cleared"
+        # Past the propagation delay (on the relay's clock) handshakes get 503.
+        refusal: InvalidStatus | None = None
+        async with asyncio.timeout(PROPAGATION + 2 * SECOND):
+            for _ in range(100):
+                try:
+                    async with connect_relay(ws_url(relay), key=KEY) as late:
+                        await receive_event(late)
+                except InvalidStatus as exc:
+                    refusal = exc
+                    break
+                await asyncio.sleep(0.1)
+        assert refusal is not None
+        assert refusal.response.status_code == 503
+        assert refusal.response.headers["Retry-After"] == "1"
+        assert json.loads(refusal.response.body or b"")["error"]["code"] == "draining"
+        # At the deadline every session is closed with 1012.
+        codes = []
+        async with asyncio.timeout(GRACE + 5 * SECOND):
+            for ws in sessions:
+                await ws.wait_closed()
+                codes.append(ws.close_code)
+        assert set(codes) == {1012}
+        assert time.monotonic() - signalled >= GRACE - 0.5
+        async with asyncio.timeout(10 * SECOND):
+            assert await relay.process.wait() == 0
+        await simulator.wait_idle(timeout=5 * SECOND)
+        assert simulator.stats.connections_opened == simulator.stats.connections_closed
+
+
+async def test_sigterm_without_sessions_exits_within_2_seconds(tmp_path: Path) -> None:
+    """Nothing to wait for: the process is gone promptly, exit status 0."""
+    async with running(tmp_path) as (_, relay):
+        started = time.monotonic()
+        relay.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(5 * SECOND):
+            assert await relay.process.wait() == 0
+        assert time.monotonic() - started < 2.0
+
+
+async def test_sessions_ending_early_let_the_drain_finish_early(tmp_path: Path) -> None:
+    """The drain ends when the last session does, before the grace period."""
+    async with running(tmp_path) as (_, relay):
+        ws = await connect_relay(ws_url(relay), key=KEY)
+        await receive_event(ws)
+        relay.process.send_signal(signal.SIGTERM)
+        await events_until(ws, "relay.draining")
+        started = time.monotonic()
+        await ws.close()
+        async with asyncio.timeout(5 * SECOND):
+            assert await relay.process.wait() == 0
+        assert time.monotonic() - started < GRACE
+
+
+async def test_prestop_drain_endpoint(tmp_path: Path) -> None:
+    """GET /internal/drain?wait=1 on the metrics port drains, and answers when drained."""
+    async with running(tmp_path) as (_, relay):
+        ws = await connect_relay(ws_url(relay), key=KEY)
+        await receive_event(ws)
+        async with httpx.AsyncClient(timeout=GRACE + 20) as http:
+            assert (
+                await http.get(f"http://127.0.0.1:{relay.port}/internal/drain")
+            ).status_code == 404
+            waiting = asyncio.ensure_future(
+                http.get(f"http://127.0.0.1:{relay.metrics_port}/internal/drain?wait=1")
+            )
+            await events_until(ws, "relay.draining")
+            await ws.close()
+            response = await waiting
+        assert response.status_code == 200
+        assert response.json()["drained"] is True
+        async with asyncio.timeout(5 * SECOND):
+            assert await relay.process.wait() == 0
+
+
+async def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
+    """Impatient operators win: the second SIGTERM closes what is left with 1012."""
+    async with running(tmp_path) as (_, relay):
+        ws = await connect_relay(ws_url(relay), key=KEY)
+        await receive_event(ws)
+        relay.process.send_signal(signal.SIGTERM)
+        await events_until(ws, "relay.draining")
+        relay.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(GRACE - 1):
+            await ws.wait_closed()
+        assert ws.close_code == 1012
+        async with asyncio.timeout(5 * SECOND):
+            assert await relay.process.wait() == 0
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+async def test_drain_endpoint_methods(tmp_path: Path, method: str) -> None:
+    """Only GET and POST start a drain."""
+    async with running(tmp_path) as (_, relay), httpx.AsyncClient() as http:
+        response = await http.request(
+            method, f"http://127.0.0.1:{relay.metrics_port}/internal/drain"
+        )
+        assert response.status_code == 405
+        assert await readyz(relay) == 200
