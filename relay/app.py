@@ -180,6 +180,9 @@ def create_app(
     """
     guard_library_loggers()
     metrics = RelayMetrics(registry if registry is not None else CollectorRegistry())
+    metrics.prepare_clients(
+        [client.id for client in settings.clients], sorted(settings.deployments)
+    )
     metrics.prepare_policy_labels(
         sorted(
             {

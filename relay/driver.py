@@ -31,7 +31,18 @@ from websockets.exceptions import ConnectionClosed
 from relay._outbox import CloseRequest, Outbox, frame_size
 from relay._protocol import ABORT_EXTENSION
 from relay.config import FlowSettings
-from relay.sansio.commands import Abort, Applied, Close, Command, Ended, Send, Wakeup
+from relay.sansio.commands import (
+    Abort,
+    Applied,
+    Close,
+    Command,
+    Ended,
+    FirstAudio,
+    Metered,
+    Send,
+    TokensUsed,
+    Wakeup,
+)
 from relay.sansio.events import (
     ClientClosed,
     ClientMessage,
@@ -63,6 +74,12 @@ class Observer(Protocol):
 
     def stalled(self, side: Side) -> None: ...
 
+    def metered(self, fact: Metered) -> None: ...
+
+    def tokens(self, usage: TokensUsed) -> None: ...
+
+    def first_audio(self, seconds: float) -> None: ...
+
 
 @dataclass(slots=True)
 class SessionCounters:
@@ -72,6 +89,10 @@ class SessionCounters:
     client_bytes: int = 0
     upstream_messages: int = 0
     upstream_bytes: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    audio_in_seconds: float = 0.0
+    audio_out_seconds: float = 0.0
 
 
 class SessionDriver:
@@ -110,6 +131,8 @@ class SessionDriver:
             "upstream": None,
         }
         self._watchdog: asyncio.TimerHandle | None = None
+        self.close_codes: dict[Side, int | None] = {"client": None, "upstream": None}
+        """How each leg ended (code received first, or sent first)."""
         # A drain requested before the session started.
         self._started = False
         self._drain_request: tuple[float, float] | None = None
@@ -182,14 +205,33 @@ class SessionDriver:
                         data
                     )
                 case Close(side=side, code=code, reason=reason):
+                    self._closed_with(side, code)
                     (self._to_client if side == "client" else self._to_upstream).close(
                         code, reason
                     )
                 case Abort(side=side):
+                    self._closed_with(side, 1006)
                     self._abort(side)
                 case Applied(action=action, field=field):
                     self._observer.policy_applied(action, field)
                     log.info("policy.applied", action=action, field=field)
+                case Metered():
+                    self._observer.metered(command)
+                    if command.audio_seconds:
+                        if command.direction == "client_to_upstream":
+                            self.counters.audio_in_seconds += command.audio_seconds
+                        else:
+                            self.counters.audio_out_seconds += command.audio_seconds
+                case TokensUsed():
+                    self._observer.tokens(command)
+                    self.counters.input_tokens += (
+                        command.input_text + command.input_audio
+                    )
+                    self.counters.output_tokens += (
+                        command.output_text + command.output_audio
+                    )
+                case FirstAudio(seconds=seconds):
+                    self._observer.first_audio(seconds)
                 case Wakeup(at=at):
                     if self._timer is not None:
                         self._timer.cancel()
@@ -201,6 +243,11 @@ class SessionDriver:
                     assert_never(command)
         if self.session.held_bytes == 0:
             self._released.set()
+
+    def _closed_with(self, side: Side, code: int) -> None:
+        # The first close on a leg is how it ended: the peer's, or the relay's.
+        if self.close_codes[side] is None:
+            self.close_codes[side] = code
 
     def _abort(self, side: Side) -> None:
         if side == "upstream":
@@ -240,6 +287,7 @@ class SessionDriver:
                 self._to_client.discard()
                 # uvicorn reports codes as enum members; the core deals in ints.
                 code = int(message.get("code", 1005))
+                self._closed_with("client", code)
                 await self._apply(ClientClosed(code, message.get("reason") or ""))
                 return
             text = message.get("text")
@@ -259,7 +307,7 @@ class SessionDriver:
                 self.counters.upstream_messages += 1
                 self.counters.upstream_bytes += size
                 self._observer.upstream_to_client(size)
-                await self._apply(UpstreamMessage(data))
+                await self._apply(UpstreamMessage(data, self._loop.time()))
         except ConnectionClosed as closed:
             if (
                 closed.rcvd is None
@@ -273,6 +321,7 @@ class SessionDriver:
         if code is None:
             # websockets reports 1006 when no close frame was received.
             code = upstream.close_code if upstream.close_code is not None else 1006
+        self._closed_with("upstream", code)
         await self._apply(UpstreamClosed(code, upstream.close_reason or ""))
 
     async def _write_client(self) -> None:

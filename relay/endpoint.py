@@ -223,7 +223,9 @@ class RealtimeEndpoint:
                 upstream.connection,
                 session,
                 flow=self._settings.flow,
-                observer=self._metrics,
+                observer=self._metrics.for_session(
+                    admission.client_id, admission.deployment.name
+                ),
             )
             started = time.monotonic()
             self._metrics.sessions_active.inc()
@@ -240,6 +242,11 @@ class RealtimeEndpoint:
                 await self._close_client(websocket)
             finally:
                 self.drivers.discard(driver)
+                for side, leg_code in driver.close_codes.items():
+                    # A leg not seen closing was dropped with the connection.
+                    self._metrics.session_closed(
+                        side, 1006 if leg_code is None else leg_code
+                    )
                 duration = time.monotonic() - started
                 self._metrics.sessions_active.dec()
                 self._metrics.sessions.labels(outcome).inc()
@@ -255,6 +262,10 @@ class RealtimeEndpoint:
                     client_bytes=counters.client_bytes,
                     upstream_messages=counters.upstream_messages,
                     upstream_bytes=counters.upstream_bytes,
+                    input_tokens=counters.input_tokens,
+                    output_tokens=counters.output_tokens,
+                    audio_in_s=round(counters.audio_in_seconds, 3),
+                    audio_out_s=round(counters.audio_out_seconds, 3),
                 )
 
     async def _close_client(self, websocket: WebSocket) -> None:

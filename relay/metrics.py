@@ -19,12 +19,45 @@ from prometheus_client.process_collector import ProcessCollector
 
 from relay import __version__
 from relay.sansio.closes import OUTCOMES
+from relay.sansio.commands import Metered, TokensUsed
+from relay.sansio.fields import CLIENT_EVENT_TYPES as _CLIENT_EVENT_TYPES
+from relay.sansio.meter import EVENT_TYPES
 
 
 __all__ = ["DIRECTIONS", "UPSTREAM_RESULTS", "RelayMetrics"]
 
 DIRECTIONS = ("client_to_upstream", "upstream_to_client")
 POLICY_ACTIONS = ("overwrite", "clamp", "refuse")
+REFUSAL_STATUSES = ("400", "401", "403", "404", "429", "500", "502", "503", "504")
+CLOSE_CODES = (
+    "1000",
+    "1001",
+    "1002",
+    "1003",
+    "1005",
+    "1006",
+    "1007",
+    "1008",
+    "1009",
+    "1010",
+    "1011",
+    "1012",
+    "1013",
+    "1014",
+    "4000",
+    "4001",
+    "4002",
+    "4029",
+)
+TOKEN_KINDS = (
+    ("input", "text"),
+    ("input", "audio"),
+    ("input", "cached"),
+    ("output", "text"),
+    ("output", "audio"),
+)
+# First audio: what a caller hears as the relay's and the model's latency.
+_FIRST_AUDIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 AUTH_FAILURE_REASONS = (
     "missing",
     "malformed",
@@ -135,6 +168,42 @@ class RelayMetrics:
             "1 while failing open: client limits are enforced per replica only.",
             registry=registry,
         )
+        self.upstream_refusals = Counter(
+            "relay_upstream_refusals",
+            "Upstream handshakes refused with an HTTP status, by upstream and status.",
+            ["upstream", "status"],
+            registry=registry,
+        )
+        self.events = Counter(
+            "relay_events",
+            "Realtime events relayed, by direction and event type (unknown types: other).",
+            ["direction", "event_type"],
+            registry=registry,
+        )
+        self.close_codes = Counter(
+            "relay_close_codes",
+            "How each leg of a session ended: the close code received or sent.",
+            ["side", "code"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "relay_tokens",
+            "Tokens reported by response.done usage; cached tokens are also counted in text/audio.",
+            ["client", "deployment", "direction", "modality"],
+            registry=registry,
+        )
+        self.audio_seconds = Counter(
+            "relay_audio_seconds",
+            "Seconds of audio relayed: input from clients, output from Azure.",
+            ["client", "direction"],
+            registry=registry,
+        )
+        self.first_audio = Histogram(
+            "relay_first_audio_seconds",
+            "From the end of user speech (or response.create) to the first audio delta.",
+            buckets=_FIRST_AUDIO_BUCKETS,
+            registry=registry,
+        )
         self.upstream_credential_ok = Gauge(
             "relay_upstream_credential_ok",
             "1 while the relay holds a usable credential for the upstream (Entra token or key).",
@@ -173,6 +242,20 @@ class RelayMetrics:
         self.limits_backend_up.set(1)
         for direction in DIRECTIONS:
             self.backpressure_stalls.labels(direction)
+        for side in ("client", "upstream"):
+            for code in CLOSE_CODES:
+                self.close_codes.labels(side, code)
+        # Event children by (direction, event type), created once: the hot path
+        # only looks them up in a dict.
+        self._event_children: dict[tuple[str, str], Counter] = {}
+        for direction, kinds in (
+            (DIRECTIONS[0], _CLIENT_EVENT_TYPES),
+            (DIRECTIONS[1], EVENT_TYPES - _CLIENT_EVENT_TYPES),
+        ):
+            for kind in (*sorted(kinds), "other"):
+                self._event_children[(direction, kind)] = self.events.labels(
+                    direction, kind
+                )
         # Children bound once: the per-message path must not look labels up.
         self._c2u_messages = self.messages.labels(DIRECTIONS[0])
         self._c2u_bytes = self.message_bytes.labels(DIRECTIONS[0])
@@ -205,6 +288,38 @@ class RelayMetrics:
         """Count one policy action (bounded labels: rule targets, event_type, message)."""
         self.policy_actions.labels(action, field).inc()
 
+    def prepare_clients(self, clients: list[str], deployments: list[str]) -> None:
+        """Create the per-client series of every configured client at 0."""
+        for client in clients:
+            for direction in ("input", "output"):
+                self.audio_seconds.labels(client, direction)
+            for deployment in deployments:
+                for direction, modality in TOKEN_KINDS:
+                    self.tokens.labels(client, deployment, direction, modality)
+
+    def upstream_refused(self, upstream: str, status: int) -> None:
+        """Count a refused upstream handshake (statuses outside the known set: other)."""
+        label = str(status) if str(status) in REFUSAL_STATUSES else "other"
+        self.upstream_refusals.labels(upstream, label).inc()
+
+    def session_closed(self, side: str, code: int) -> None:
+        """Count how one leg of a session ended."""
+        label = str(code) if str(code) in CLOSE_CODES else "other"
+        self.close_codes.labels(side, label).inc()
+
+    def for_session(self, client: str, deployment: str) -> SessionMetrics:
+        """An observer for one session of ``client`` on ``deployment``."""
+        return SessionMetrics(self, client, deployment)
+
+    def event(self, direction: str, event_type: str) -> None:
+        """Count one relayed event (``event_type`` is already a bounded label)."""
+        child = self._event_children.get((direction, event_type))
+        if child is None:
+            child = self._event_children[(direction, event_type)] = self.events.labels(
+                direction, event_type
+            )
+        child.inc()
+
     def stalled(self, side: str) -> None:
         """Count a session ended because ``side`` stopped reading."""
         direction = "upstream_to_client" if side == "client" else "client_to_upstream"
@@ -219,3 +334,59 @@ class RelayMetrics:
         """Count one message of ``size`` bytes received from the upstream."""
         self._u2c_messages.inc()
         self._u2c_bytes.inc(size)
+
+
+class SessionMetrics:
+    """The metrics of one session: shared series plus its client's, bound once."""
+
+    __slots__ = ("_audio_in", "_audio_out", "_metrics", "_tokens")
+
+    def __init__(self, metrics: RelayMetrics, client: str, deployment: str) -> None:
+        self._metrics = metrics
+        self._audio_in = metrics.audio_seconds.labels(client, "input")
+        self._audio_out = metrics.audio_seconds.labels(client, "output")
+        self._tokens = {
+            kind: metrics.tokens.labels(client, deployment, *kind)
+            for kind in TOKEN_KINDS
+        }
+
+    def client_to_upstream(self, size: int) -> None:
+        """See :meth:`RelayMetrics.client_to_upstream`."""
+        self._metrics.client_to_upstream(size)
+
+    def upstream_to_client(self, size: int) -> None:
+        """See :meth:`RelayMetrics.upstream_to_client`."""
+        self._metrics.upstream_to_client(size)
+
+    def policy_applied(self, action: str, field: str) -> None:
+        """See :meth:`RelayMetrics.policy_applied`."""
+        self._metrics.policy_applied(action, field)
+
+    def stalled(self, side: str) -> None:
+        """See :meth:`RelayMetrics.stalled`."""
+        self._metrics.stalled(side)
+
+    def metered(self, fact: Metered) -> None:
+        """Count one relayed event and the audio it carried."""
+        self._metrics.event(fact.direction, fact.event_type)
+        if fact.audio_seconds:
+            audio = (
+                self._audio_in if fact.direction == DIRECTIONS[0] else self._audio_out
+            )
+            audio.inc(fact.audio_seconds)
+
+    def tokens(self, usage: TokensUsed) -> None:
+        """Add one response's usage."""
+        for kind, count in (
+            (TOKEN_KINDS[0], usage.input_text),
+            (TOKEN_KINDS[1], usage.input_audio),
+            (TOKEN_KINDS[2], usage.input_cached),
+            (TOKEN_KINDS[3], usage.output_text),
+            (TOKEN_KINDS[4], usage.output_audio),
+        ):
+            if count:
+                self._tokens[kind].inc(count)
+
+    def first_audio(self, seconds: float) -> None:
+        """Observe one first-audio latency."""
+        self._metrics.first_audio.observe(seconds)

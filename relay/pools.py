@@ -270,6 +270,7 @@ class UpstreamPools:
             raise
         except UpstreamRefused as error:
             result = "refused"
+            self._metrics.upstream_refused(target.name, error.upstream_status)
             if fails_over(error.upstream_status):
                 breaker.failed(
                     attempt,

@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from relay.typing import Side
 
 
-__all__ = ["Abort", "Applied", "Close", "Command", "Ended", "Send", "Wakeup"]
+__all__ = [
+    "Abort",
+    "Applied",
+    "Close",
+    "Command",
+    "Ended",
+    "FirstAudio",
+    "Metered",
+    "Send",
+    "TokensUsed",
+    "Wakeup",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,4 +85,35 @@ class Applied:
     field: str
 
 
-Command = Send | Close | Abort | Ended | Wakeup | Applied
+@dataclass(frozen=True, slots=True)
+class Metered:
+    """A fact about one relayed frame: its event type label and audio seconds."""
+
+    direction: str
+    """``client_to_upstream`` or ``upstream_to_client``."""
+    event_type: str
+    """A known event type (bounded), or ``other``."""
+    audio_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TokensUsed:
+    """The token usage of one ``response.done`` (``cached`` is part of ``input_*``)."""
+
+    input_text: int = 0
+    input_audio: int = 0
+    input_cached: int = 0
+    output_text: int = 0
+    output_audio: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FirstAudio:
+    """Seconds from the end of user speech (or ``response.create``) to the first audio."""
+
+    seconds: float
+
+
+Command = (
+    Send | Close | Abort | Ended | Wakeup | Applied | Metered | TokensUsed | FirstAudio
+)

@@ -50,9 +50,10 @@ class ClientMessage:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamMessage:
-    """A complete WebSocket message from the upstream."""
+    """A complete WebSocket message from the upstream, arrived at ``now`` (monotonic)."""
 
     data: str | bytes
+    now: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

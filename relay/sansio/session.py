@@ -60,6 +60,7 @@ from relay.sansio.events import (
 )
 from relay.sansio.fields import FIELDS, JSON, write
 from relay.sansio.limits import InboundRate, SessionLimits
+from relay.sansio.meter import Meter
 from relay.sansio.policy import EMPTY_POLICY, GOVERNED_EVENTS, Forward, Policy, judge
 from relay.sansio.wire import InvalidEvent, dump, error_event, parse_event
 from relay.typing import Family, Side
@@ -110,6 +111,8 @@ class RelaySession:
         self._last_client = 0.0
         self._rate: InboundRate | None = None
         self._drain_at: float | None = None
+        # Realtime facts about the frames, for metrics.
+        self._meter = Meter(family)
         # Life-cycle state; see the module docstring.
         self.state = State.INITIALIZING
         # Whether each leg has been seen closed (by an event, not by our command).
@@ -149,10 +152,10 @@ class RelaySession:
                     self._held_client.append(data)
                     self.held_bytes += len(data)
                     return []
-                return self._from_client(data)
-            case UpstreamMessage(data=data):
+                return self._from_client(data, now)
+            case UpstreamMessage(data=data, now=now):
                 if self.state is State.INITIALIZING:
-                    return self._initializing(data)
+                    return self._initializing(data, now)
                 if self.state is State.OPEN:
                     if (
                         isinstance(data, str)
@@ -168,7 +171,7 @@ class RelaySession:
                                 "session_expired", code, reason, upstream_code=1000
                             ),
                         ]
-                    return [Send("client", self._from_upstream(data))]
+                    return self._relay_upstream(data, now)
                 return []
             case Stalled(side=side):
                 return self._stalled(side) if self._running else []
@@ -341,7 +344,7 @@ class RelaySession:
             *self._fail(outcome, close_code, reason, upstream_code=1000),
         ]
 
-    def _initializing(self, data: str | bytes) -> list[Command]:
+    def _initializing(self, data: str | bytes, now: float) -> list[Command]:
         event = _peek(data)
         kind = event.get("type") if event is not None else None
         if self._created is None and kind == "session.created":
@@ -362,7 +365,7 @@ class RelaySession:
             ]
         if self._created is not None and kind == "session.updated":
             assert event is not None
-            return self._open(event)
+            return self._open(event, now)
         if kind == "error" and event is not None:
             error = event.get("error")
             if isinstance(error, dict) and error.get("event_id") == INIT_EVENT_ID:
@@ -370,19 +373,18 @@ class RelaySession:
         self._held_upstream.append(data)
         return []
 
-    def _open(self, updated: dict[str, JSON]) -> list[Command]:
+    def _open(self, updated: dict[str, JSON], now: float) -> list[Command]:
         assert self._created is not None
         self.state = State.OPEN
         created = dict(self._created)
         created["session"] = updated.get("session", created.get("session"))
         self._hide(created)
-        commands: list[Command] = [Send("client", dump(created))]
-        commands.extend(
-            Send("client", self._from_upstream(data)) for data in self._held_upstream
-        )
+        commands = self._relay_upstream(dump(created), now)
+        for data in self._held_upstream:
+            commands.extend(self._relay_upstream(data, now))
         self._held_upstream.clear()
         while self._held_client and self.state is State.OPEN:
-            commands.extend(self._from_client(self._held_client.popleft()))
+            commands.extend(self._from_client(self._held_client.popleft(), now))
         self._held_client.clear()
         self.held_bytes = 0
         return commands
@@ -408,7 +410,11 @@ class RelaySession:
 
     # Open
 
-    def _from_client(self, data: str | bytes) -> list[Command]:
+    def _relay_upstream(self, data: str | bytes, now: float) -> list[Command]:
+        frame = self._from_upstream(data)
+        return [Send("client", frame), *self._meter.upstream_frame(frame, now)]
+
+    def _from_client(self, data: str | bytes, now: float) -> list[Command]:
         if isinstance(data, bytes):
             return self._invalid(
                 None,
@@ -429,6 +435,7 @@ class RelaySession:
             # Governed events go upstream exactly as inspected; others as received
             # (the strict parse proved they cannot be read differently).
             commands.append(Send("upstream", dump(verdict.event) if governed else data))
+            commands.append(self._meter.client_event(verdict.event, now))
             return commands
         commands.extend(Applied(a.action, a.field) for a in verdict.actions)
         commands.append(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.sansio.commands import Command
+from relay.sansio.commands import Command, FirstAudio, Metered, TokensUsed
 from relay.sansio.events import Event, Started
 from relay.sansio.session import RelaySession
 
@@ -23,12 +23,19 @@ class Playbook:
         # kept apart so scripts only check what their own events cause.
         self.started: list[Command] = list(self.session.handle(Started(now)))
         self._pending: list[Command] = []
+        self.facts: list[Metered | TokensUsed | FirstAudio] = []
 
     def __rshift__(self, event: Event) -> Playbook:
         assert not self._pending, (
             f"unchecked commands before {event!r}: {self._pending!r}"
         )
-        self._pending = list(self.session.handle(event))
+        for command in self.session.handle(event):
+            # Metering facts are collected apart: scripts check what the relay
+            # does, tests of the meter read `facts`.
+            if isinstance(command, Metered | TokensUsed | FirstAudio):
+                self.facts.append(command)
+            else:
+                self._pending.append(command)
         return self
 
     def __lshift__(self, expected: Command) -> Playbook:
