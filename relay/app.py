@@ -180,6 +180,7 @@ def create_app(
     """
     guard_library_loggers()
     metrics = RelayMetrics(registry if registry is not None else CollectorRegistry())
+    metrics.max_sessions.set(settings.limits.max_sessions)
     metrics.prepare_clients(
         [client.id for client in settings.clients], sorted(settings.deployments)
     )

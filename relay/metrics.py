@@ -216,6 +216,11 @@ class RelayMetrics:
             ["direction"],
             registry=registry,
         )
+        self.max_sessions = Gauge(
+            "relay_max_sessions",
+            "This replica's session cap (limits.max_sessions), for capacity alerts.",
+            registry=registry,
+        )
         self.draining = Gauge(
             "relay_draining",
             "1 while this replica drains (refusing new sessions).",

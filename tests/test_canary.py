@@ -95,7 +95,7 @@ async def test_no_secret_is_observable(tmp_path: Path) -> None:
                 },
             ):
                 with pytest.raises(InvalidStatus) as info:
-                    async with connect_relay(url(relay), **options):  # type: ignore[arg-type]
+                    async with connect_relay(url(relay), **options):
                         pass
                 seen_by_clients.append((info.value.response.body or b"").decode())
             with pytest.raises(InvalidStatus) as info:
