@@ -1,0 +1,480 @@
+"""`make bench`: the same audio load through the direct path, the relay and nginx.
+
+Run: ``python bench/run.py`` (``--quick`` for a smoke run). It builds the lean C
+load generator and echo upstream (bench/c), then for each load level and each
+path starts a fresh measurement window:
+
+* ``direct``: loadgen -> echo upstream (the physical limit),
+* ``relay``: loadgen -> the relay (with a realistic policy) -> echo upstream,
+* ``nginx``: loadgen -> nginx as a WebSocket reverse proxy -> echo upstream
+  (when nginx is installed; the bench writes its own loopback config).
+
+The proxy under test (relay or nginx) is pinned to CPU 0; loadgen and the echo
+upstream to CPU 1. CPU is read from /proc for every process, so a level where
+the load generator or the upstream saturated its core is marked invalid rather
+than reported as a relay result. Levels step up until the relay saturates;
+runs are interleaved and repeated, and medians reported. Results go to
+bench/results.json and docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+CLIENT_KEY = "bench-client-key"
+UPSTREAM_KEY = "bench-upstream-key"
+TICK = os.sysconf("SC_CLK_TCK")
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+# A level is invalid when a load-side process used more than this share of its core.
+LOAD_CPU_LIMIT = 0.90
+P99_TARGET_MS = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its children still alive (nginx workers)."""
+    total = 0.0
+    for target in [pid, *children(pid)]:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            fields = Path(f"/proc/{target}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    with contextlib.suppress(FileNotFoundError):
+        return [int(child) for child in path.read_text().split()]
+    return []
+
+
+def rss_kib(pid: int) -> int:
+    total = 0
+    for target in [pid, *children(pid)]:
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{target}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def wait_port(port: int, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.02)  # polling a child process's listener
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@contextlib.contextmanager
+def process(args: list[str], *, cpu: str, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``args`` pinned to ``cpu``; stop it (SIGTERM, then SIGKILL) afterwards."""
+    output = log.open("wb") if log else subprocess.DEVNULL
+    child = subprocess.Popen(["taskset", "-c", cpu, *args], env={**os.environ, **(env or {})}, stdout=output, stderr=output)
+    try:
+        yield child
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if log:
+            output.close()  # type: ignore[union-attr]
+
+
+RELAY_CONFIG = """
+listen: {{host: 127.0.0.1, port: {port}}}
+metrics: {{host: 127.0.0.1, port: {metrics_port}}}
+upstream: {{endpoint: http://127.0.0.1:{upstream}, auth: {{type: api_key, api_key_env: BENCH_UPSTREAM_KEY}}}}
+deployments: {{gpt-realtime: {{}}}}
+clients:
+  - id: bench
+    key_sha256: "{digest}"
+    policy: standard
+    limits: {{max_sessions: 100000, sessions_per_minute: 1000000, messages_per_second: 1000, bytes_per_second: 104857600}}
+policies:
+  standard:   # a realistic policy: every client event is parsed and judged
+    set:
+      input_audio_noise_reduction: {{type: near_field}}
+      turn_detection: {{type: server_vad, threshold: 0.6, prefix_padding_ms: 300, silence_duration_ms: 500, create_response: true, interrupt_response: true}}
+    default: {{voice: alloy}}
+    allow: {{voice: [alloy, verse]}}
+    range: {{max_response_output_tokens: [1, 1024]}}
+    deny: [tools, tool_choice]
+limits: {{max_sessions: 100000, handshake_timeout: 60}}
+log: {{format: json, level: warning}}
+"""
+
+NGINX_CONFIG = """
+worker_processes 1;
+worker_cpu_affinity 01;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fastcgi;
+  uwsgi_temp_path {prefix}/uwsgi;
+  scgi_temp_path {prefix}/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://127.0.0.1:{upstream};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+
+
+@dataclass
+class Run:
+    """One path at one level, one repetition."""
+
+    path: str
+    sessions: int
+    interval_ms: int
+    connected: int = 0
+    sent: int = 0
+    received: int = 0
+    lost: int = 0
+    late_sends: int = 0
+    rtt_p50_ms: float = 0.0
+    rtt_p99_ms: float = 0.0
+    rtt_max_ms: float = 0.0
+    proxy_cpu_s: float = 0.0
+    loadgen_cpu_share: float = 0.0
+    upstream_cpu_share: float = 0.0
+    proxy_rss_kib: int = 0
+    window_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.notes
+
+    @property
+    def relayed(self) -> int:
+        return self.sent + self.received
+
+    @property
+    def cpu_us_per_msg(self) -> float:
+        return self.proxy_cpu_s * 1e6 / self.relayed if self.relayed else 0.0
+
+
+class Bench:
+    """Processes and measurements for one bench invocation."""
+
+    def __init__(self, work: Path, *, duration: float, warmup: float) -> None:
+        self.work = work
+        self.duration = duration
+        self.warmup = warmup
+        self.loadgen = OUT / "loadgen"
+        self.echo = OUT / "echo_upstream"
+
+    def measure(self, path: str, port: int, proxy_pid: int | None, echo_pid: int, sessions: int, interval_ms: int) -> Run:
+        chunk = 48 * interval_ms  # PCM16 24 kHz: 48 bytes per millisecond
+        results = self.work / f"loadgen-{path}-{sessions}-{interval_ms}-{time.monotonic_ns()}.json"
+        url = f"ws://127.0.0.1:{port}/openai/v1/realtime?model=gpt-realtime"
+        args = [
+            str(self.loadgen), "--url", url, "--header", f"api-key: {CLIENT_KEY}",
+            "--sessions", str(sessions), "--interval-ms", str(interval_ms),
+            "--chunk-bytes", str(chunk), "--duration", str(self.duration),
+            "--warmup", str(self.warmup), "--out", str(results),
+        ]
+        run = Run(path, sessions, interval_ms)
+        with process(args, cpu=LOAD_CPU) as loadgen:
+            # The window starts when loadgen's warm-up ends: all sessions are up
+            # by then (it connects first), and ends with its duration.
+            started = self._wait_for_window(loadgen, sessions)
+            proxy_before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+            load_before, echo_before = cpu_seconds(loadgen.pid), cpu_seconds(echo_pid)
+            time.sleep(self.duration)  # the measurement window itself
+            run.window_s = time.monotonic() - started
+            run.proxy_cpu_s = (cpu_seconds(proxy_pid) - proxy_before) if proxy_pid else 0.0
+            run.loadgen_cpu_share = (cpu_seconds(loadgen.pid) - load_before) / run.window_s
+            run.upstream_cpu_share = (cpu_seconds(echo_pid) - echo_before) / run.window_s
+            run.proxy_rss_kib = rss_kib(proxy_pid) if proxy_pid else 0
+            loadgen.wait(timeout=60)
+        data = json.loads(results.read_text())
+        run.connected = data["sessions_connected"]
+        run.sent, run.received, run.lost = data["sent"], data["received"], data["lost"]
+        run.late_sends = data["late_sends"]
+        rtt = data["rtt_us"]
+        run.rtt_p50_ms, run.rtt_p99_ms, run.rtt_max_ms = rtt["p50"] / 1000, rtt["p99"] / 1000, rtt["max"] / 1000
+        if run.connected < sessions:
+            run.notes.append(f"only {run.connected}/{sessions} sessions connected")
+        if run.lost:
+            run.notes.append(f"{run.lost} messages lost")
+        if run.late_sends:
+            run.notes.append(f"load generator late on {run.late_sends} sends")
+        for name, share in (("loadgen", run.loadgen_cpu_share), ("upstream", run.upstream_cpu_share)):
+            if share > LOAD_CPU_LIMIT:
+                run.notes.append(f"{name} used {share:.0%} of its core")
+        return run
+
+    def _wait_for_window(self, loadgen: subprocess.Popen[bytes], sessions: int) -> float:
+        # loadgen connects at up to 500 sessions/s, then warms up.
+        time.sleep(sessions / 500 + 0.5 + self.warmup)
+        if loadgen.poll() is not None:
+            raise RuntimeError(f"loadgen exited early with {loadgen.returncode}")
+        return time.monotonic()
+
+
+@contextlib.contextmanager
+def upstream(bench: Bench) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    with process([str(bench.echo), "--host", "127.0.0.1", "--port", str(port)], cpu=LOAD_CPU) as echo:
+        wait_port(port)
+        yield port, echo.pid
+
+
+@contextlib.contextmanager
+def relay(bench: Bench, upstream_port: int) -> Iterator[tuple[int, int]]:
+    port, metrics_port = free_port(), free_port()
+    config = bench.work / "relay.yaml"
+    config.write_text(
+        RELAY_CONFIG.format(port=port, metrics_port=metrics_port, upstream=upstream_port, digest=hashlib.sha256(CLIENT_KEY.encode()).hexdigest())
+    )
+    args = [sys.executable, "-m", "relay", "run", "--config", str(config)]
+    with process(args, cpu=PROXY_CPU, env={"BENCH_UPSTREAM_KEY": UPSTREAM_KEY}, log=bench.work / "relay.log") as child:
+        wait_port(port)
+        yield port, child.pid
+
+
+@contextlib.contextmanager
+def nginx(bench: Bench, upstream_port: int) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    prefix = bench.work / "nginx"
+    prefix.mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONFIG.format(prefix=prefix, port=port, upstream=upstream_port))
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    with process([binary, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"], cpu=PROXY_CPU) as child:
+        wait_port(port)
+        yield port, child.pid
+
+
+def idle_rss_per_session(bench: Bench, upstream_port: int, sessions: int) -> float:
+    """KiB of relay RSS per connected, quiet session, beyond the process baseline."""
+    with relay(bench, upstream_port) as (port, pid):
+        baseline = rss_kib(pid)
+        results = bench.work / "idle.json"
+        args = [
+            str(bench.loadgen), "--url", f"ws://127.0.0.1:{port}/openai/v1/realtime?model=gpt-realtime",
+            "--header", f"api-key: {CLIENT_KEY}", "--sessions", str(sessions), "--interval-ms", "3600000",
+            "--chunk-bytes", "960", "--duration", "3", "--warmup", "1", "--out", str(results),
+        ]
+        with process(args, cpu=LOAD_CPU) as loadgen:
+            time.sleep(sessions / 500 + 2.5)  # connected and settled
+            loaded = rss_kib(pid)
+            loadgen.wait(timeout=60)
+    return (loaded - baseline) / sessions
+
+
+def median_run(runs: list[Run]) -> dict[str, Any]:
+    """The median of repeated runs of one path and level (valid only if all were)."""
+    first = runs[0]
+    return {
+        "path": first.path,
+        "sessions": first.sessions,
+        "interval_ms": first.interval_ms,
+        "valid": all(run.valid for run in runs),
+        "repeats": len(runs),
+        "cpu_us_per_msg": round(statistics.median(run.cpu_us_per_msg for run in runs), 2),
+        "rtt_p50_ms": round(statistics.median(run.rtt_p50_ms for run in runs), 3),
+        "rtt_p99_ms": round(statistics.median(run.rtt_p99_ms for run in runs), 3),
+        "rtt_max_ms": round(statistics.median(run.rtt_max_ms for run in runs), 3),
+        "delivered_per_s": round(statistics.median(run.relayed / run.window_s for run in runs if run.window_s), 1),
+        "lost": sum(run.lost for run in runs),
+        "proxy_rss_kib": int(statistics.median(run.proxy_rss_kib for run in runs)),
+        "loadgen_cpu_share": round(max(run.loadgen_cpu_share for run in runs), 3),
+        "upstream_cpu_share": round(max(run.upstream_cpu_share for run in runs), 3),
+        "notes": sorted({note for run in runs for note in run.notes}),
+    }
+
+
+def with_ratios(records: list[dict[str, Any]], idle_kib: float | None) -> list[dict[str, Any]]:
+    """Add added latency versus direct and the RSS per session, pair by pair."""
+    direct = {(r["sessions"], r["interval_ms"]): r for r in records if r["path"] == "direct"}
+    nginx_records = {(r["sessions"], r["interval_ms"]): r for r in records if r["path"] == "nginx"}
+    for record in records:
+        key = (record["sessions"], record["interval_ms"])
+        base = direct.get(key)
+        record["p50_added_ms"] = round(record["rtt_p50_ms"] - base["rtt_p50_ms"], 3) if base else None
+        record["p99_added_ms"] = round(record["rtt_p99_ms"] - base["rtt_p99_ms"], 3) if base else None
+        peer = nginx_records.get(key)
+        record["cpu_vs_nginx"] = (
+            round(record["cpu_us_per_msg"] / peer["cpu_us_per_msg"], 2) if peer and peer["cpu_us_per_msg"] and record["path"] != "direct" else None
+        )
+        record["rss_kb_per_session"] = (
+            round(record["proxy_rss_kib"] * 1.024 / record["sessions"], 1) if record["path"] != "direct" else None
+        )
+        record["idle_rss_kb_per_session"] = round(idle_kib * 1.024, 1) if (idle_kib is not None and record["path"] == "relay") else None
+    return records
+
+
+def max_sessions(records: list[dict[str, Any]], path: str) -> int:
+    """The highest valid 20 ms level with p99 added latency under the target."""
+    ok = [
+        r["sessions"]
+        for r in records
+        if r["path"] == path and r["interval_ms"] == 20 and r["valid"] and r["p99_added_ms"] is not None and r["p99_added_ms"] < P99_TARGET_MS
+    ]
+    return max(ok, default=0)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def write_report(records: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> None:
+    (ROOT / "bench" / "results.json").write_text(json.dumps(records, indent=2) + "\n")
+    versions = {
+        "python": platform.python_version(),
+        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False).stderr.strip() if shutil.which("nginx") else "not installed",
+        "kernel": platform.release(),
+        "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "unknown"),
+        "cores": os.cpu_count(),
+    }
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python bench/run.py`); do not edit by hand. Raw records: `bench/results.json`.",
+        "",
+        f"Machine: {versions['cpu']}, {versions['cores']} cores, kernel {versions['kernel']}; Python {versions['python']}; {versions['nginx']}.",
+        f"Command: `{' '.join(['python', 'bench/run.py', *sys.argv[1:]])}`; {args.repeats} repeats per point (medians), {args.duration:g} s windows after {args.warmup:g} s warm-up; took {elapsed / 60:.1f} min.",
+        "",
+        "Load: each session appends PCM16 24 kHz audio (`input_audio_buffer.append`, base64) every `interval` ms while the echo upstream answers each with a `response.audio.delta` of the same audio. "
+        "The proxy under test runs alone on CPU 0; the C load generator and echo upstream share CPU 1. "
+        "`cpu µs/msg` is the proxy's CPU (user + system, from /proc) per relayed message (each append and each delta counts once). "
+        "Added latency is the round-trip percentile minus the direct path's at the same level, in the same run. "
+        "A point is *invalid* when the load side saturated (late sends, losses, or a load process above 90 % of its core).",
+        "",
+        "| path | sessions | interval | valid | msgs/s | cpu µs/msg | vs nginx | p50 ms | p99 ms | p50 added | p99 added | RSS KB/session | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(records, key=lambda r: (r["interval_ms"], r["sessions"], ["direct", "relay", "nginx"].index(r["path"]))):
+        cells = [
+            r["path"],
+            str(r["sessions"]),
+            f"{r['interval_ms']} ms",
+            "yes" if r["valid"] else "no",
+            f"{r['delivered_per_s']:.0f}",
+            _fmt(r["cpu_us_per_msg"], 1),
+            _fmt(r["cpu_vs_nginx"]),
+            _fmt(r["rtt_p50_ms"]),
+            _fmt(r["rtt_p99_ms"]),
+            _fmt(r["p50_added_ms"]),
+            _fmt(r["p99_added_ms"]),
+            _fmt(r["rss_kb_per_session"], 1),
+            "; ".join(r["notes"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    idle = next((r["idle_rss_kb_per_session"] for r in records if r.get("idle_rss_kb_per_session") is not None), None)
+    lines += [
+        "",
+        f"Maximum sessions per core at 20 ms with p99 added latency under {P99_TARGET_MS:g} ms (highest level measured): "
+        f"relay {max_sessions(records, 'relay')}, nginx {max_sessions(records, 'nginx')}.",
+        f"Relay RSS per idle session beyond the process baseline: {idle if idle is not None else 'not measured'} KB.",
+        "",
+    ]
+    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", default="50,100,200,400,800", help="session counts to step through")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
+    parser.add_argument("--warmup", type=float, default=1.5)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: one small level, one repeat")
+    parser.add_argument("--no-report", action="store_true", help="print the records, write nothing")
+    args = parser.parse_args()
+    if args.quick:
+        args.levels, args.repeats, args.duration, args.warmup = "20", 1, 1.5, 0.5
+    subprocess.run(["make", "-s", "-C", str(ROOT / "bench" / "c"), f"OUT={OUT}"], check=True)
+    paths = ["direct", "relay"] + (["nginx"] if shutil.which("nginx") or Path("/usr/sbin/nginx").exists() else [])
+    started = time.monotonic()
+    runs: dict[tuple[str, int, int], list[Run]] = {}
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+        bench = Bench(Path(tmp), duration=args.duration, warmup=args.warmup)
+        with upstream(bench) as (upstream_port, echo_pid):
+
+            def level(sessions: int, interval: int) -> None:
+                for _ in range(args.repeats):  # interleaved: every path each round
+                    for path in paths:
+                        run = _run_path(bench, path, upstream_port, echo_pid, sessions, interval)
+                        runs.setdefault((path, sessions, interval), []).append(run)
+                        print(json.dumps(asdict(run) | {"cpu_us_per_msg": round(run.cpu_us_per_msg, 2)}), flush=True)
+
+            for sessions in (int(value) for value in args.levels.split(",")):
+                level(sessions, 20)
+                if _saturated(runs, sessions):
+                    print(f"relay saturated at {sessions} sessions: no higher level", flush=True)
+                    break
+            if not args.quick:
+                # The realistic 100 ms cadence (Azure's advice), at one level.
+                level(100, 100)
+            idle_kib = idle_rss_per_session(bench, upstream_port, 20 if args.quick else 200)
+    records = with_ratios([median_run(group) for group in runs.values()], idle_kib)
+    if args.no_report:
+        print(json.dumps(records, indent=2))
+    else:
+        write_report(records, args, time.monotonic() - started)
+    return 0
+
+
+def _saturated(runs: dict[tuple[str, int, int], list[Run]], sessions: int) -> bool:
+    relay_runs = runs[("relay", sessions, 20)]
+    direct_p99 = statistics.median(r.rtt_p99_ms for r in runs[("direct", sessions, 20)])
+    relay_p99 = statistics.median(r.rtt_p99_ms for r in relay_runs)
+    return not all(r.valid for r in relay_runs) or relay_p99 - direct_p99 > P99_TARGET_MS
+
+
+def _run_path(bench: Bench, path: str, upstream_port: int, echo_pid: int, sessions: int, interval: int) -> Run:
+    if path == "direct":
+        return bench.measure(path, upstream_port, None, echo_pid, sessions, interval)
+    starter = relay if path == "relay" else nginx
+    with starter(bench, upstream_port) as (port, pid):
+        return bench.measure(path, port, pid, echo_pid, sessions, interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""WebSocket frames (RFC 6455 §5) for the relay's hot path: parse, build, and pass through.
+
+Once a session is established the relay moves frames between two sockets. A
+frame that needs no change is forwarded as the bytes it arrived as: a client's
+masked frame is a valid client frame towards the upstream, and the upstream's
+unmasked frame a valid server frame towards the client. Only frames the
+relay must read (client text for the policy; a few upstream events) are
+unmasked and decoded, and only frames it changes are built anew.
+
+:class:`FrameReader` is fed bytes and yields complete frames; it enforces a
+maximum message size and the protocol's structural rules, and reassembles
+fragmented messages. Nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from websockets.speedups import apply_mask
+
+
+__all__ = [
+    "BINARY",
+    "CLOSE",
+    "CONTINUATION",
+    "PING",
+    "PONG",
+    "TEXT",
+    "Frame",
+    "FrameReader",
+    "ProtocolFailure",
+    "build_frame",
+    "close_payload",
+    "parse_close",
+]
+
+CONTINUATION: Final = 0x0
+TEXT: Final = 0x1
+BINARY: Final = 0x2
+CLOSE: Final = 0x8
+PING: Final = 0x9
+PONG: Final = 0xA
+_DATA: Final = frozenset({CONTINUATION, TEXT, BINARY})
+_CONTROL: Final = frozenset({CLOSE, PING, PONG})
+_U16: Final = struct.Struct("!H")
+_U64: Final = struct.Struct("!Q")
+
+
+class ProtocolFailure(Exception):
+    """The peer broke the protocol; close with ``code`` (1002, 1007 or 1009)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A complete message (or control frame) as the relay sees it.
+
+    ``payload`` is unmasked only when the reader was asked to (text the relay
+    reads); ``raw`` is the frame exactly as received, ready to forward, or
+    ``None`` for a message reassembled from fragments (forwarding it means
+    building a new frame).
+    """
+
+    opcode: int
+    payload: bytes
+    raw: bytes | None
+
+
+class FrameReader:
+    """Turns received bytes into frames.
+
+    Args:
+        expect_mask: frames from a client must be masked; from a server, not.
+        max_size: the largest message accepted (payload bytes); larger ones
+            fail with 1009.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_expect_mask",
+        "_fragments",
+        "_fragments_size",
+        "_max_size",
+        "_opcode",
+    )
+
+    def __init__(self, *, expect_mask: bool, max_size: int) -> None:
+        self._expect_mask = expect_mask
+        self._max_size = max_size
+        self._buffer = b""
+        # A fragmented message being reassembled: its opcode and parts.
+        self._opcode: int | None = None
+        self._fragments: list[bytes] = []
+        self._fragments_size = 0
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add ``data``; return the frames it completed, in order.
+
+        Raises:
+            ProtocolFailure: the peer broke the protocol; the caller must close
+                the connection with the failure's code.
+        """
+        buffer = self._buffer + data if self._buffer else data
+        frames: list[Frame] = []
+        position = 0
+        end = len(buffer)
+        while end - position >= 2:
+            first, second = buffer[position], buffer[position + 1]
+            fin = first & 0x80
+            if first & 0x70:
+                raise ProtocolFailure(
+                    1002, "reserved bits set (no extension was negotiated)"
+                )
+            opcode = first & 0x0F
+            masked = second & 0x80
+            if bool(masked) != self._expect_mask:
+                raise ProtocolFailure(1002, "masking does not match the peer's role")
+            length = second & 0x7F
+            header = 2
+            if length == 126:
+                if end - position < 4:
+                    break
+                (length,) = _U16.unpack_from(buffer, position + 2)
+                header = 4
+            elif length == 127:
+                if end - position < 10:
+                    break
+                (length,) = _U64.unpack_from(buffer, position + 2)
+                header = 10
+            if opcode in _CONTROL and (length > 125 or not fin):
+                raise ProtocolFailure(1002, "invalid control frame")
+            if opcode not in _DATA and opcode not in _CONTROL:
+                raise ProtocolFailure(1002, "unknown opcode")
+            if length + self._fragments_size > self._max_size:
+                raise ProtocolFailure(1009, "message too big")
+            mask_at = position + header
+            payload_at = mask_at + (4 if masked else 0)
+            frame_end = payload_at + length
+            if frame_end > end:
+                break
+            payload = buffer[payload_at:frame_end]
+            if masked and (opcode != BINARY or not fin):
+                # Binary messages are only forwarded, never read: skip unmasking.
+                payload = apply_mask(payload, buffer[mask_at:payload_at])
+            raw = buffer[position:frame_end] if fin and opcode != CONTINUATION else None
+            position = frame_end
+            frame = self._assemble(opcode, bool(fin), payload, raw)
+            if frame is not None:
+                frames.append(frame)
+        self._buffer = buffer[position:] if position < end else b""
+        return frames
+
+    def _assemble(
+        self, opcode: int, fin: bool, payload: bytes, raw: bytes | None
+    ) -> Frame | None:
+        if opcode in _CONTROL:
+            return Frame(opcode, payload, raw)
+        if opcode == CONTINUATION:
+            if self._opcode is None:
+                raise ProtocolFailure(1002, "continuation without a message")
+            self._fragments.append(payload)
+            self._fragments_size += len(payload)
+            if not fin:
+                return None
+            message = Frame(self._opcode, b"".join(self._fragments), None)
+            self._opcode, self._fragments, self._fragments_size = None, [], 0
+            return message
+        if self._opcode is not None:
+            raise ProtocolFailure(1002, "new message inside a fragmented one")
+        if fin:
+            return Frame(opcode, payload, raw)
+        self._opcode = opcode
+        self._fragments = [payload]
+        self._fragments_size = len(payload)
+        return None
+
+
+def build_frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    mask: bool,
+    random: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """One complete frame; masked with a fresh key when sent by a client."""
+    length = len(payload)
+    head = bytes([0x80 | opcode])
+    bit = 0x80 if mask else 0
+    if length < 126:
+        head += bytes([bit | length])
+    elif length < 1 << 16:
+        head += bytes([bit | 126]) + _U16.pack(length)
+    else:
+        head += bytes([bit | 127]) + _U64.pack(length)
+    if not mask:
+        return head + payload
+    key = random(4)
+    return head + key + apply_mask(payload, key)
+
+
+def close_payload(code: int, reason: str) -> bytes:
+    """The payload of a close frame (reason at most 123 bytes, as callers ensure)."""
+    return _U16.pack(code) + reason.encode()
+
+
+def parse_close(payload: bytes) -> tuple[int, str]:
+    """``(code, reason)`` of a received close frame; 1005 when it had no code.
+
+    Raises:
+        ProtocolFailure: a one-byte payload, or a reason that is not UTF-8.
+    """
+    if not payload:
+        return 1005, ""
+    if len(payload) == 1:
+        raise ProtocolFailure(1002, "invalid close frame")
+    (code,) = _U16.unpack_from(payload)
+    try:
+        reason = payload[2:].decode()
+    except UnicodeDecodeError:
+        raise ProtocolFailure(1007, "close reason is not UTF-8") from None
+    return code, reason

@@ -1,0 +1,149 @@
+"""The hot path's frame codec, checked against the `websockets` library's own framing."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given, strategies as st
+from websockets.frames import Frame as WsFrame, Opcode
+from websockets.streams import StreamReader
+
+from relay._frames import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    TEXT,
+    Frame,
+    FrameReader,
+    ProtocolFailure,
+    build_frame,
+    close_payload,
+    parse_close,
+)
+
+
+def serialize(opcode: int, payload: bytes, *, mask: bool, fin: bool = True) -> bytes:
+    return WsFrame(Opcode(opcode), payload, fin=fin).serialize(mask=mask)
+
+
+def parse_with_websockets(data: bytes, *, mask: bool) -> WsFrame:
+    reader = StreamReader()
+    reader.feed_data(data)
+    parser = WsFrame.parse(reader.read_exact, mask=mask)
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame = done.value
+        assert isinstance(frame, WsFrame)
+        return frame
+    raise AssertionError("incomplete frame")
+
+
+@given(
+    st.sampled_from([TEXT, BINARY]),
+    st.binary(max_size=70_000),
+    st.booleans(),
+    st.lists(st.integers(min_value=1, max_value=5000), max_size=20),
+)
+def test_any_frame_in_any_chunking(
+    opcode: int, payload: bytes, masked: bool, cuts: list[int]
+) -> None:
+    """Whatever the payload and however TCP splits it, the frame comes out whole and exact."""
+    data = serialize(opcode, payload, mask=masked)
+    reader = FrameReader(expect_mask=masked, max_size=1 << 20)
+    frames: list[Frame] = []
+    position = 0
+    for cut in cuts:
+        frames += reader.feed(data[position : position + cut])
+        position += cut
+    frames += reader.feed(data[position:])
+    assert len(frames) == 1
+    frame = frames[0]
+    assert frame.opcode == opcode
+    assert frame.raw == data  # forwardable as received
+    if not (masked and opcode == BINARY):
+        assert frame.payload == payload
+
+
+@given(st.binary(max_size=70_000), st.booleans())
+def test_built_frames_parse_with_websockets(payload: bytes, masked: bool) -> None:
+    """What the relay builds, the `websockets` parser reads back unchanged."""
+    frame = parse_with_websockets(build_frame(TEXT, payload, mask=masked), mask=masked)
+    assert (frame.opcode, frame.data, frame.fin) == (Opcode.TEXT, payload, True)
+
+
+def test_fragments_are_reassembled_around_control_frames() -> None:
+    """A fragmented message, with a ping in the middle, arrives as one message after the ping."""
+    data = (
+        serialize(TEXT, b"hel", mask=True, fin=False)
+        + serialize(PING, b"p", mask=True)
+        + serialize(CONTINUATION, b"lo", mask=True)
+    )
+    frames = FrameReader(expect_mask=True, max_size=100).feed(data)
+    assert [(f.opcode, f.payload) for f in frames] == [(PING, b"p"), (TEXT, b"hello")]
+    assert frames[1].raw is None  # reassembled: forwarding means building a new frame
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (serialize(TEXT, b"x", mask=False), 1002),  # a client must mask
+        (bytes([0x81 | 0x40, 0x80]) + b"\x00" * 4, 1002),  # RSV1 without an extension
+        (bytes([0x83, 0x80]) + b"\x00" * 4, 1002),  # unknown opcode
+        (serialize(CONTINUATION, b"x", mask=True), 1002),  # continuation of nothing
+        (
+            serialize(TEXT, b"a", mask=True, fin=False)
+            + serialize(TEXT, b"b", mask=True),
+            1002,
+        ),
+        (bytes([0x09 | 0x00, 0x80]) + b"\x00" * 4, 1002),  # fragmented ping
+        (
+            bytes([0x89, 0x80 | 126, 0, 200]) + b"\x00" * 4 + b"x" * 200,
+            1002,
+        ),  # long ping
+        (serialize(TEXT, b"x" * 101, mask=True), 1009),
+        (
+            serialize(TEXT, b"x" * 60, mask=True, fin=False)
+            + serialize(CONTINUATION, b"x" * 60, mask=True),
+            1009,
+        ),
+    ],
+)
+def test_protocol_violations(data: bytes, code: int) -> None:
+    """Each violation names the close code to use."""
+    with pytest.raises(ProtocolFailure) as info:
+        FrameReader(expect_mask=True, max_size=100).feed(data)
+    assert info.value.code == code
+
+
+def test_oversized_length_fails_before_the_payload_arrives() -> None:
+    """A 16 EiB length is refused from the header alone."""
+    header = bytes([0x81, 0x80 | 127]) + (2**63).to_bytes(8, "big")
+    with pytest.raises(ProtocolFailure):
+        FrameReader(expect_mask=True, max_size=100).feed(header)
+
+
+def test_close_payloads() -> None:
+    """Close frames carry a code and a UTF-8 reason, or nothing (1005)."""
+    assert parse_close(close_payload(4002, "peer stopped reading")) == (
+        4002,
+        "peer stopped reading",
+    )
+    assert parse_close(b"") == (1005, "")
+    with pytest.raises(ProtocolFailure):
+        parse_close(b"\x03")
+    with pytest.raises(ProtocolFailure):
+        parse_close(b"\x03\xe8\xff")
+    frame = parse_with_websockets(
+        build_frame(CLOSE, close_payload(1000, "bye"), mask=False), mask=False
+    )
+    assert frame.data == b"\x03\xe8bye"
+
+
+@given(st.binary(max_size=3000))
+def test_garbage_never_crashes_the_reader(data: bytes) -> None:
+    """Any bytes are frames, an incomplete frame, or a protocol failure."""
+    with contextlib.suppress(ProtocolFailure):
+        FrameReader(expect_mask=True, max_size=1 << 20).feed(data)
