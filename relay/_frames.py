@@ -36,6 +36,7 @@ __all__ = [
     "build_frame",
     "close_payload",
     "parse_close",
+    "valid_close_code",
 ]
 
 CONTINUATION: Final = 0x0
@@ -63,10 +64,9 @@ class ProtocolFailure(Exception):
 class Frame:
     """A complete message (or control frame) as the relay sees it.
 
-    ``payload`` is unmasked only when the reader was asked to (text the relay
-    reads); ``raw`` is the frame exactly as received, ready to forward, or
-    ``None`` for a message reassembled from fragments (forwarding it means
-    building a new frame).
+    ``payload`` is the unmasked payload; ``raw`` is the frame exactly as
+    received, ready to forward, or ``None`` for a message reassembled from
+    fragments (forwarding it means building a new frame).
     """
 
     opcode: int
@@ -147,8 +147,7 @@ class FrameReader:
             if frame_end > end:
                 break
             payload = buffer[payload_at:frame_end]
-            if masked and (opcode != BINARY or not fin):
-                # Binary messages are only forwarded, never read: skip unmasking.
+            if masked:
                 payload = apply_mask(payload, buffer[mask_at:payload_at])
             raw = buffer[position:frame_end] if fin and opcode != CONTINUATION else None
             position = frame_end
@@ -206,6 +205,17 @@ def build_frame(
     return head + key + apply_mask(payload, key)
 
 
+def valid_close_code(code: int) -> bool:
+    """Whether a close frame may carry ``code`` (RFC 6455 §7.4, IANA registry).
+
+    1005, 1006 and 1015 are reserved for reporting and never sent; 1004 and
+    1016-2999 are unassigned or reserved for the protocol.
+    """
+    return (
+        1000 <= code <= 1014 and code not in (1004, 1005, 1006)
+    ) or 3000 <= code <= 4999
+
+
 def close_payload(code: int, reason: str) -> bytes:
     """The payload of a close frame (reason at most 123 bytes, as callers ensure)."""
     return _U16.pack(code) + reason.encode()
@@ -222,6 +232,8 @@ def parse_close(payload: bytes) -> tuple[int, str]:
     if len(payload) == 1:
         raise ProtocolFailure(1002, "invalid close frame")
     (code,) = _U16.unpack_from(payload)
+    if not valid_close_code(code):
+        raise ProtocolFailure(1002, f"invalid close code {code}")
     try:
         reason = payload[2:].decode()
     except UnicodeDecodeError:

@@ -234,7 +234,7 @@ class FlowSettings:
     """Buffering and keepalive of the two legs."""
 
     buffer_bytes: int = 1 * MiB
-    """Bound on frames queued per direction, per session."""
+    """High-water mark of each leg's write buffer; above it, the session stops reading."""
     ping_interval: float | None = 20.0
     """Seconds between keepalive pings on each leg (``None``: no pings)."""
     ping_timeout: float | None = 20.0

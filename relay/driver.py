@@ -1,35 +1,34 @@
 """Runs one relayed session: the I/O around :class:`relay.sansio.session.RelaySession`.
 
-Four tasks share one :class:`asyncio.TaskGroup`: a reader per leg turns what
-arrives into events for the core, and a writer per leg drains that leg's
-:class:`~relay._outbox.Outbox`. The commands of one event are executed at
-once, without awaiting, so nothing interleaves with them; then the reader
-waits until the outboxes it fed are under their bound before reading again.
-Backpressure is therefore end to end: a slow leg fills its outbox, the other
-leg's reader stops reading, and TCP pushes back on the sender. Client frames
-held while the policy is being applied count against the same bound. A writer
-that cannot hand a frame to its leg for ``flow.stall_timeout`` (the peer
-stopped reading) is reported to the core as :class:`Stalled`, which ends the
-session; a watchdog timer checks once a second, so no timer is armed per frame.
+The driver owns no task per leg and no queue. Each :class:`~relay._legs.Leg`
+calls it from its transport's callbacks; each message becomes one event for
+the core, whose commands are executed at once, so nothing interleaves with
+them. A frame the core passes on unchanged is forwarded as the bytes it
+arrived as (only the frames the relay changes or creates are built anew).
 
-When the session ends, every task ends with it: each writer delivers what is
-queued and the close frame within ``close_timeout``, and anything still
-running after a final bound is cancelled.
+Backpressure is end to end: every leg's transport has a high-water mark of
+``flow.buffer_bytes``. While either leg is over it, neither leg is read (a
+message read from one leg can produce writes to both), so TCP pushes back on
+whoever sends too fast. Client frames the core holds while the policy is
+being applied count against the same bound. A leg that stays over its mark
+for ``flow.stall_timeout`` (the peer stopped reading) is reported to the core
+as :class:`Stalled`, which ends the session; a watchdog timer checks once a
+second, so no timer is armed per frame.
+
+Events caused while another is being handled (a leg that ends because the
+driver aborted it) are queued and handled next, never nested.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol, assert_never
 
 import structlog
-from starlette.websockets import WebSocket, WebSocketDisconnect
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
 
-from relay._outbox import CloseRequest, Outbox, frame_size
-from relay._protocol import ABORT_EXTENSION
+from relay._legs import Leg
 from relay.config import FlowSettings
 from relay.sansio.commands import (
     Abort,
@@ -61,6 +60,8 @@ from relay.typing import Side
 __all__ = ["Observer", "SessionCounters", "SessionDriver"]
 
 log = structlog.get_logger("relay.session")
+
+_CRASHED = Ended("relay_error", 1011, "internal relay error")
 
 
 class Observer(Protocol):
@@ -95,13 +96,17 @@ class SessionCounters:
     audio_out_seconds: float = 0.0
 
 
+# An event to handle, with the frame it came in (for unchanged forwarding).
+_Queued = tuple[Event, "str | bytes | None", "bytes | None", "Side | None"]
+
+
 class SessionDriver:
-    """Relays between an accepted client WebSocket and an open upstream connection."""
+    """Relays between the client's leg and the upstream's leg of one session."""
 
     def __init__(
         self,
-        client: WebSocket,
-        upstream: ClientConnection,
+        client: Leg,
+        upstream: Leg,
         session: RelaySession,
         *,
         flow: FlowSettings,
@@ -113,23 +118,14 @@ class SessionDriver:
         self._observer = observer
         self.session = session
         self.counters = SessionCounters()
-        # Frames waiting for each leg.
-        self._to_client = Outbox(flow.buffer_bytes)
-        self._to_upstream = Outbox(flow.buffer_bytes)
-        # The outcome, once the core has decided it.
-        self.ended: Ended | None = None
-        self._ended_event = asyncio.Event()
-        # Set while no client frame is held by the core (policy being applied).
-        self._released = asyncio.Event()
-        self._released.set()
-        # The pending Wakeup, if any.
-        self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
-        # Since when each writer has been waiting for its leg to take a frame.
-        self._sending_since: dict[Side, float | None] = {
-            "client": None,
-            "upstream": None,
-        }
+        # The outcome, once the core (or a crash) has decided it.
+        self.ended: Ended | None = None
+        self._ended: asyncio.Future[None] = self._loop.create_future()
+        self._queue: deque[_Queued] = deque()
+        self._handling = False
+        # The pending Wakeup, if any, and the stall watchdog.
+        self._timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self.close_codes: dict[Side, int | None] = {"client": None, "upstream": None}
         """How each leg ended (code received first, or sent first)."""
@@ -139,28 +135,31 @@ class SessionDriver:
 
     async def run(self) -> Ended:
         """Relay until both legs are closed; return how the session ended."""
-        self._execute(self.session.handle(Started(self._loop.time())))
+        self._feed(Started(self._loop.time()))
         self._started = True
         if self._drain_request is not None:
             self.drain(*self._drain_request)
+        self._client.attach(
+            self._client_message, self._client_closed, self._update_reading
+        )
+        self._upstream.attach(
+            self._upstream_message, self._upstream_closed, self._update_reading
+        )
+        self._update_reading()
         self._arm_watchdog()
         try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._read_client(), name="read-client"),
-                    group.create_task(self._read_upstream(), name="read-upstream"),
-                    group.create_task(self._write_client(), name="write-client"),
-                    group.create_task(self._write_upstream(), name="write-upstream"),
-                ]
-                await self._ended_event.wait()
-                # Both writers deliver their queue and close frame within
-                # close_timeout, then the readers see their legs close.
-                _, pending = await asyncio.wait(
-                    tasks, timeout=2 * self._flow.close_timeout + 1
-                )
-                for task in pending:
-                    log.warning("session.task_cancelled", task=task.get_name())
-                    task.cancel()
+            await self._ended
+            # Each leg finishes its closing handshake within close_timeout
+            # (then it is dropped); the final bound covers a transport that
+            # never reports its end.
+            legs = asyncio.gather(self._client.done, self._upstream.done)
+            try:
+                async with asyncio.timeout(2 * self._flow.close_timeout + 1):
+                    await asyncio.shield(legs)
+            except TimeoutError:
+                log.warning("session.legs_not_closed")
+                self._client.abort()
+                self._upstream.abort()
         finally:
             for timer in (self._timer, self._watchdog):
                 if timer is not None:
@@ -176,42 +175,105 @@ class SessionDriver:
         if not self._started:
             self._drain_request = (deadline, grace_seconds)
             return
-        self._execute(self.session.handle(Draining(deadline, grace_seconds)))
+        self._feed(Draining(deadline, grace_seconds))
 
-    def _arm_watchdog(self) -> None:
-        interval = min(1.0, self._flow.stall_timeout / 2)
-        self._watchdog = self._loop.call_later(interval, self._check_stalls)
+    # Leg callbacks
 
-    def _check_stalls(self) -> None:
-        now = self._loop.time()
-        for side, since in self._sending_since.items():
-            if since is not None and now - since >= self._flow.stall_timeout:
-                self._sending_since[side] = None
-                self._observer.stalled(side)
-                log.warning(
-                    "session.stalled",
-                    side=side,
-                    stall_timeout_s=self._flow.stall_timeout,
-                )
-                self._execute(self.session.handle(Stalled(side)))
+    def _client_message(self, data: str | bytes, raw: bytes | None, size: int) -> None:
+        counters = self.counters
+        counters.client_messages += 1
+        counters.client_bytes += size
+        self._observer.client_to_upstream(size)
+        self._feed(ClientMessage(data, self._loop.time()), data, raw, "upstream")
+
+    def _upstream_message(
+        self, data: str | bytes, raw: bytes | None, size: int
+    ) -> None:
+        counters = self.counters
+        counters.upstream_messages += 1
+        counters.upstream_bytes += size
+        self._observer.upstream_to_client(size)
+        self._feed(UpstreamMessage(data, self._loop.time()), data, raw, "client")
+
+    def _client_closed(self, code: int, reason: str) -> None:
+        self._closed_with("client", code)
+        self._feed(ClientClosed(code, reason))
+
+    def _upstream_closed(self, code: int, reason: str) -> None:
+        self._closed_with("upstream", code)
+        self._feed(UpstreamClosed(code, reason))
+
+    def _update_reading(self) -> None:
+        # A message from either leg may cause writes to both: read only while
+        # both can take more.
+        both = self._client.writable and self._upstream.writable
+        self._upstream.set_reading(both)
+        self._client.set_reading(
+            both and self.session.held_bytes < self._flow.buffer_bytes
+        )
+
+    # Events and commands
+
+    def _feed(
+        self,
+        event: Event,
+        data: str | bytes | None = None,
+        raw: bytes | None = None,
+        raw_to: Side | None = None,
+    ) -> None:
+        """Handle ``event`` now, or after the event being handled."""
+        self._queue.append((event, data, raw, raw_to))
+        if self._handling:
+            return
+        self._handling = True
+        try:
+            while self._queue:
+                queued = self._queue.popleft()
+                self._execute(self.session.handle(queued[0]), *queued[1:])
+            self._update_reading()
+        except Exception:
+            # A bug in the relay must end this session cleanly and no other.
+            log.exception("session.crashed")
+            self._queue.clear()
+            self._crash()
+        finally:
+            self._handling = False
+
+    def _crash(self) -> None:
+        for side, leg in self._legs():
+            self._closed_with(side, 1011)
+            leg.close(1011, "internal relay error")
         if self.ended is None:
-            self._arm_watchdog()
+            self.ended = _CRASHED
+        if not self._ended.done():
+            self._ended.set_result(None)
 
-    def _execute(self, commands: list[Command]) -> None:
+    def _execute(
+        self,
+        commands: list[Command],
+        data: str | bytes | None,
+        raw: bytes | None,
+        raw_to: Side | None,
+    ) -> None:
         for command in commands:
             match command:
-                case Send(side=side, data=data):
-                    (self._to_client if side == "client" else self._to_upstream).push(
-                        data
-                    )
+                case Send(side=side, data=out):
+                    leg = self._client if side == "client" else self._upstream
+                    if raw is not None and out is data and side == raw_to:
+                        # Unchanged: forward the frame as it arrived.
+                        leg.send_raw(raw)
+                    elif isinstance(out, str):
+                        leg.send_text(out)
+                    else:
+                        leg.send_binary(out)
                 case Close(side=side, code=code, reason=reason):
                     self._closed_with(side, code)
-                    (self._to_client if side == "client" else self._to_upstream).close(
+                    (self._client if side == "client" else self._upstream).close(
                         code, reason
                     )
                 case Abort(side=side):
                     self._closed_with(side, 1006)
-                    self._abort(side)
+                    (self._client if side == "client" else self._upstream).abort()
                 case Applied(action=action, field=field):
                     self._observer.policy_applied(action, field)
                     log.info("policy.applied", action=action, field=field)
@@ -237,131 +299,43 @@ class SessionDriver:
                         self._timer.cancel()
                     self._timer = self._loop.call_at(at, self._tick)
                 case Ended():
-                    self.ended = command
-                    self._ended_event.set()
+                    if self.ended is None:
+                        self.ended = command
+                    if not self._ended.done():
+                        self._ended.set_result(None)
                 case _:  # pragma: no cover - exhaustiveness is checked by mypy
                     assert_never(command)
-        if self.session.held_bytes == 0:
-            self._released.set()
+
+    def _legs(self) -> tuple[tuple[Side, Leg], tuple[Side, Leg]]:
+        return (("client", self._client), ("upstream", self._upstream))
 
     def _closed_with(self, side: Side, code: int) -> None:
         # The first close on a leg is how it ended: the peer's, or the relay's.
         if self.close_codes[side] is None:
             self.close_codes[side] = code
 
-    def _abort(self, side: Side) -> None:
-        if side == "upstream":
-            self._to_upstream.discard()
-            self._upstream.transport.abort()
-            return
-        self._to_client.discard()
-        extension = self._client.scope.get("extensions", {}).get(ABORT_EXTENSION)
-        if extension is not None:
-            extension["abort"]()
-        # Without the extension (another ASGI server) the writer's bounded close
-        # attempt is all that can be done.
-
     def _tick(self) -> None:
         self._timer = None
-        self._execute(self.session.handle(Tick(self._loop.time())))
+        self._feed(Tick(self._loop.time()))
 
-    async def _apply(self, event: Event) -> None:
-        """Execute what ``event`` causes, then wait for room to read on."""
-        self._execute(self.session.handle(event))
-        await self._to_upstream.wait_room()
-        await self._to_client.wait_room()
+    # Stall watchdog
 
-    async def _read_client(self) -> None:
-        while True:
-            if self.session.held_bytes >= self._flow.buffer_bytes:
-                # The policy is still being applied and the hold is full.
-                self._released.clear()
-                await self._released.wait()
-            try:
-                message = await self._client.receive()
-            except (WebSocketDisconnect, RuntimeError):
-                # The ASGI server already reported the disconnect (only possible
-                # after the session ended): nothing left to read.
-                message = {"type": "websocket.disconnect", "code": 1006}
-            if message["type"] != "websocket.receive":
-                self._to_client.discard()
-                # uvicorn reports codes as enum members; the core deals in ints.
-                code = int(message.get("code", 1005))
-                self._closed_with("client", code)
-                await self._apply(ClientClosed(code, message.get("reason") or ""))
-                return
-            text = message.get("text")
-            data: str | bytes = text if text is not None else message["bytes"]
-            size = frame_size(data)
-            self.counters.client_messages += 1
-            self.counters.client_bytes += size
-            self._observer.client_to_upstream(size)
-            await self._apply(ClientMessage(data, self._loop.time()))
+    def _arm_watchdog(self) -> None:
+        interval = min(1.0, self._flow.stall_timeout / 2)
+        self._watchdog = self._loop.call_later(interval, self._check_stalls)
 
-    async def _read_upstream(self) -> None:
-        upstream = self._upstream
-        code: int | None = None
-        try:
-            async for data in upstream:
-                size = frame_size(data)
-                self.counters.upstream_messages += 1
-                self.counters.upstream_bytes += size
-                self._observer.upstream_to_client(size)
-                await self._apply(UpstreamMessage(data, self._loop.time()))
-        except ConnectionClosed as closed:
-            if (
-                closed.rcvd is None
-                and closed.sent is not None
-                and closed.sent.code == 1009
-            ):
-                # The relay refused an upstream message over max_message_bytes:
-                # "too big" explains the end better than "connection lost".
-                code = 1009
-        self._to_upstream.discard()
-        if code is None:
-            # websockets reports 1006 when no close frame was received.
-            code = upstream.close_code if upstream.close_code is not None else 1006
-        self._closed_with("upstream", code)
-        await self._apply(UpstreamClosed(code, upstream.close_reason or ""))
-
-    async def _write_client(self) -> None:
-        client = self._client
-        while True:
-            item = await self._to_client.get()
-            if item is None:
-                return
-            try:
-                if isinstance(item, CloseRequest):
-                    async with asyncio.timeout(self._flow.close_timeout):
-                        await client.close(item.code, item.reason)
-                    return
-                self._sending_since["client"] = self._loop.time()
-                if isinstance(item, str):
-                    await client.send({"type": "websocket.send", "text": item})
-                else:
-                    await client.send({"type": "websocket.send", "bytes": item})
-                self._sending_since["client"] = None
-            except (OSError, RuntimeError, WebSocketDisconnect, TimeoutError):
-                # The client is gone or stopped reading past the close bound; its
-                # reader reports the disconnect. Nothing more can be delivered.
-                self._to_client.discard()
-                return
-
-    async def _write_upstream(self) -> None:
-        upstream = self._upstream
-        while True:
-            item = await self._to_upstream.get()
-            if item is None:
-                return
-            try:
-                if isinstance(item, CloseRequest):
-                    # close() waits for the closing handshake up to close_timeout,
-                    # then drops the connection.
-                    await upstream.close(item.code, item.reason)
-                    return
-                self._sending_since["upstream"] = self._loop.time()
-                await upstream.send(item)
-                self._sending_since["upstream"] = None
-            except ConnectionClosed:
-                self._to_upstream.discard()
-                return
+    def _check_stalls(self) -> None:
+        now = self._loop.time()
+        for side, leg in self._legs():
+            since = leg.blocked_since
+            if since is not None and now - since >= self._flow.stall_timeout:
+                leg.blocked_since = None  # reported once
+                self._observer.stalled(side)
+                log.warning(
+                    "session.stalled",
+                    side=side,
+                    stall_timeout_s=self._flow.stall_timeout,
+                )
+                self._feed(Stalled(side))
+        if self.ended is None:
+            self._arm_watchdog()

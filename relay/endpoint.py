@@ -27,9 +27,10 @@ from dataclasses import dataclass
 import structlog
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
-from websockets.asyncio.client import ClientConnection
 
 from relay import __version__
+from relay._legs import Leg
+from relay._protocol import ADOPT_EXTENSION, Adopt
 from relay.config import Settings
 from relay.drain import Drain
 from relay.driver import SessionDriver
@@ -44,6 +45,7 @@ from relay.metrics import RelayMetrics
 from relay.pools import UpstreamPools
 from relay.sansio.handshake import Admission, HandshakeRequest
 from relay.sansio.session import RelaySession
+from relay.upstream import UpstreamConnection
 
 
 __all__ = ["RAW_QUERY_KEY", "RealtimeEndpoint", "deny"]
@@ -57,7 +59,7 @@ USER_AGENT = f"realtime-relay/{__version__}"
 
 @dataclass(frozen=True, slots=True)
 class _Upstream:
-    connection: ClientConnection
+    connection: UpstreamConnection
     request_id: str
 
 
@@ -203,14 +205,30 @@ class RealtimeEndpoint:
         self, websocket: WebSocket, reservation: Reservation, upstream: _Upstream
     ) -> None:
         admission = reservation.admission
-        response = upstream.connection.response
-        headers = response.headers if response is not None else {}
+        headers = upstream.connection.response.headers
         with structlog.contextvars.bound_contextvars(
             upstream_request_id=upstream.request_id,
             apim_request_id=headers.get("apim-request-id"),
             region=headers.get("x-ms-region"),
         ):
+            extension = websocket.scope.get("extensions", {}).get(ADOPT_EXTENSION)
+            if extension is None:
+                # Only the relay's own protocol (relay.server) can hand over
+                # an accepted connection; refuse rather than half-work.
+                log.error("session.unsupported_server")
+                await websocket.close(1011)
+                return
+            adopt: Adopt = extension["adopt"]
+            adopt.prepare()
             await websocket.accept(subprotocol=admission.subprotocol)
+            flow = self._settings.flow
+            client = adopt.leg(
+                max_size=self._settings.limits.max_message_bytes,
+                ping_interval=flow.ping_interval,
+                ping_timeout=flow.ping_timeout,
+                close_timeout=flow.close_timeout,
+                write_limit=flow.buffer_bytes,
+            )
             log.info("session.start", api_version=admission.route.api_version)
             session = RelaySession(
                 admission.client.policy,
@@ -219,8 +237,8 @@ class RealtimeEndpoint:
                 limits=session_limits(admission.client, self._settings),
             )
             driver = SessionDriver(
-                websocket,
-                upstream.connection,
+                client,
+                upstream.connection.leg,
                 session,
                 flow=self._settings.flow,
                 observer=self._metrics.for_session(
@@ -239,7 +257,8 @@ class RealtimeEndpoint:
             except Exception:
                 # A bug in the relay must end this session cleanly and no other.
                 log.exception("session.crashed")
-                await self._close_client(websocket)
+                client.close(1011, "internal relay error")
+                await self._wait_closed(client)
             finally:
                 self.drivers.discard(driver)
                 for side, leg_code in driver.close_codes.items():
@@ -268,14 +287,16 @@ class RealtimeEndpoint:
                     audio_out_s=round(counters.audio_out_seconds, 3),
                 )
 
-    async def _close_client(self, websocket: WebSocket) -> None:
+    async def _wait_closed(self, leg: Leg) -> None:
+        # The leg drops the connection after close_timeout; the outer bound
+        # also covers a transport that never reports its end.
         try:
-            async with asyncio.timeout(self._settings.flow.close_timeout):
-                await websocket.close(1011, "internal relay error")
-        except (OSError, RuntimeError, TimeoutError):
-            pass
+            async with asyncio.timeout(self._settings.flow.close_timeout + 1):
+                await asyncio.shield(leg.done)
+        except TimeoutError:
+            leg.abort()
 
-    async def _close_upstream(self, connection: ClientConnection) -> None:
+    async def _close_upstream(self, connection: UpstreamConnection) -> None:
         # close() is idempotent and bounded by close_timeout; the outer bound
         # also covers a transport that never finishes closing.
         try:
@@ -283,3 +304,4 @@ class RealtimeEndpoint:
                 await connection.close(1000, "session ended")
         except TimeoutError:
             log.warning("upstream.close_timeout")
+            connection.leg.abort()

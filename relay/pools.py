@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
-from websockets.asyncio.client import ClientConnection
 
 from relay.config import ApiKeyAuth, EntraAuth, Settings, UpstreamTarget
 from relay.credentials import EntraTokenProvider, provider_for
@@ -49,7 +48,7 @@ from relay.sansio.failover import (
 )
 from relay.sansio.handshake import Route, upstream_headers, upstream_target
 from relay.typing import TokenProvider
-from relay.upstream import open_upstream
+from relay.upstream import UpstreamConnection, open_upstream
 
 
 __all__ = ["OpenedUpstream", "UpstreamPools"]
@@ -61,7 +60,7 @@ log = structlog.get_logger("relay.pools")
 class OpenedUpstream:
     """An upstream connection opened for one session, and where it goes."""
 
-    connection: ClientConnection
+    connection: UpstreamConnection
     request_id: str
     """``x-ms-client-request-id`` sent with the handshake."""
     target: UpstreamTarget

@@ -21,6 +21,7 @@ from relay._frames import (
     build_frame,
     close_payload,
     parse_close,
+    valid_close_code,
 )
 
 
@@ -63,8 +64,7 @@ def test_any_frame_in_any_chunking(
     frame = frames[0]
     assert frame.opcode == opcode
     assert frame.raw == data  # forwardable as received
-    if not (masked and opcode == BINARY):
-        assert frame.payload == payload
+    assert frame.payload == payload
 
 
 @given(st.binary(max_size=70_000), st.booleans())
@@ -136,6 +136,25 @@ def test_close_payloads() -> None:
         parse_close(b"\x03")
     with pytest.raises(ProtocolFailure):
         parse_close(b"\x03\xe8\xff")
+
+
+@pytest.mark.parametrize(
+    "code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535]
+)
+def test_reserved_close_codes_are_protocol_errors(code: int) -> None:
+    """Codes no endpoint may send fail the connection with 1002 (as websockets does)."""
+    with pytest.raises(ProtocolFailure) as failure:
+        parse_close(close_payload(code, ""))
+    assert failure.value.code == 1002
+    assert not valid_close_code(code)
+
+
+@pytest.mark.parametrize(
+    "code", [1000, 1001, 1003, 1007, 1011, 1012, 1014, 3000, 4000, 4999]
+)
+def test_sendable_close_codes_parse(code: int) -> None:
+    assert parse_close(close_payload(code, "r")) == (code, "r")
+    assert valid_close_code(code)
     frame = parse_with_websockets(
         build_frame(CLOSE, close_payload(1000, "bye"), mask=False), mask=False
     )

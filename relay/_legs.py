@@ -1,0 +1,332 @@
+"""One established WebSocket connection of a session, driven by protocol callbacks.
+
+A :class:`Leg` owns a transport after the handshake. It reads frames with
+:class:`~relay._frames.FrameReader`, answers pings, runs the closing handshake
+and its own keepalive, and hands data messages to the session's driver
+through plain callbacks: no task, no queue and no ASGI message per frame.
+Writes go straight to the transport; a transport over its high-water mark
+marks the leg not writable, and the driver stops reading the other leg until
+it drains (TCP then pushes back on whoever produces too fast).
+
+Both legs use it: the client's (the relay is the server: frames arrive
+masked, leave unmasked) and the upstream's (the relay is the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import TypeAlias
+
+import structlog
+
+from relay._frames import (
+    BINARY,
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    Frame,
+    FrameReader,
+    ProtocolFailure,
+    build_frame,
+    close_payload,
+    parse_close,
+)
+
+
+__all__ = ["Leg", "MessageHandler"]
+
+MessageHandler: TypeAlias = Callable[[str | bytes, bytes | None, int], None]
+"""Receives each data message: text as ``str`` (valid UTF-8), binary as
+``bytes``; the frame as received (``None`` if it was fragmented); and the
+payload's size in bytes."""
+
+log = structlog.get_logger("relay.legs")
+
+
+class Leg:
+    """A WebSocket connection in the session's hot path; see the module docstring.
+
+    Args:
+        transport: the connection, handshake done.
+        server: whether the relay is the server on this connection.
+        max_size: largest message accepted; larger fails the leg with 1009.
+        ping_interval, ping_timeout: keepalive (``None`` disables it).
+        close_timeout: how long to wait for the peer's close frame after ours.
+        write_limit: bytes the transport may buffer before the leg stops
+            being writable (its high-water mark).
+        name: ``client`` or ``upstream`` (for logs).
+
+    Until :meth:`attach`, complete messages are kept and reading pauses after
+    the first one, so a peer cannot fill memory before the session starts.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        *,
+        server: bool,
+        max_size: int,
+        ping_interval: float | None,
+        ping_timeout: float | None,
+        close_timeout: float,
+        write_limit: int,
+        name: str,
+    ) -> None:
+        self._transport = transport
+        transport.set_write_buffer_limits(high=write_limit)
+        self._mask = not server
+        self._reader = FrameReader(expect_mask=server, max_size=max_size)
+        self._loop = asyncio.get_running_loop()
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._close_timeout = close_timeout
+        self.name = name
+        # Handlers set by the driver; until then messages wait in `_pending`.
+        self._on_message: MessageHandler | None = None
+        self._on_closed: Callable[[int, str], None] | None = None
+        self._on_writable: Callable[[], None] | None = None
+        self._pending: list[tuple[str | bytes, bytes | None, int]] = []
+        # Flow control.
+        self.writable = True
+        """False while the transport's buffer is over its high-water mark."""
+        self.blocked_since: float | None = None
+        """When the leg last stopped being writable (for stall detection)."""
+        self._reading = True
+        # Closing.
+        self.close_sent = False
+        self.finished = False
+        """The connection is gone; the close code was reported."""
+        self.done: asyncio.Future[int] = self._loop.create_future()
+        """Resolved with the close code once the leg is finished."""
+        self._ended: tuple[int, str] = (1006, "")
+        self._close_timer: asyncio.TimerHandle | None = None
+        # Keepalive.
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pong_timer: asyncio.TimerHandle | None = None
+        self._ping_payload: bytes | None = None
+        self._schedule_ping()
+
+    # Wiring
+
+    def attach(
+        self,
+        on_message: MessageHandler,
+        on_closed: Callable[[int, str], None],
+        on_writable: Callable[[], None],
+    ) -> None:
+        """Start delivering to the driver: first what arrived before, then as it comes.
+
+        Reading resumes; the driver pauses it again as flow control needs.
+        """
+        self._on_message, self._on_closed, self._on_writable = (
+            on_message,
+            on_closed,
+            on_writable,
+        )
+        pending, self._pending = self._pending, []
+        for message in pending:
+            on_message(*message)
+        if self.finished:
+            on_closed(*self._ended)
+        else:
+            self._set_reading(True)
+
+    # Protocol callbacks (from the transport's protocol)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed bytes from the transport."""
+        if self.finished:
+            return
+        try:
+            frames = self._reader.feed(data)
+        except ProtocolFailure as failure:
+            self._fail(failure)
+            return
+        for frame in frames:
+            opcode = frame.opcode
+            if opcode in (TEXT, BINARY):
+                self._deliver(frame)
+            elif opcode == PING:
+                self._write(build_frame(PONG, frame.payload, mask=self._mask))
+            elif opcode == PONG:
+                self._pong(frame.payload)
+            elif opcode == CLOSE:
+                self._close_received(frame.payload)
+            if self.done.done():  # a callback or a close frame ended the leg
+                return
+
+    def _fail(self, failure: ProtocolFailure) -> None:
+        # The stream cannot be read further: say why, and end the leg.
+        log.info(
+            "leg.protocol_error",
+            leg=self.name,
+            code=failure.code,
+            reason=failure.reason,
+        )
+        if not self.close_sent:
+            payload = close_payload(failure.code, failure.reason)
+            self._write(build_frame(CLOSE, payload, mask=self._mask))
+            self.close_sent = True
+        self._finish(failure.code, failure.reason)
+
+    def connection_lost(self) -> None:
+        """The transport is gone (closed by either side, or reset)."""
+        self._finish(1006, "")
+
+    def pause_writing(self) -> None:
+        """The transport's buffer went over its high-water mark."""
+        self.writable = False
+        self.blocked_since = self._loop.time()
+        if self._on_writable is not None:
+            self._on_writable()
+
+    def resume_writing(self) -> None:
+        """The transport's buffer drained below its low-water mark."""
+        self.writable = True
+        self.blocked_since = None
+        if self._on_writable is not None:
+            self._on_writable()
+
+    def _deliver(self, frame: Frame) -> None:
+        payload = frame.payload
+        data: str | bytes = payload
+        if frame.opcode == TEXT:
+            try:
+                data = payload.decode()
+            except UnicodeDecodeError:
+                self._fail(ProtocolFailure(1007, "invalid UTF-8 in a text message"))
+                return
+        if self.close_sent:
+            return  # closing: data is no longer relayed
+        if self._on_message is None:
+            self._pending.append((data, frame.raw, len(payload)))
+            self._set_reading(False)
+        else:
+            self._on_message(data, frame.raw, len(payload))
+
+    # Driver operations
+
+    def set_reading(self, reading: bool) -> None:
+        """Pause or resume reading from the peer (backpressure).
+
+        Ignored once closing: the peer's close frame must still be read.
+        """
+        if not self.close_sent and not self.finished:
+            self._set_reading(reading)
+
+    def send_text(self, text: str) -> None:
+        """Send a text message built from ``text`` (dropped once closing)."""
+        if not self.close_sent:
+            self._write(build_frame(TEXT, text.encode(), mask=self._mask))
+
+    def send_binary(self, data: bytes) -> None:
+        """Send a binary message (dropped once closing)."""
+        if not self.close_sent:
+            self._write(build_frame(BINARY, data, mask=self._mask))
+
+    def send_raw(self, raw: bytes) -> None:
+        """Send a frame exactly as the other leg received it (dropped once closing).
+
+        Valid because a client's masked frame is a valid frame towards a
+        server, and a server's unmasked frame one towards a client.
+        """
+        if not self.close_sent:
+            self._write(raw)
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake; the peer has ``close_timeout`` to answer."""
+        if self.finished or self.close_sent:
+            return
+        self._write(build_frame(CLOSE, close_payload(code, reason), mask=self._mask))
+        self.close_sent = True
+        # Keep reading: the peer's close frame completes the handshake.
+        self._set_reading(True)
+        self._close_timer = self._loop.call_later(self._close_timeout, self.abort)
+
+    def abort(self) -> None:
+        """Drop the connection at once (RST); nothing more is delivered."""
+        if not self.finished:
+            self._transport.abort()
+            self._finish(1006, "")
+
+    # Internals
+
+    def _write(self, data: bytes) -> None:
+        if not self.finished and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _set_reading(self, reading: bool) -> None:
+        if reading == self._reading or self._transport.is_closing():
+            return
+        self._reading = reading
+        if reading:
+            self._transport.resume_reading()
+        else:
+            self._transport.pause_reading()
+
+    def _close_received(self, payload: bytes) -> None:
+        try:
+            code, reason = parse_close(payload)
+        except ProtocolFailure as failure:
+            code, reason = failure.code, failure.reason
+        if not self.close_sent:
+            # Echo the code (RFC 6455 §5.5.1); 1005 means the frame had none.
+            self._write(
+                build_frame(
+                    CLOSE,
+                    close_payload(code, "") if code != 1005 else b"",
+                    mask=self._mask,
+                )
+            )
+            self.close_sent = True
+        self._transport.close()
+        self._finish(code, reason)
+
+    def _finish(self, code: int, reason: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        for timer in (self._close_timer, self._ping_timer, self._pong_timer):
+            if timer is not None:
+                timer.cancel()
+        if not self._transport.is_closing():
+            self._transport.close()
+        self._ended = (code, reason)
+        self.done.set_result(code)
+        if self._on_closed is not None:
+            self._on_closed(code, reason)
+
+    def _schedule_ping(self) -> None:
+        if self._ping_interval is not None and not self.finished:
+            self._ping_timer = self._loop.call_later(self._ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        if self.finished or self.close_sent:
+            return
+        self._ping_payload = os.urandom(4)
+        self._write(build_frame(PING, self._ping_payload, mask=self._mask))
+        if self._ping_timeout is not None:
+            self._pong_timer = self._loop.call_later(
+                self._ping_timeout, self._keepalive_timeout
+            )
+        else:
+            self._schedule_ping()
+
+    def _pong(self, payload: bytes) -> None:
+        if self._ping_payload is None or payload != self._ping_payload:
+            return  # unsolicited or stale
+        self._ping_payload = None
+        if self._pong_timer is not None:
+            self._pong_timer.cancel()
+            self._pong_timer = None
+        self._schedule_ping()
+
+    def _keepalive_timeout(self) -> None:
+        self._pong_timer = None
+        log.info("leg.keepalive_timeout", leg=self.name)
+        # A dead or half-open peer: no close frame could arrive, drop it now.
+        self.abort()

@@ -1,0 +1,143 @@
+"""Garbage on an accepted client connection: a raw socket against a real relay.
+
+Whatever bytes a client sends after the handshake, the relay answers with a
+close code (1002, 1007 or 1009) or waits for the rest of a frame; it never
+crashes, its upstream leg is always closed, and other sessions carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import struct
+from urllib.parse import urlsplit
+
+import pytest
+
+from relay._frames import BINARY, CLOSE, TEXT, build_frame, close_payload
+from tests.helpers.clients import connect_relay, receive_event
+from tests.helpers.servers import CLIENT_KEY, Stack, relay_stack
+from tests.helpers.timing import SECOND
+
+
+async def raw_session(
+    stack: Stack,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client on a plain socket, upgraded, with session.created read."""
+    url = urlsplit(stack.ga_url())
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"api-key: {CLIENT_KEY}\r\n\r\n"
+        ).encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    await read_frame(reader)  # session.created
+    return reader, writer
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked server frame: (opcode, payload)."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", await reader.readexactly(8))
+    return first & 0x0F, await reader.readexactly(length)
+
+
+async def close_code(reader: asyncio.StreamReader) -> int | None:
+    """The code of the relay's close frame, or ``None`` if the connection just ended."""
+    while True:
+        try:
+            opcode, payload = await read_frame(reader)
+        except asyncio.IncompleteReadError:
+            return None
+        if opcode == CLOSE:
+            return int.from_bytes(payload[:2], "big") if payload else 1005
+
+
+@pytest.mark.parametrize(
+    ("garbage", "code"),
+    [
+        (build_frame(TEXT, b'{"type":"x"}', mask=False), 1002),  # unmasked
+        (bytes([0xC1, 0x80]) + os.urandom(4), 1002),  # RSV1 without an extension
+        (bytes([0x83, 0x80]) + os.urandom(4), 1002),  # reserved opcode
+        (bytes([0x89, 0xFE, 0x01, 0x00]) + os.urandom(4), 1002),  # 256-byte ping
+        (bytes([0x80, 0x80]) + os.urandom(4), 1002),  # continuation of nothing
+        (build_frame(TEXT, b"\xc3\x28", mask=True), 1007),  # invalid UTF-8
+        (build_frame(CLOSE, close_payload(1006, ""), mask=True), 1002),
+        (bytes([0x81, 0xFF]) + struct.pack("!Q", 1 << 62) + os.urandom(4), 1009),
+    ],
+    ids=[
+        "unmasked",
+        "rsv1",
+        "opcode",
+        "big-ping",
+        "stray-continuation",
+        "utf8",
+        "reserved-close-code",
+        "huge-length",
+    ],
+)
+async def test_protocol_garbage_gets_its_close_code(garbage: bytes, code: int) -> None:
+    async with relay_stack() as stack:
+        async with connect_relay(stack.ga_url()) as survivor:
+            await receive_event(survivor)
+            reader, writer = await raw_session(stack)
+            writer.write(garbage)
+            async with asyncio.timeout(3 * SECOND):
+                assert await close_code(reader) == code
+                # The upstream leg of the broken session is closed.
+                await stack.relay.app.endpoint.wait_connections(at_most=1)
+            writer.close()
+            # The other session still relays.
+            await survivor.send('{"type": "input_audio_buffer.clear"}')
+            async with asyncio.timeout(3 * SECOND):
+                assert (await receive_event(survivor))["type"] == (
+                    "input_audio_buffer.cleared"
+                )
+        await stack.settle()
+
+
+async def test_binary_frames_are_refused_with_an_error_event() -> None:
+    async with relay_stack() as stack:
+        reader, writer = await raw_session(stack)
+        writer.write(build_frame(BINARY, b"\x00" * 100, mask=True))
+        async with asyncio.timeout(3 * SECOND):
+            opcode, payload = await read_frame(reader)
+        assert opcode == TEXT
+        assert b'"type":"error"' in payload.replace(b" ", b"")
+        writer.close()
+        await stack.settle()
+
+
+async def test_random_garbage_never_crashes_the_relay() -> None:
+    """Seeded random bytes, masked-looking or not, then EOF: every session ends cleanly."""
+    rng = random.Random(20261124)
+    async with relay_stack() as stack:
+        for _ in range(40):
+            reader, writer = await raw_session(stack)
+            size = rng.choice([1, 2, 7, 64, 600, 5000])
+            garbage = bytes(rng.getrandbits(8) for _ in range(size))
+            if rng.random() < 0.5:
+                garbage = (
+                    bytes([garbage[0] | 0x80, garbage[1 % size] | 0x80]) + garbage[2:]
+                )
+            writer.write(garbage)
+            writer.write_eof()
+            async with asyncio.timeout(3 * SECOND):
+                await close_code(reader)  # a close frame, or just the end
+                await stack.relay.app.endpoint.wait_connections(at_most=0)
+            writer.close()
+        await stack.settle()
+        assert stack.simulator.stats.connections_opened == 40
+        assert stack.simulator.stats.connections_active == 0

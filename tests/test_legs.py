@@ -1,0 +1,260 @@
+"""A leg against real peers on 127.0.0.1: closing, keepalive, protocol errors, flow control.
+
+Legs are opened with :func:`relay.upstream.open_upstream` (client side);
+the server side is covered end to end by every relayed session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close, Frame, Opcode
+from websockets.streams import StreamReader
+
+from relay._frames import BINARY, CLOSE, PING, TEXT, build_frame, close_payload
+from relay._legs import Leg
+from relay.config import FlowSettings
+from relay.upstream import open_upstream
+from tests.helpers.timing import SECOND
+from tests.test_upstream import switching
+
+
+@dataclass
+class Peer:
+    """What a scripted peer received from the leg, once the connection ended."""
+
+    received: asyncio.Future[bytes]
+    url: str
+
+
+@dataclass
+class Recorder:
+    messages: list[tuple[str | bytes, bytes | None, int]] = field(default_factory=list)
+    closed: list[tuple[int, str]] = field(default_factory=list)
+    writable_changes: int = 0
+
+    def attach(self, leg: Leg) -> None:
+        leg.attach(
+            lambda data, raw, size: self.messages.append((data, raw, size)),
+            lambda code, reason: self.closed.append((code, reason)),
+            self._writable,
+        )
+
+    def _writable(self) -> None:
+        self.writable_changes += 1
+
+
+@contextlib.asynccontextmanager
+async def scripted(script: bytes, *, read: bool = True) -> AsyncIterator[Peer]:
+    """A server that completes the handshake, sends ``script``, and records the rest."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[bytes] = loop.create_future()
+
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            request = await reader.readuntil(b"\r\n\r\n")
+            writer.write(switching(request) + script)
+            await writer.drain()
+            data = await reader.read() if read else await _hold(reader)
+            if not received.done():
+                received.set_result(data)
+        except ConnectionError:
+            if not received.done():
+                received.set_result(b"<reset>")
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        yield Peer(received, f"ws://127.0.0.1:{port}/")
+
+
+async def _hold(reader: asyncio.StreamReader) -> bytes:
+    # Never read: the leg's writes pile up in the kernel, then in its buffer.
+    await asyncio.Event().wait()
+    return b""  # pragma: no cover
+
+
+def frames_sent_by_client(data: bytes) -> list[Frame]:
+    """Parse what the leg sent (masked client frames) with the websockets parser."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parsed = []
+    while True:
+        parser = Frame.parse(reader.read_exact, mask=True, max_size=None, extensions=[])
+        try:
+            while True:
+                next(parser)
+        except StopIteration as done:
+            parsed.append(done.value)
+        except EOFError:
+            return parsed
+
+
+async def open_leg(url: str, **flow: float | None) -> Leg:
+    settings = FlowSettings(
+        **{"ping_interval": None, "ping_timeout": None, "close_timeout": 0.5, **flow}  # type: ignore[arg-type]
+    )
+    connection = await open_upstream(
+        url, [], connect_timeout=2 * SECOND, max_message_bytes=4096, flow=settings
+    )
+    return connection.leg
+
+
+def reading(leg: Leg) -> bool:
+    return leg._reading  # the state under test
+
+
+def close_of(frames: list[Frame]) -> Close:
+    closes = [frame for frame in frames if frame.opcode is Opcode.CLOSE]
+    assert len(closes) == 1, frames
+    return Close.parse(bytes(closes[0].data))
+
+
+async def test_messages_before_attach_wait_in_order_with_reading_paused() -> None:
+    events = [json.dumps({"type": "e", "n": n}) for n in range(3)]
+    script = b"".join(build_frame(TEXT, e.encode(), mask=False) for e in events)
+    async with scripted(script) as peer:
+        # One write of the 101 and the frames: one read on loopback.
+        leg = await open_leg(peer.url)
+        assert [m[0] for m in leg._pending] == events
+        assert not reading(leg)
+        recorder = Recorder()
+        recorder.attach(leg)
+        assert [m[0] for m in recorder.messages] == events
+        assert reading(leg)
+        leg.close(1000, "done")
+        await leg.done
+
+
+async def test_a_peer_that_never_answers_our_close_is_dropped_after_close_timeout() -> (
+    None
+):
+    async with scripted(b"") as peer:
+        leg = await open_leg(peer.url, close_timeout=0.3)
+        recorder = Recorder()
+        recorder.attach(leg)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        leg.close(4002, "stalled")
+        async with asyncio.timeout(2 * SECOND):
+            assert await leg.done == 1006
+        assert 0.25 <= loop.time() - started < 0.3 + 0.5 * SECOND
+        assert close_of(frames_sent_by_client(await peer.received)) == Close(
+            4002, "stalled"
+        )
+        assert recorder.closed == [(1006, "")]
+
+
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [
+        (build_frame(TEXT, b"\xff\xfe", mask=False), 1007),
+        (build_frame(BINARY, b"x" * 5000, mask=False), 1009),
+        (build_frame(TEXT, b"masked", mask=True), 1002),
+        (bytes([0x83, 0x00]), 1002),  # reserved opcode
+        (build_frame(CLOSE, close_payload(1005, ""), mask=False), 1002),
+        (build_frame(CLOSE, b"\x03\xe8\xc3\x28", mask=False), 1007),
+    ],
+    ids=["bad-utf8", "too-big", "masked", "opcode", "reserved-code", "bad-reason"],
+)
+async def test_protocol_errors_close_with_their_code(script: bytes, code: int) -> None:
+    async with scripted(script) as peer:
+        leg = await open_leg(peer.url)
+        recorder = Recorder()
+        recorder.attach(leg)
+        async with asyncio.timeout(2 * SECOND):
+            assert await leg.done == code
+            sent = frames_sent_by_client(await peer.received)
+        assert close_of(sent).code == code
+        assert recorder.messages == []
+        assert recorder.closed[0][0] == code
+
+
+async def test_the_peers_close_is_echoed_and_reported() -> None:
+    async with scripted(
+        build_frame(CLOSE, close_payload(4001, "bye"), mask=False)
+    ) as peer:
+        leg = await open_leg(peer.url)
+        recorder = Recorder()
+        recorder.attach(leg)
+        async with asyncio.timeout(2 * SECOND):
+            assert await leg.done == 4001
+            assert close_of(frames_sent_by_client(await peer.received)).code == 4001
+        assert recorder.closed == [(4001, "bye")]
+
+
+async def test_pings_are_answered_with_their_payload() -> None:
+    script = build_frame(PING, b"1234", mask=False) + build_frame(
+        CLOSE, close_payload(1000, ""), mask=False
+    )
+    async with scripted(script) as peer:
+        leg = await open_leg(peer.url)
+        Recorder().attach(leg)
+        async with asyncio.timeout(2 * SECOND):
+            sent = frames_sent_by_client(await peer.received)
+        assert (sent[0].opcode, sent[0].data) == (Opcode.PONG, b"1234")
+
+
+async def test_keepalive_drops_a_silent_peer() -> None:
+    async with scripted(b"", read=False) as peer:
+        leg = await open_leg(peer.url, ping_interval=0.2, ping_timeout=0.2)
+        Recorder().attach(leg)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(3 * SECOND):
+            assert await leg.done == 1006
+        assert loop.time() - started >= 0.35
+
+
+async def test_keepalive_keeps_an_answering_peer() -> None:
+    async def idle(ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await ws.wait_closed()
+
+    async with serve(idle, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]  # type: ignore[index]
+        leg = await open_leg(
+            f"ws://127.0.0.1:{port}/", ping_interval=0.05, ping_timeout=0.5
+        )
+        Recorder().attach(leg)
+        await asyncio.sleep(0.5)  # ten keepalive rounds elapse; nothing is waited on
+        assert not leg.finished
+        leg.close(1000, "")
+        async with asyncio.timeout(2 * SECOND):
+            assert await leg.done == 1000
+
+
+async def test_a_peer_that_stops_reading_makes_the_leg_unwritable() -> None:
+    async with scripted(b"", read=False) as peer:
+        leg = await open_leg(peer.url)
+        recorder = Recorder()
+        recorder.attach(leg)
+        chunk = "A" * 60_000
+        async with asyncio.timeout(5 * SECOND):
+            while leg.writable:
+                leg.send_text(chunk)
+                await asyncio.sleep(0)
+        assert leg.blocked_since is not None
+        assert recorder.writable_changes == 1
+        leg.abort()
+        assert leg.done.result() == 1006
+        # Nothing more is written or delivered once aborted.
+        leg.send_text("late")
+        assert recorder.closed == [(1006, "")]
+
+
+def test_frames_sent_by_client_parses_a_masked_close() -> None:
+    data = build_frame(CLOSE, close_payload(1000, "x"), mask=True)
+    assert close_of(frames_sent_by_client(data)) == Close(1000, "x")
