@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # Dev-only upstream key shared by the built-in simulator and the relay in `make run`.
 export AZURE_OPENAI_API_KEY ?= sim-dev-upstream-key
 
-.PHONY: run demo test lint typecheck pytest simulate clean
+.PHONY: run demo test lint typecheck pytest simulate bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -46,5 +46,13 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -q
 
+## bench: direct path vs relay vs nginx under audio load; writes docs/benchmarks.md
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+## bench-quick: a one-level smoke run of the same (nothing written)
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick --no-report
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/out

@@ -48,6 +48,7 @@ LOAD_CPU = "1"
 # A level is invalid when a load-side process used more than this share of its core.
 LOAD_CPU_LIMIT = 0.90
 P99_TARGET_MS = 20.0
+RELAY_SRC: Path | None = None
 
 
 def free_port() -> int:
@@ -93,10 +94,12 @@ def wait_port(port: int, within: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def process(args: list[str], *, cpu: str, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    args: list[str], *, cpu: str, env: dict[str, str] | None = None, log: Path | None = None, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``args`` pinned to ``cpu``; stop it (SIGTERM, then SIGKILL) afterwards."""
     output = log.open("wb") if log else subprocess.DEVNULL
-    child = subprocess.Popen(["taskset", "-c", cpu, *args], env={**os.environ, **(env or {})}, stdout=output, stderr=output)
+    child = subprocess.Popen(["taskset", "-c", cpu, *args], env={**os.environ, **(env or {})}, stdout=output, stderr=output, cwd=cwd)
     try:
         yield child
     finally:
@@ -182,6 +185,7 @@ class Run:
     loadgen_cpu_share: float = 0.0
     upstream_cpu_share: float = 0.0
     proxy_rss_kib: int = 0
+    proxy_rss_added_kib: int = 0
     window_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -219,6 +223,7 @@ class Bench:
             "--warmup", str(self.warmup), "--out", str(results),
         ]
         run = Run(path, sessions, interval_ms)
+        baseline_kib = rss_kib(proxy_pid) if proxy_pid else 0
         with process(args, cpu=LOAD_CPU) as loadgen:
             # The window starts when loadgen's warm-up ends: all sessions are up
             # by then (it connects first), and ends with its duration.
@@ -231,6 +236,7 @@ class Bench:
             run.loadgen_cpu_share = (cpu_seconds(loadgen.pid) - load_before) / run.window_s
             run.upstream_cpu_share = (cpu_seconds(echo_pid) - echo_before) / run.window_s
             run.proxy_rss_kib = rss_kib(proxy_pid) if proxy_pid else 0
+            run.proxy_rss_added_kib = run.proxy_rss_kib - baseline_kib
             loadgen.wait(timeout=60)
         data = json.loads(results.read_text())
         run.connected = data["sessions_connected"]
@@ -273,7 +279,12 @@ def relay(bench: Bench, upstream_port: int) -> Iterator[tuple[int, int]]:
         RELAY_CONFIG.format(port=port, metrics_port=metrics_port, upstream=upstream_port, digest=hashlib.sha256(CLIENT_KEY.encode()).hexdigest())
     )
     args = [sys.executable, "-m", "relay", "run", "--config", str(config)]
-    with process(args, cpu=PROXY_CPU, env={"BENCH_UPSTREAM_KEY": UPSTREAM_KEY}, log=bench.work / "relay.log") as child:
+    env = {"BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
+    # `python -m` puts the working directory first on sys.path: run from the
+    # tree whose relay is measured.
+    src = (RELAY_SRC or ROOT).resolve()
+    env["PYTHONPATH"] = str(src)
+    with process(args, cpu=PROXY_CPU, env=env, log=bench.work / "relay.log", cwd=src) as child:
         wait_port(port)
         yield port, child.pid
 
@@ -324,6 +335,7 @@ def median_run(runs: list[Run]) -> dict[str, Any]:
         "delivered_per_s": round(statistics.median(run.relayed / run.window_s for run in runs if run.window_s), 1),
         "lost": sum(run.lost for run in runs),
         "proxy_rss_kib": int(statistics.median(run.proxy_rss_kib for run in runs)),
+        "proxy_rss_added_kib": int(statistics.median(run.proxy_rss_added_kib for run in runs)),
         "loadgen_cpu_share": round(max(run.loadgen_cpu_share for run in runs), 3),
         "upstream_cpu_share": round(max(run.upstream_cpu_share for run in runs), 3),
         "notes": sorted({note for run in runs for note in run.notes}),
@@ -343,8 +355,10 @@ def with_ratios(records: list[dict[str, Any]], idle_kib: float | None) -> list[d
         record["cpu_vs_nginx"] = (
             round(record["cpu_us_per_msg"] / peer["cpu_us_per_msg"], 2) if peer and peer["cpu_us_per_msg"] and record["path"] != "direct" else None
         )
+        # Streaming: the proxy's RSS growth from before the load to the end of
+        # the window, per session (the process baseline excluded).
         record["rss_kb_per_session"] = (
-            round(record["proxy_rss_kib"] * 1.024 / record["sessions"], 1) if record["path"] != "direct" else None
+            round(record["proxy_rss_added_kib"] * 1.024 / record["sessions"], 1) if record["path"] != "direct" else None
         )
         record["idle_rss_kb_per_session"] = round(idle_kib * 1.024, 1) if (idle_kib is not None and record["path"] == "relay") else None
     return records
@@ -426,11 +440,19 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.5)
     parser.add_argument("--quick", action="store_true", help="a smoke run: one small level, one repeat")
     parser.add_argument("--no-report", action="store_true", help="print the records, write nothing")
+    parser.add_argument("--paths", default="direct,relay,nginx", help="paths to measure (direct is needed for added latency)")
+    parser.add_argument(
+        "--relay-src", type=Path, help="run the relay from this source tree (e.g. a git worktree of another commit), to compare versions"
+    )
+    parser.add_argument("--out", type=Path, help="also write the records to this JSON file")
     args = parser.parse_args()
+    global RELAY_SRC
+    RELAY_SRC = args.relay_src
     if args.quick:
         args.levels, args.repeats, args.duration, args.warmup = "20", 1, 1.5, 0.5
     subprocess.run(["make", "-s", "-C", str(ROOT / "bench" / "c"), f"OUT={OUT}"], check=True)
-    paths = ["direct", "relay"] + (["nginx"] if shutil.which("nginx") or Path("/usr/sbin/nginx").exists() else [])
+    have_nginx = bool(shutil.which("nginx")) or Path("/usr/sbin/nginx").exists()
+    paths = [p for p in args.paths.split(",") if p != "nginx" or have_nginx]
     started = time.monotonic()
     runs: dict[tuple[str, int, int], list[Run]] = {}
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
@@ -454,6 +476,8 @@ def main() -> int:
                 level(100, 100)
             idle_kib = idle_rss_per_session(bench, upstream_port, 20 if args.quick else 200)
     records = with_ratios([median_run(group) for group in runs.values()], idle_kib)
+    if args.out:
+        args.out.write_text(json.dumps(records, indent=2) + "\n")
     if args.no_report:
         print(json.dumps(records, indent=2))
     else:

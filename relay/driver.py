@@ -124,6 +124,7 @@ class SessionDriver:
         self._ended: asyncio.Future[None] = self._loop.create_future()
         self._queue: deque[_Queued] = deque()
         self._handling = False
+        self._held_full = False
         # The pending Wakeup, if any, and the stall watchdog.
         self._timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -140,10 +141,10 @@ class SessionDriver:
         if self._drain_request is not None:
             self.drain(*self._drain_request)
         self._client.attach(
-            self._client_message, self._client_closed, self._update_reading
+            self._client_message, self._client_closed, self._writable_changed
         )
         self._upstream.attach(
-            self._upstream_message, self._upstream_closed, self._update_reading
+            self._upstream_message, self._upstream_closed, self._writable_changed
         )
         self._update_reading()
         self._arm_watchdog()
@@ -184,7 +185,23 @@ class SessionDriver:
         counters.client_messages += 1
         counters.client_bytes += size
         self._observer.client_to_upstream(size)
-        self._feed(ClientMessage(data, self._loop.time()), data, raw, "upstream")
+        if self._handling:
+            self._queue.append(
+                (ClientMessage(data, self._loop.time()), data, raw, "upstream")
+            )
+            return
+        # The hot path: what _feed does, without building the event.
+        self._handling = True
+        try:
+            commands = self.session.client_message(data, self._loop.time())
+            self._execute(commands, data, raw, "upstream")
+            self._settle()
+        except Exception:
+            # A bug in the relay must end this session cleanly and no other.
+            log.exception("session.crashed")
+            self._crash()
+        finally:
+            self._handling = False
 
     def _upstream_message(
         self, data: str | bytes, raw: bytes | None, size: int
@@ -193,7 +210,22 @@ class SessionDriver:
         counters.upstream_messages += 1
         counters.upstream_bytes += size
         self._observer.upstream_to_client(size)
-        self._feed(UpstreamMessage(data, self._loop.time()), data, raw, "client")
+        if self._handling:
+            self._queue.append(
+                (UpstreamMessage(data, self._loop.time()), data, raw, "client")
+            )
+            return
+        self._handling = True
+        try:
+            commands = self.session.upstream_message(data, self._loop.time())
+            self._execute(commands, data, raw, "client")
+            self._settle()
+        except Exception:
+            # A bug in the relay must end this session cleanly and no other.
+            log.exception("session.crashed")
+            self._crash()
+        finally:
+            self._handling = False
 
     def _client_closed(self, code: int, reason: str) -> None:
         self._closed_with("client", code)
@@ -203,14 +235,16 @@ class SessionDriver:
         self._closed_with("upstream", code)
         self._feed(UpstreamClosed(code, reason))
 
+    def _writable_changed(self) -> None:
+        self._update_reading()
+
     def _update_reading(self) -> None:
         # A message from either leg may cause writes to both: read only while
         # both can take more.
         both = self._client.writable and self._upstream.writable
+        self._held_full = self.session.held_bytes >= self._flow.buffer_bytes
         self._upstream.set_reading(both)
-        self._client.set_reading(
-            both and self.session.held_bytes < self._flow.buffer_bytes
-        )
+        self._client.set_reading(both and not self._held_full)
 
     # Events and commands
 
@@ -222,24 +256,33 @@ class SessionDriver:
         raw_to: Side | None = None,
     ) -> None:
         """Handle ``event`` now, or after the event being handled."""
-        self._queue.append((event, data, raw, raw_to))
         if self._handling:
+            self._queue.append((event, data, raw, raw_to))
             return
         self._handling = True
         try:
-            while self._queue:
-                queued = self._queue.popleft()
-                self._execute(self.session.handle(queued[0]), *queued[1:])
-            self._update_reading()
+            self._execute(self.session.handle(event), data, raw, raw_to)
+            self._settle()
         except Exception:
             # A bug in the relay must end this session cleanly and no other.
             log.exception("session.crashed")
-            self._queue.clear()
             self._crash()
         finally:
             self._handling = False
 
+    def _settle(self) -> None:
+        """Handle the events queued meanwhile; adjust reading to the hold."""
+        session = self.session
+        while self._queue:
+            queued = self._queue.popleft()
+            self._execute(session.handle(queued[0]), *queued[1:])
+        # Writability changes call _update_reading themselves; what remains
+        # is the hold of client frames filling up or being released.
+        if self._held_full or session.held_bytes >= self._flow.buffer_bytes:
+            self._update_reading()
+
     def _crash(self) -> None:
+        self._queue.clear()
         for side, leg in self._legs():
             self._closed_with(side, 1011)
             leg.close(1011, "internal relay error")

@@ -236,14 +236,15 @@ class RealtimeEndpoint:
                 init_timeout=self._settings.limits.policy_timeout,
                 limits=session_limits(admission.client, self._settings),
             )
+            observer = self._metrics.for_session(
+                admission.client_id, admission.deployment.name
+            )
             driver = SessionDriver(
                 client,
                 upstream.connection.leg,
                 session,
                 flow=self._settings.flow,
-                observer=self._metrics.for_session(
-                    admission.client_id, admission.deployment.name
-                ),
+                observer=observer,
             )
             started = time.monotonic()
             self._metrics.sessions_active.inc()
@@ -260,6 +261,7 @@ class RealtimeEndpoint:
                 client.close(1011, "internal relay error")
                 await self._wait_closed(client)
             finally:
+                observer.close()
                 self.drivers.discard(driver)
                 for side, leg_code in driver.close_codes.items():
                     # A leg not seen closing was dropped with the connection.

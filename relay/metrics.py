@@ -10,10 +10,11 @@ scales by replicas instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -96,6 +97,12 @@ class RelayMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        # Sessions count their messages in plain attributes (a prometheus
+        # increment takes a lock: four per message cost more than relaying
+        # it). Registered first, this collector adds what they counted to the
+        # shared series before any series is collected.
+        self._live: set[SessionMetrics] = set()
+        registry.register(_Flush(self))
         # prometheus-client registers these on its global registry; the relay
         # never uses that one, so each registry gets its own.
         ProcessCollector(registry=registry)
@@ -313,38 +320,84 @@ class RelayMetrics:
         self.close_codes.labels(side, label).inc()
 
     def for_session(self, client: str, deployment: str) -> SessionMetrics:
-        """An observer for one session of ``client`` on ``deployment``."""
-        return SessionMetrics(self, client, deployment)
+        """An observer for one session of ``client`` on ``deployment``.
 
-    def event(self, direction: str, event_type: str) -> None:
-        """Count one relayed event (``event_type`` is already a bounded label)."""
+        Counted until :meth:`SessionMetrics.close`.
+        """
+        session = SessionMetrics(self, client, deployment)
+        self._live.add(session)
+        return session
+
+    def forget(self, session: SessionMetrics) -> None:
+        """Stop flushing ``session`` (it has ended and flushed itself)."""
+        self._live.discard(session)
+
+    def flush(self) -> None:
+        """Add every live session's counts to the shared series (before a scrape)."""
+        for session in list(self._live):
+            session.flush()
+
+    def event(self, direction: str, event_type: str, count: int = 1) -> None:
+        """Count relayed events (``event_type`` is already a bounded label)."""
         child = self._event_children.get((direction, event_type))
         if child is None:
             child = self._event_children[(direction, event_type)] = self.events.labels(
                 direction, event_type
             )
-        child.inc()
+        child.inc(count)
 
     def stalled(self, side: str) -> None:
         """Count a session ended because ``side`` stopped reading."""
         direction = "upstream_to_client" if side == "client" else "client_to_upstream"
         self.backpressure_stalls.labels(direction).inc()
 
-    def client_to_upstream(self, size: int) -> None:
-        """Count one message of ``size`` bytes received from a client."""
-        self._c2u_messages.inc()
+    def client_to_upstream(self, size: int, messages: int = 1) -> None:
+        """Count ``messages`` totalling ``size`` bytes received from clients."""
+        self._c2u_messages.inc(messages)
         self._c2u_bytes.inc(size)
 
-    def upstream_to_client(self, size: int) -> None:
-        """Count one message of ``size`` bytes received from the upstream."""
-        self._u2c_messages.inc()
+    def upstream_to_client(self, size: int, messages: int = 1) -> None:
+        """Count ``messages`` totalling ``size`` bytes received from upstreams."""
+        self._u2c_messages.inc(messages)
         self._u2c_bytes.inc(size)
 
 
-class SessionMetrics:
-    """The metrics of one session: shared series plus its client's, bound once."""
+class _Flush:
+    """A collector that yields nothing: collecting it flushes the live sessions."""
 
-    __slots__ = ("_audio_in", "_audio_out", "_metrics", "_tokens")
+    def __init__(self, metrics: RelayMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        self._metrics.flush()
+        return []
+
+
+class SessionMetrics:
+    """The metrics of one session: per-message counts kept locally, the rest bound once.
+
+    Messages, bytes, events and audio seconds accumulate in plain attributes
+    and reach the shared series on :meth:`flush`: before every collection
+    (see :class:`RelayMetrics`) and when the session closes. Scrapes are
+    therefore exact; only the work per message is saved.
+    """
+
+    __slots__ = (
+        "_audio_in",
+        "_audio_in_s",
+        "_audio_out",
+        "_audio_out_s",
+        "_c2u_bytes",
+        "_c2u_messages",
+        "_events",
+        "_metrics",
+        "_tokens",
+        "_u2c_bytes",
+        "_u2c_messages",
+    )
 
     def __init__(self, metrics: RelayMetrics, client: str, deployment: str) -> None:
         self._metrics = metrics
@@ -354,14 +407,45 @@ class SessionMetrics:
             kind: metrics.tokens.labels(client, deployment, *kind)
             for kind in TOKEN_KINDS
         }
+        self._c2u_messages = self._c2u_bytes = 0
+        self._u2c_messages = self._u2c_bytes = 0
+        self._audio_in_s = self._audio_out_s = 0.0
+        self._events: dict[tuple[str, str], int] = {}
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the shared series."""
+        metrics = self._metrics
+        if self._c2u_messages:
+            metrics.client_to_upstream(self._c2u_bytes, self._c2u_messages)
+            self._c2u_messages = self._c2u_bytes = 0
+        if self._u2c_messages:
+            metrics.upstream_to_client(self._u2c_bytes, self._u2c_messages)
+            self._u2c_messages = self._u2c_bytes = 0
+        if self._events:
+            events, self._events = self._events, {}
+            for (direction, kind), count in events.items():
+                metrics.event(direction, kind, count)
+        if self._audio_in_s:
+            self._audio_in.inc(self._audio_in_s)
+            self._audio_in_s = 0.0
+        if self._audio_out_s:
+            self._audio_out.inc(self._audio_out_s)
+            self._audio_out_s = 0.0
+
+    def close(self) -> None:
+        """The session ended: flush, and stop being flushed."""
+        self.flush()
+        self._metrics.forget(self)
 
     def client_to_upstream(self, size: int) -> None:
-        """See :meth:`RelayMetrics.client_to_upstream`."""
-        self._metrics.client_to_upstream(size)
+        """Count one message of ``size`` bytes received from the client."""
+        self._c2u_messages += 1
+        self._c2u_bytes += size
 
     def upstream_to_client(self, size: int) -> None:
-        """See :meth:`RelayMetrics.upstream_to_client`."""
-        self._metrics.upstream_to_client(size)
+        """Count one message of ``size`` bytes received from the upstream."""
+        self._u2c_messages += 1
+        self._u2c_bytes += size
 
     def policy_applied(self, action: str, field: str) -> None:
         """See :meth:`RelayMetrics.policy_applied`."""
@@ -373,12 +457,14 @@ class SessionMetrics:
 
     def metered(self, fact: Metered) -> None:
         """Count one relayed event and the audio it carried."""
-        self._metrics.event(fact.direction, fact.event_type)
+        key = (fact.direction, fact.event_type)
+        events = self._events
+        events[key] = events.get(key, 0) + 1
         if fact.audio_seconds:
-            audio = (
-                self._audio_in if fact.direction == DIRECTIONS[0] else self._audio_out
-            )
-            audio.inc(fact.audio_seconds)
+            if fact.direction == DIRECTIONS[0]:
+                self._audio_in_s += fact.audio_seconds
+            else:
+                self._audio_out_s += fact.audio_seconds
 
     def tokens(self, usage: TokensUsed) -> None:
         """Add one response's usage."""

@@ -181,6 +181,15 @@ class Meter:
             self._awaiting_audio_since = now
         return Metered("client_to_upstream", event_label(kind))
 
+    def client_append(self, length: int, tail: str) -> Metered:
+        """Measure an ``input_audio_buffer.append`` whose base64 audio has
+        ``length`` characters ending with ``tail`` (its last two or fewer).
+
+        The same fact :meth:`client_event` gives for the parsed event.
+        """
+        seconds = _base64_bytes(length, tail) / self._input_rate if length else 0.0
+        return Metered("client_to_upstream", "input_audio_buffer.append", seconds)
+
     def upstream_frame(
         self, data: str | bytes, now: float
     ) -> list[Metered | TokensUsed | FirstAudio]:

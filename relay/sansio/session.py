@@ -62,8 +62,17 @@ from relay.sansio.fields import FIELDS, JSON, write
 from relay.sansio.limits import InboundRate, SessionLimits
 from relay.sansio.meter import Meter
 from relay.sansio.policy import EMPTY_POLICY, GOVERNED_EVENTS, Forward, Policy, judge
-from relay.sansio.wire import InvalidEvent, dump, error_event, parse_event
+from relay.sansio.wire import (
+    InvalidEvent,
+    dump,
+    error_event,
+    parse_event,
+    plain_append,
+)
 from relay.typing import Family, Side
+
+
+APPEND: Final = "input_audio_buffer.append"
 
 
 __all__ = ["INIT_EVENT_ID", "RelaySession", "State"]
@@ -131,6 +140,10 @@ class RelaySession:
         # Hidden fields the client set itself: no longer hidden from it.
         self._client_set: set[str] = set()
         self._relay_events = 0
+        # Whether the policy lets audio appends through (the fast path's question).
+        self._appends_allowed = (
+            policy.events_allow is None or APPEND in policy.events_allow
+        ) and APPEND not in policy.events_deny
 
     # Events
 
@@ -142,37 +155,9 @@ class RelaySession:
             case Tick(now=now):
                 return self._tick(now) if self._running else []
             case ClientMessage(data=data, now=now):
-                if not self._running:
-                    return []
-                self._last_client = max(self._last_client, now)
-                refused = self._over_rate(data, now)
-                if refused is not None:
-                    return refused
-                if self.state is State.INITIALIZING:
-                    self._held_client.append(data)
-                    self.held_bytes += len(data)
-                    return []
-                return self._from_client(data, now)
+                return self.client_message(data, now)
             case UpstreamMessage(data=data, now=now):
-                if self.state is State.INITIALIZING:
-                    return self._initializing(data, now)
-                if self.state is State.OPEN:
-                    if (
-                        isinstance(data, str)
-                        and "session_expired" in data
-                        and _expired(data)
-                    ):
-                        # Forward Azure's explanation, then end both legs: Azure
-                        # closes its side anyway, with an undocumented code.
-                        code, reason = EXPIRED
-                        return [
-                            Send("client", data),
-                            *self._fail(
-                                "session_expired", code, reason, upstream_code=1000
-                            ),
-                        ]
-                    return self._relay_upstream(data, now)
-                return []
+                return self.upstream_message(data, now)
             case Stalled(side=side):
                 return self._stalled(side) if self._running else []
             case Draining(deadline=deadline, grace_seconds=grace):
@@ -208,6 +193,42 @@ class RelaySession:
                 return []
             case _:  # pragma: no cover - exhaustiveness is checked by mypy
                 assert_never(event)
+
+    def client_message(self, data: str | bytes, now: float) -> list[Command]:
+        """``handle(ClientMessage(data, now))``, without building the event.
+
+        The relay's hot path calls this (and :meth:`upstream_message`) once per
+        frame; :meth:`handle` is the same thing for every other caller.
+        """
+        if not self._running:
+            return []
+        if now > self._last_client:
+            self._last_client = now
+        refused = self._over_rate(data, now)
+        if refused is not None:
+            return refused
+        if self.state is State.INITIALIZING:
+            self._held_client.append(data)
+            self.held_bytes += len(data)
+            return []
+        return self._from_client(data, now)
+
+    def upstream_message(self, data: str | bytes, now: float) -> list[Command]:
+        """``handle(UpstreamMessage(data, now))``, without building the event."""
+        state = self.state
+        if state is State.OPEN:
+            if isinstance(data, str) and "session_expired" in data and _expired(data):
+                # Forward Azure's explanation, then end both legs: Azure
+                # closes its side anyway, with an undocumented code.
+                code, reason = EXPIRED
+                return [
+                    Send("client", data),
+                    *self._fail("session_expired", code, reason, upstream_code=1000),
+                ]
+            return self._relay_upstream(data, now)
+        if state is State.INITIALIZING:
+            return self._initializing(data, now)
+        return []
 
     @property
     def _running(self) -> bool:
@@ -415,6 +436,18 @@ class RelaySession:
         return [Send("client", frame), *self._meter.upstream_frame(frame, now)]
 
     def _from_client(self, data: str | bytes, now: float) -> list[Command]:
+        if isinstance(data, str) and self._appends_allowed:
+            audio = plain_append(data)
+            if audio is not None:
+                # Exactly what the full parse would conclude for this event
+                # (an ungoverned type, forwarded as received), without it.
+                return [
+                    Send("upstream", data),
+                    self._meter.client_append(len(audio), audio[-2:]),
+                ]
+        return self._from_client_parsed(data, now)
+
+    def _from_client_parsed(self, data: str | bytes, now: float) -> list[Command]:
         if isinstance(data, bytes):
             return self._invalid(
                 None,

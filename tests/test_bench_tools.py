@@ -1,0 +1,622 @@
+"""The benchmark's C tools (bench/c): ``echo_upstream`` and ``loadgen``.
+
+Built into a temporary directory with ``make -C bench/c OUT=...``, then run against
+each other and against the ``websockets`` library (a client for the echo server, a
+server for the load generator), on 127.0.0.1 only. ``BENCH_C_CFLAGS`` overrides the
+build's CFLAGS (e.g. ``-O1 -g -fsanitize=address,undefined``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from tests.helpers.timing import SECOND
+
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ROOT / "bench" / "c"
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+RFC_KEY, RFC_ACCEPT = "dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler"
+)
+
+
+@dataclass(frozen=True)
+class Tools:
+    echo: Path
+    loadgen: Path
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory: pytest.TempPathFactory) -> Tools:
+    out = tmp_path_factory.mktemp("bench-tools")
+    command = ["make", "-s", "-C", str(SOURCES), f"OUT={out}"]
+    if flags := os.environ.get("BENCH_C_CFLAGS"):
+        command.append(f"CFLAGS={flags}")
+    built = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stdout + built.stderr
+    return Tools(out / "echo_upstream", out / "loadgen")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def expected_accept(key: str) -> str:
+    digest = hashlib.sha1((key + GUID).encode(), usedforsecurity=False).digest()
+    return base64.b64encode(digest).decode()
+
+
+# -- echo_upstream as a process ----------------------------------------------------
+
+
+@dataclass
+class Echo:
+    process: asyncio.subprocess.Process
+    port: int
+    stats_file: Path
+
+    async def stop(self) -> dict[str, Any]:
+        """SIGTERM; the counters it wrote on the way out."""
+        self.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(5 * SECOND):
+            _, stderr = await self.process.communicate()
+        assert self.process.returncode == 0, stderr.decode(errors="replace")
+        return read_json(self.stats_file)
+
+
+@contextlib.asynccontextmanager
+async def echo_upstream(tools: Tools, tmp_path: Path) -> AsyncIterator[Echo]:
+    stats = tmp_path / "echo-stats.json"
+    process = await asyncio.create_subprocess_exec(
+        str(tools.echo),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--stats-file",
+        str(stats),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(5 * SECOND):
+            line = await process.stdout.readline()
+        match = re.fullmatch(rb"echo_upstream listening on 127\.0\.0\.1:(\d+)\n", line)
+        assert match, line
+        yield Echo(process, int(match.group(1)), stats)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.communicate()
+
+
+async def run_loadgen(tools: Tools, out: Path, url: str, *args: str) -> dict[str, Any]:
+    """Run loadgen to completion (bounded); its results JSON."""
+    process = await asyncio.create_subprocess_exec(
+        str(tools.loadgen),
+        "--url",
+        url,
+        "--out",
+        str(out),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(20 * SECOND):
+            _, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.communicate()
+    assert process.returncode == 0, stderr.decode(errors="replace")
+    return read_json(out)
+
+
+# -- raw RFC 6455 on asyncio streams ---------------------------------------------
+
+
+def client_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True
+) -> bytes:
+    head = bytes([(0x80 if fin else 0) | opcode])
+    bit = 0x80 if mask else 0
+    if len(payload) < 126:
+        head += bytes([bit | len(payload)])
+    elif len(payload) < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", len(payload))
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", len(payload))
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked server frame: (opcode, payload)."""
+    first, second = await reader.readexactly(2)
+    assert first & 0x80, "FIN frames only"
+    assert not second & 0x80, "server frames are not masked"
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", await reader.readexactly(8))
+    return first & 0x0F, await reader.readexactly(length)
+
+
+async def raw_handshake(
+    port: int, key: str, extra: str = ""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        (
+            f"GET /openai/realtime?api-version=x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        ).encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    return reader, writer, head.decode()
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+def header(head: str, name: str) -> str | None:
+    for line in head.split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+# -- tests ---------------------------------------------------------------------------
+
+
+def test_selftests(tools: Tools) -> None:
+    """SHA-1, base64 and framing test vectors compiled into both tools."""
+    for tool in (tools.echo, tools.loadgen):
+        run = subprocess.run(
+            [str(tool), "--selftest"], capture_output=True, text=True, timeout=10
+        )
+        assert run.returncode == 0, run.stderr
+        assert "selftest ok" in run.stderr
+
+
+async def test_echo_accept_key_vectors(tools: Tools, tmp_path: Path) -> None:
+    """Sec-WebSocket-Accept: RFC 6455's example, then keys whose key+GUID lengths
+    straddle SHA-1's padding boundaries (55/56 and 63/64 bytes, two blocks, more)."""
+    keys = [RFC_KEY] + ["k" * n for n in (1, 19, 20, 27, 28, 83, 84, 128)]
+    async with echo_upstream(tools, tmp_path) as echo:
+        async with asyncio.timeout(5 * SECOND):
+            for key in keys:
+                reader, writer, head = await raw_handshake(
+                    echo.port, key, "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+                )
+                try:
+                    assert head.startswith("HTTP/1.1 101 "), head
+                    accept = header(head, "Sec-WebSocket-Accept")
+                    assert accept == expected_accept(key)
+                    if key == RFC_KEY:
+                        assert accept == RFC_ACCEPT
+                    # Offered, never selected.
+                    assert header(head, "Sec-WebSocket-Extensions") is None
+                    opcode, payload = await read_frame(reader)
+                    assert opcode == 1
+                    assert json.loads(payload)["type"] == "session.created"
+                finally:
+                    await close_writer(writer)
+            reader, writer = await asyncio.open_connection("127.0.0.1", echo.port)
+            try:
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert (await reader.read()).startswith(b"HTTP/1.1 400 ")
+            finally:
+                await close_writer(writer)
+        stats = await echo.stop()
+    assert stats["handshakes"] == len(keys)
+    assert stats["handshake_failures"] == 1
+
+
+async def test_echo_upstream_with_websockets_client(
+    tools: Tools, tmp_path: Path
+) -> None:
+    audio = base64.b64encode(os.urandom(960)).decode()
+    big_audio = base64.b64encode(os.urandom(100_000)).decode()  # a 64-bit length
+    async with echo_upstream(tools, tmp_path) as echo:
+        url = f"ws://127.0.0.1:{echo.port}/openai/realtime?api-version=x&deployment=d"
+        async with (
+            asyncio.timeout(10 * SECOND),
+            connect(
+                url,
+                additional_headers={"api-key": "anything"},
+                compression=None,
+                max_size=2**20,
+            ) as ws,
+        ):
+            created = json.loads(await ws.recv())
+            assert created == {
+                "type": "session.created",
+                "event_id": "event_0",
+                "session": {
+                    "id": "sess_bench",
+                    "object": "realtime.session",
+                    "input_audio_format": "pcm16",
+                    "output_audio_format": "pcm16",
+                },
+            }
+            # json.dumps' default separators: "key": "value".
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "input_audio_buffer.append",
+                        "event_id": "evt_1",
+                        "audio": audio,
+                    }
+                )
+            )
+            assert json.loads(await ws.recv()) == {
+                "type": "response.audio.delta",
+                "event_id": "event_1",
+                "response_id": "evt_1",
+                "item_id": "item_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": audio,
+            }
+            # Compact, reordered, an escaped quote in the event id; an ignored event
+            # first: the next frame answers the append.
+            await ws.send(
+                json.dumps({"type": "conversation.item.create", "event_id": "c"})
+            )
+            await ws.send(
+                json.dumps(
+                    {
+                        "audio": big_audio,
+                        "event_id": 'e"2',
+                        "type": "input_audio_buffer.append",
+                    },
+                    separators=(",", ":"),
+                )
+            )
+            delta = json.loads(await ws.recv())
+            assert delta["response_id"] == 'e"2'
+            assert delta["delta"] == big_audio
+            await ws.send(json.dumps({"type": "session.update", "session": {}}))
+            assert json.loads(await ws.recv()) == {
+                "type": "session.updated",
+                "event_id": "event_2",
+                "session": {"id": "sess_bench", "object": "realtime.session"},
+            }
+            pong = await ws.ping(b"are you there")
+            await pong
+        assert ws.close_code == 1000
+        stats = await echo.stop()
+    assert stats["connections"] == stats["handshakes"] == 1
+    assert stats["appends"] == 2
+    assert stats["session_updates"] == 1
+    assert stats["ignored"] == 1
+    assert stats["pings"] == 1
+    assert stats["close_frames"] == 1
+    assert stats["errors"] == 0
+    assert stats["open"] == 0
+
+
+async def test_echo_upstream_edge_frames(tools: Tools, tmp_path: Path) -> None:
+    """A continuation or fragment is counted, not fatal; an unmasked frame is (1002)."""
+    async with echo_upstream(tools, tmp_path) as echo:
+        reader, writer, head = await raw_handshake(echo.port, RFC_KEY)
+        try:
+            async with asyncio.timeout(5 * SECOND):
+                assert head.startswith("HTTP/1.1 101 ")
+                await read_frame(reader)  # session.created
+                append = b'{"type":"input_audio_buffer.append","event_id":"a","audio":"QQ=="}'
+                writer.write(client_frame(0, b"stray continuation"))
+                writer.write(client_frame(1, b'{"type":', fin=False))
+                writer.write(client_frame(9, b"p"))
+                writer.write(client_frame(1, append))
+                assert await read_frame(reader) == (10, b"p")
+                opcode, payload = await read_frame(reader)
+                assert opcode == 1
+                assert json.loads(payload)["response_id"] == "a"
+                writer.write(client_frame(1, append, mask=False))
+                assert await read_frame(reader) == (8, struct.pack("!H", 1002))
+                assert await reader.read() == b""
+        finally:
+            await close_writer(writer)
+        stats = await echo.stop()
+    assert stats["unsupported_frames"] == 2
+    assert stats["protocol_errors"] == 1
+    assert stats["appends"] == 1
+
+
+async def test_loadgen_against_echo_upstream(tools: Tools, tmp_path: Path) -> None:
+    sessions = 8
+    async with echo_upstream(tools, tmp_path) as echo:
+        results = await run_loadgen(
+            tools,
+            tmp_path / "results.json",
+            f"ws://127.0.0.1:{echo.port}/openai/realtime?api-version=x&deployment=d",
+            "--header",
+            "api-key: k",
+            "--sessions",
+            str(sessions),
+            "--interval-ms",
+            "20",
+            "--chunk-bytes",
+            "960",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--connect-rate",
+            "1000",
+        )
+        stats = await echo.stop()
+    # Absolute schedule: 50 measured and 10 warmup sends per session, exactly.
+    assert results["sessions_requested"] == results["sessions_connected"] == sessions
+    assert results["connect_failures"] == 0
+    assert results["sent"] == sessions * 50
+    assert results["sent_total"] == sessions * 60
+    assert results["received"] == results["sent"]
+    assert results["lost"] == 0
+    assert results["errors"] == 0
+    assert results["unmatched"] == 0
+    assert results["duration_s"] == 1.0
+    assert results["send_rate_per_s"] == sessions * 50
+    assert isinstance(results["late_sends"], int)
+    rtt = results["rtt_us"]
+    assert rtt["samples"] == results["sent"]
+    assert 0 < rtt["p50"] <= rtt["p90"] <= rtt["p99"] <= rtt["p999"] <= rtt["max"]
+    assert rtt["max"] < 1_000_000
+    assert 0 < rtt["mean"] <= rtt["max"]
+    assert stats["connections"] == stats["close_frames"] == sessions
+    assert stats["appends"] == results["sent_total"]
+    assert stats["errors"] == stats["eof_without_close"] == 0
+
+
+@dataclass
+class Recorded:
+    paths: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    event_ids: list[list[str]] = field(default_factory=list)
+    audio_sizes: set[int] = field(default_factory=set)
+    close_codes: list[int | None] = field(default_factory=list)
+    pongs: int = 0
+
+
+async def test_loadgen_against_websockets_server(tools: Tools, tmp_path: Path) -> None:
+    recorded = Recorded()
+
+    async def handler(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        recorded.paths.append(ws.request.path)
+        recorded.headers.append(
+            {k.lower(): v for k, v in ws.request.headers.raw_items()}
+        )
+        ids: list[str] = []
+        recorded.event_ids.append(ids)
+        await ws.send(json.dumps({"type": "session.created", "session": {"id": "s"}}))
+        await ws.send(json.dumps({"type": "rate_limits.updated", "rate_limits": []}))
+        async with asyncio.timeout(5 * SECOND):
+            await (await ws.ping())
+        recorded.pongs += 1
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:
+                event = json.loads(message)
+                ids.append(event["event_id"])
+                recorded.audio_sizes.add(len(base64.b64decode(event["audio"])))
+                answer = {"delta": event["audio"], "type": "response.audio.delta"}
+                answer["response_id"] = event["event_id"]
+                await ws.send(json.dumps(answer))
+        recorded.close_codes.append(ws.close_code)
+
+    sessions = 4
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        results = await run_loadgen(
+            tools,
+            tmp_path / "results.json",
+            f"ws://127.0.0.1:{port}/openai/realtime?api-version=x&deployment=d",
+            "--header",
+            "api-key: secret",
+            "--header",
+            "X-Bench: 1",
+            "--sessions",
+            str(sessions),
+            "--chunk-bytes",
+            "4800",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.1",
+        )
+    assert results["sessions_connected"] == sessions
+    assert results["sent"] == sessions * 50
+    assert results["received"] == results["sent"]
+    assert results["lost"] == results["errors"] == results["unmatched"] == 0
+    assert results["other_events"] == sessions  # rate_limits.updated
+    assert recorded.pongs == sessions
+    assert recorded.paths == ["/openai/realtime?api-version=x&deployment=d"] * sessions
+    for headers in recorded.headers:
+        assert headers["api-key"] == "secret"
+        assert headers["x-bench"] == "1"
+        assert "sec-websocket-extensions" not in headers
+    assert recorded.audio_sizes == {4800}
+    indexes = set()
+    for ids in recorded.event_ids:
+        index = {i.split("-")[0] for i in ids}
+        assert len(index) == 1
+        indexes |= index
+        assert ids == [f"{next(iter(index))}-{seq}" for seq in range(len(ids))]
+        assert len(ids) == 55  # warmup 5 + measured 50
+    assert indexes == {str(i) for i in range(sessions)}
+    assert recorded.close_codes == [1000] * sessions
+
+
+Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _handshake_key(reader: asyncio.StreamReader) -> str:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    key = header(head, "Sec-WebSocket-Key")
+    assert key is not None
+    return key
+
+
+def _answer(status: str, *headers: str, frame: bytes = b"") -> Behaviour:
+    async def behaviour(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        key = await _handshake_key(reader)
+        lines = [f"HTTP/1.1 {status}"]
+        for line in headers:
+            lines.append(line.replace("{accept}", expected_accept(key)))
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + frame)
+        await writer.drain()
+        await reader.read()  # until loadgen closes
+
+    return behaviour
+
+
+async def _close_at_once(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    await _handshake_key(reader)
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read()
+
+
+UPGRADE = ("Upgrade: websocket", "Connection: Upgrade")
+ERROR_EVENT = json.dumps({"type": "error", "error": {"code": "x"}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason", "args"),
+    [
+        pytest.param(
+            _answer("403 Forbidden", "Content-Length: 0"), "http_status", [], id="403"
+        ),
+        pytest.param(
+            _answer(
+                "101 Switching Protocols", *UPGRADE, "Sec-WebSocket-Accept: bm9wZQ=="
+            ),
+            "bad_handshake",
+            [],
+            id="wrong-accept",
+        ),
+        pytest.param(
+            _answer(
+                "101 Switching Protocols",
+                *UPGRADE,
+                "Sec-WebSocket-Accept: {accept}",
+                "Sec-WebSocket-Extensions: permessage-deflate",
+            ),
+            "bad_handshake",
+            [],
+            id="extension-selected",
+        ),
+        pytest.param(
+            _answer(
+                "101 Switching Protocols",
+                *UPGRADE,
+                "Sec-WebSocket-Accept: {accept}",
+                frame=bytes([0x81, len(ERROR_EVENT)]) + ERROR_EVENT,
+            ),
+            "first_message",
+            [],
+            id="error-event-first",
+        ),
+        pytest.param(_close_at_once, "closed_early", [], id="closed-early"),
+        pytest.param(_silent, "timeout", ["--connect-timeout", "0.3"], id="silent"),
+    ],
+)
+async def test_loadgen_counts_failed_sessions(
+    tools: Tools, tmp_path: Path, behaviour: Behaviour, reason: str, args: list[str]
+) -> None:
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve_one(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writers.append(writer)
+        try:
+            await behaviour(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            await close_writer(writer)
+
+    server = await asyncio.start_server(serve_one, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        results = await run_loadgen(
+            tools,
+            tmp_path / "results.json",
+            f"ws://127.0.0.1:{port}/",
+            "--sessions",
+            "3",
+            "--duration",
+            "0.5",
+            *args,
+        )
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert results["sessions_connected"] == 0
+    assert results["connect_failures"] == 3
+    assert results["connect_failure_reasons"] == {reason: 3}
+    if reason == "http_status":
+        assert results["http_statuses"] == {"403": 3}
+    assert results["sent"] == results["received"] == results["lost"] == 0
+    assert results["rtt_us"]["p50"] is None
+
+
+async def test_loadgen_connection_refused(tools: Tools, tmp_path: Path) -> None:
+    with socket.socket() as bound:  # bound, never listening: connections are refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        results = await run_loadgen(
+            tools,
+            tmp_path / "results.json",
+            f"ws://127.0.0.1:{port}/",
+            "--sessions",
+            "2",
+            "--duration",
+            "1",
+        )
+    assert results["connect_failure_reasons"] == {"connect": 2}
+    assert results["sessions_connected"] == 0
