@@ -434,10 +434,10 @@ def write_report(records: list[dict[str, Any]], args: argparse.Namespace, elapse
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", default="50,100,200,400,800", help="session counts to step through")
+    parser.add_argument("--levels", default="50,100,200,300,400,600,800", help="session counts to step through")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
-    parser.add_argument("--warmup", type=float, default=1.5)
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per run")
+    parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--quick", action="store_true", help="a smoke run: one small level, one repeat")
     parser.add_argument("--no-report", action="store_true", help="print the records, write nothing")
     parser.add_argument("--paths", default="direct,relay,nginx", help="paths to measure (direct is needed for added latency)")
