@@ -37,8 +37,8 @@ simulate: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check relay tests examples
-	$(BIN)/ruff check relay tests examples
+	$(BIN)/ruff format --check relay tests examples bench
+	$(BIN)/ruff check relay tests examples bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 CLIENT_KEY = "bench-client-key"
@@ -48,6 +49,10 @@ LOAD_CPU = "1"
 # A level is invalid when a load-side process used more than this share of its core.
 LOAD_CPU_LIMIT = 0.90
 P99_TARGET_MS = 20.0
+PATHS = ("direct", "relay", "nginx", "pipe")  # report order
+# The pipe (a Python byte splice) is the floor under any Python relay; it is
+# measured where the CPU targets are set, to keep the run under ten minutes.
+PIPE_LEVELS = {(100, 20), (200, 20)}
 RELAY_SRC: Path | None = None
 
 
@@ -87,7 +92,10 @@ def rss_kib(pid: int) -> int:
 def wait_port(port: int, within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.2),
+        ):
             return
         time.sleep(0.02)  # polling a child process's listener
     raise RuntimeError(f"nothing listens on {port}")
@@ -95,11 +103,22 @@ def wait_port(port: int, within: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def process(
-    args: list[str], *, cpu: str, env: dict[str, str] | None = None, log: Path | None = None, cwd: Path | None = None
+    args: list[str],
+    *,
+    cpu: str,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``args`` pinned to ``cpu``; stop it (SIGTERM, then SIGKILL) afterwards."""
     output = log.open("wb") if log else subprocess.DEVNULL
-    child = subprocess.Popen(["taskset", "-c", cpu, *args], env={**os.environ, **(env or {})}, stdout=output, stderr=output, cwd=cwd)
+    child = subprocess.Popen(
+        ["taskset", "-c", cpu, *args],
+        env={**os.environ, **(env or {})},
+        stdout=output,
+        stderr=output,
+        cwd=cwd,
+    )
     try:
         yield child
     finally:
@@ -212,15 +231,39 @@ class Bench:
         self.loadgen = OUT / "loadgen"
         self.echo = OUT / "echo_upstream"
 
-    def measure(self, path: str, port: int, proxy_pid: int | None, echo_pid: int, sessions: int, interval_ms: int) -> Run:
+    def measure(
+        self,
+        path: str,
+        port: int,
+        proxy_pid: int | None,
+        echo_pid: int,
+        sessions: int,
+        interval_ms: int,
+    ) -> Run:
         chunk = 48 * interval_ms  # PCM16 24 kHz: 48 bytes per millisecond
-        results = self.work / f"loadgen-{path}-{sessions}-{interval_ms}-{time.monotonic_ns()}.json"
+        results = (
+            self.work
+            / f"loadgen-{path}-{sessions}-{interval_ms}-{time.monotonic_ns()}.json"
+        )
         url = f"ws://127.0.0.1:{port}/openai/v1/realtime?model=gpt-realtime"
         args = [
-            str(self.loadgen), "--url", url, "--header", f"api-key: {CLIENT_KEY}",
-            "--sessions", str(sessions), "--interval-ms", str(interval_ms),
-            "--chunk-bytes", str(chunk), "--duration", str(self.duration),
-            "--warmup", str(self.warmup), "--out", str(results),
+            str(self.loadgen),
+            "--url",
+            url,
+            "--header",
+            f"api-key: {CLIENT_KEY}",
+            "--sessions",
+            str(sessions),
+            "--interval-ms",
+            str(interval_ms),
+            "--chunk-bytes",
+            str(chunk),
+            "--duration",
+            str(self.duration),
+            "--warmup",
+            str(self.warmup),
+            "--out",
+            str(results),
         ]
         run = Run(path, sessions, interval_ms)
         baseline_kib = rss_kib(proxy_pid) if proxy_pid else 0
@@ -232,9 +275,15 @@ class Bench:
             load_before, echo_before = cpu_seconds(loadgen.pid), cpu_seconds(echo_pid)
             time.sleep(self.duration)  # the measurement window itself
             run.window_s = time.monotonic() - started
-            run.proxy_cpu_s = (cpu_seconds(proxy_pid) - proxy_before) if proxy_pid else 0.0
-            run.loadgen_cpu_share = (cpu_seconds(loadgen.pid) - load_before) / run.window_s
-            run.upstream_cpu_share = (cpu_seconds(echo_pid) - echo_before) / run.window_s
+            run.proxy_cpu_s = (
+                (cpu_seconds(proxy_pid) - proxy_before) if proxy_pid else 0.0
+            )
+            run.loadgen_cpu_share = (
+                cpu_seconds(loadgen.pid) - load_before
+            ) / run.window_s
+            run.upstream_cpu_share = (
+                cpu_seconds(echo_pid) - echo_before
+            ) / run.window_s
             run.proxy_rss_kib = rss_kib(proxy_pid) if proxy_pid else 0
             run.proxy_rss_added_kib = run.proxy_rss_kib - baseline_kib
             loadgen.wait(timeout=60)
@@ -243,19 +292,28 @@ class Bench:
         run.sent, run.received, run.lost = data["sent"], data["received"], data["lost"]
         run.late_sends = data["late_sends"]
         rtt = data["rtt_us"]
-        run.rtt_p50_ms, run.rtt_p99_ms, run.rtt_max_ms = rtt["p50"] / 1000, rtt["p99"] / 1000, rtt["max"] / 1000
+        run.rtt_p50_ms, run.rtt_p99_ms, run.rtt_max_ms = (
+            rtt["p50"] / 1000,
+            rtt["p99"] / 1000,
+            rtt["max"] / 1000,
+        )
         if run.connected < sessions:
             run.notes.append(f"only {run.connected}/{sessions} sessions connected")
         if run.lost:
             run.notes.append(f"{run.lost} messages lost")
         if run.late_sends:
             run.notes.append(f"load generator late on {run.late_sends} sends")
-        for name, share in (("loadgen", run.loadgen_cpu_share), ("upstream", run.upstream_cpu_share)):
+        for name, share in (
+            ("loadgen", run.loadgen_cpu_share),
+            ("upstream", run.upstream_cpu_share),
+        ):
             if share > LOAD_CPU_LIMIT:
                 run.notes.append(f"{name} used {share:.0%} of its core")
         return run
 
-    def _wait_for_window(self, loadgen: subprocess.Popen[bytes], sessions: int) -> float:
+    def _wait_for_window(
+        self, loadgen: subprocess.Popen[bytes], sessions: int
+    ) -> float:
         # loadgen connects at up to 500 sessions/s, then warms up.
         time.sleep(sessions / 500 + 0.5 + self.warmup)
         if loadgen.poll() is not None:
@@ -266,7 +324,9 @@ class Bench:
 @contextlib.contextmanager
 def upstream(bench: Bench) -> Iterator[tuple[int, int]]:
     port = free_port()
-    with process([str(bench.echo), "--host", "127.0.0.1", "--port", str(port)], cpu=LOAD_CPU) as echo:
+    with process(
+        [str(bench.echo), "--host", "127.0.0.1", "--port", str(port)], cpu=LOAD_CPU
+    ) as echo:
         wait_port(port)
         yield port, echo.pid
 
@@ -276,7 +336,12 @@ def relay(bench: Bench, upstream_port: int) -> Iterator[tuple[int, int]]:
     port, metrics_port = free_port(), free_port()
     config = bench.work / "relay.yaml"
     config.write_text(
-        RELAY_CONFIG.format(port=port, metrics_port=metrics_port, upstream=upstream_port, digest=hashlib.sha256(CLIENT_KEY.encode()).hexdigest())
+        RELAY_CONFIG.format(
+            port=port,
+            metrics_port=metrics_port,
+            upstream=upstream_port,
+            digest=hashlib.sha256(CLIENT_KEY.encode()).hexdigest(),
+        )
     )
     args = [sys.executable, "-m", "relay", "run", "--config", str(config)]
     env = {"BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
@@ -284,7 +349,20 @@ def relay(bench: Bench, upstream_port: int) -> Iterator[tuple[int, int]]:
     # tree whose relay is measured.
     src = (RELAY_SRC or ROOT).resolve()
     env["PYTHONPATH"] = str(src)
-    with process(args, cpu=PROXY_CPU, env=env, log=bench.work / "relay.log", cwd=src) as child:
+    with process(
+        args, cpu=PROXY_CPU, env=env, log=bench.work / "relay.log", cwd=src
+    ) as child:
+        wait_port(port)
+        yield port, child.pid
+
+
+@contextlib.contextmanager
+def pipe(bench: Bench, upstream_port: int) -> Iterator[tuple[int, int]]:
+    """bench/pipe.py: bytes spliced in Python, the floor of any Python relay."""
+    port = free_port()
+    args = [sys.executable, str(ROOT / "bench" / "pipe.py")]
+    args += ["--port", str(port), "--upstream", str(upstream_port)]
+    with process(args, cpu=PROXY_CPU, log=bench.work / "pipe.log") as child:
         wait_port(port)
         yield port, child.pid
 
@@ -295,9 +373,13 @@ def nginx(bench: Bench, upstream_port: int) -> Iterator[tuple[int, int]]:
     prefix = bench.work / "nginx"
     prefix.mkdir(exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONFIG.format(prefix=prefix, port=port, upstream=upstream_port))
+    conf.write_text(
+        NGINX_CONFIG.format(prefix=prefix, port=port, upstream=upstream_port)
+    )
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    with process([binary, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"], cpu=PROXY_CPU) as child:
+    with process(
+        [binary, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"], cpu=PROXY_CPU
+    ) as child:
         wait_port(port)
         yield port, child.pid
 
@@ -308,9 +390,23 @@ def idle_rss_per_session(bench: Bench, upstream_port: int, sessions: int) -> flo
         baseline = rss_kib(pid)
         results = bench.work / "idle.json"
         args = [
-            str(bench.loadgen), "--url", f"ws://127.0.0.1:{port}/openai/v1/realtime?model=gpt-realtime",
-            "--header", f"api-key: {CLIENT_KEY}", "--sessions", str(sessions), "--interval-ms", "3600000",
-            "--chunk-bytes", "960", "--duration", "3", "--warmup", "1", "--out", str(results),
+            str(bench.loadgen),
+            "--url",
+            f"ws://127.0.0.1:{port}/openai/v1/realtime?model=gpt-realtime",
+            "--header",
+            f"api-key: {CLIENT_KEY}",
+            "--sessions",
+            str(sessions),
+            "--interval-ms",
+            "3600000",
+            "--chunk-bytes",
+            "960",
+            "--duration",
+            "3",
+            "--warmup",
+            "1",
+            "--out",
+            str(results),
         ]
         with process(args, cpu=LOAD_CPU) as loadgen:
             time.sleep(sessions / 500 + 2.5)  # connected and settled
@@ -328,39 +424,66 @@ def median_run(runs: list[Run]) -> dict[str, Any]:
         "interval_ms": first.interval_ms,
         "valid": all(run.valid for run in runs),
         "repeats": len(runs),
-        "cpu_us_per_msg": round(statistics.median(run.cpu_us_per_msg for run in runs), 2),
+        "cpu_us_per_msg": round(
+            statistics.median(run.cpu_us_per_msg for run in runs), 2
+        ),
         "rtt_p50_ms": round(statistics.median(run.rtt_p50_ms for run in runs), 3),
         "rtt_p99_ms": round(statistics.median(run.rtt_p99_ms for run in runs), 3),
         "rtt_max_ms": round(statistics.median(run.rtt_max_ms for run in runs), 3),
-        "delivered_per_s": round(statistics.median(run.relayed / run.window_s for run in runs if run.window_s), 1),
+        "delivered_per_s": round(
+            statistics.median(
+                run.relayed / run.window_s for run in runs if run.window_s
+            ),
+            1,
+        ),
         "lost": sum(run.lost for run in runs),
         "proxy_rss_kib": int(statistics.median(run.proxy_rss_kib for run in runs)),
-        "proxy_rss_added_kib": int(statistics.median(run.proxy_rss_added_kib for run in runs)),
+        "proxy_rss_added_kib": int(
+            statistics.median(run.proxy_rss_added_kib for run in runs)
+        ),
         "loadgen_cpu_share": round(max(run.loadgen_cpu_share for run in runs), 3),
         "upstream_cpu_share": round(max(run.upstream_cpu_share for run in runs), 3),
         "notes": sorted({note for run in runs for note in run.notes}),
     }
 
 
-def with_ratios(records: list[dict[str, Any]], idle_kib: float | None) -> list[dict[str, Any]]:
+def with_ratios(
+    records: list[dict[str, Any]], idle_kib: float | None
+) -> list[dict[str, Any]]:
     """Add added latency versus direct and the RSS per session, pair by pair."""
-    direct = {(r["sessions"], r["interval_ms"]): r for r in records if r["path"] == "direct"}
-    nginx_records = {(r["sessions"], r["interval_ms"]): r for r in records if r["path"] == "nginx"}
+    direct = {
+        (r["sessions"], r["interval_ms"]): r for r in records if r["path"] == "direct"
+    }
+    nginx_records = {
+        (r["sessions"], r["interval_ms"]): r for r in records if r["path"] == "nginx"
+    }
     for record in records:
         key = (record["sessions"], record["interval_ms"])
         base = direct.get(key)
-        record["p50_added_ms"] = round(record["rtt_p50_ms"] - base["rtt_p50_ms"], 3) if base else None
-        record["p99_added_ms"] = round(record["rtt_p99_ms"] - base["rtt_p99_ms"], 3) if base else None
+        record["p50_added_ms"] = (
+            round(record["rtt_p50_ms"] - base["rtt_p50_ms"], 3) if base else None
+        )
+        record["p99_added_ms"] = (
+            round(record["rtt_p99_ms"] - base["rtt_p99_ms"], 3) if base else None
+        )
         peer = nginx_records.get(key)
         record["cpu_vs_nginx"] = (
-            round(record["cpu_us_per_msg"] / peer["cpu_us_per_msg"], 2) if peer and peer["cpu_us_per_msg"] and record["path"] != "direct" else None
+            round(record["cpu_us_per_msg"] / peer["cpu_us_per_msg"], 2)
+            if peer and peer["cpu_us_per_msg"] and record["path"] != "direct"
+            else None
         )
         # Streaming: the proxy's RSS growth from before the load to the end of
         # the window, per session (the process baseline excluded).
         record["rss_kb_per_session"] = (
-            round(record["proxy_rss_added_kib"] * 1.024 / record["sessions"], 1) if record["path"] != "direct" else None
+            round(record["proxy_rss_added_kib"] * 1.024 / record["sessions"], 1)
+            if record["path"] != "direct"
+            else None
         )
-        record["idle_rss_kb_per_session"] = round(idle_kib * 1.024, 1) if (idle_kib is not None and record["path"] == "relay") else None
+        record["idle_rss_kb_per_session"] = (
+            round(idle_kib * 1.024, 1)
+            if (idle_kib is not None and record["path"] == "relay")
+            else None
+        )
     return records
 
 
@@ -369,22 +492,95 @@ def max_sessions(records: list[dict[str, Any]], path: str) -> int:
     ok = [
         r["sessions"]
         for r in records
-        if r["path"] == path and r["interval_ms"] == 20 and r["valid"] and r["p99_added_ms"] is not None and r["p99_added_ms"] < P99_TARGET_MS
+        if r["path"] == path
+        and r["interval_ms"] == 20
+        and r["valid"]
+        and r["p99_added_ms"] is not None
+        and r["p99_added_ms"] < P99_TARGET_MS
     ]
     return max(ok, default=0)
+
+
+def targets(records: list[dict[str, Any]], idle_kb: float | None) -> list[str]:
+    """The issue's four targets against this run's figures, met or not."""
+
+    def at(path: str, sessions: int) -> dict[str, Any] | None:
+        return next(
+            (
+                r
+                for r in records
+                if r["path"] == path
+                and r["sessions"] == sessions
+                and r["interval_ms"] == 20
+            ),
+            None,
+        )
+
+    def verdict(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("met" if ok else "**not met**")
+
+    lines = ["## Targets", "", "| target | measured | status |", "|---|---|---|"]
+    for sessions in (100, 200):
+        r, peer = at("relay", sessions), at("nginx", sessions)
+        ratio = r["cpu_vs_nginx"] if r else None
+        figure = (
+            f"{ratio:.2f}x ({r['cpu_us_per_msg']:.1f} vs {peer['cpu_us_per_msg']:.1f} µs/msg)"
+            if r and peer and ratio is not None
+            else "n/a"
+        )
+        lines.append(
+            f"| relay CPU per message <= 1.5x nginx at {sessions} sessions | {figure} | {verdict(None if ratio is None else ratio <= 1.5)} |"
+        )
+    best = max_sessions(records, "relay")
+    lines.append(
+        f"| >= 300 sessions per core at 20 ms, p99 added < {P99_TARGET_MS:g} ms | {best} | {verdict(best >= 300)} |"
+    )
+    r = at("relay", 100)
+    p99 = r["p99_added_ms"] if r else None
+    lines.append(
+        f"| p99 added latency <= 5 ms at 100 sessions | {_fmt(p99)} ms | {verdict(None if p99 is None else p99 <= 5)} |"
+    )
+    lines.append(
+        f"| RSS per idle session <= 64 KB | {_fmt(idle_kb, 1)} KB | {verdict(None if idle_kb is None else idle_kb <= 64)} |"
+    )
+    floors = [
+        f"{r['cpu_us_per_msg']:.1f} µs/msg at {r['sessions']} sessions "
+        f"({r['cpu_vs_nginx']:.2f}x nginx)"
+        for r in (at("pipe", 100), at("pipe", 200))
+        if r and r["cpu_vs_nginx"] is not None
+    ]
+    if floors:
+        lines += [
+            "",
+            "Floor: a Python byte splice (`pipe`) costs " + ", ".join(floors) + ".",
+        ]
+    return [*lines, ""]
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def write_report(records: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> None:
+def write_report(
+    records: list[dict[str, Any]], args: argparse.Namespace, elapsed: float
+) -> None:
     (ROOT / "bench" / "results.json").write_text(json.dumps(records, indent=2) + "\n")
     versions = {
         "python": platform.python_version(),
-        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False).stderr.strip() if shutil.which("nginx") else "not installed",
+        "nginx": subprocess.run(
+            ["nginx", "-v"], capture_output=True, text=True, check=False
+        ).stderr.strip()
+        if shutil.which("nginx")
+        else "not installed",
         "kernel": platform.release(),
-        "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "unknown"),
+        "cpu": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "unknown",
+        ),
         "cores": os.cpu_count(),
     }
     lines = [
@@ -401,56 +597,99 @@ def write_report(records: list[dict[str, Any]], args: argparse.Namespace, elapse
         "Added latency is the round-trip percentile minus the direct path's at the same level, in the same run. "
         "A point is *invalid* when the load side saturated (late sends, losses, or a load process above 90 % of its core).",
         "",
-        "| path | sessions | interval | valid | msgs/s | cpu µs/msg | vs nginx | p50 ms | p99 ms | p50 added | p99 added | RSS KB/session | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "`load cpu` is the busier of the load generator and the echo upstream, as a share of their core (both share CPU 1). "
+        "`RSS KB/session` is the proxy's resident memory growth under load, per streaming session. "
+        "`pipe` is `bench/pipe.py`, bytes spliced between two sockets in Python on uvloop with no framing, policy or metrics: "
+        "the floor under any Python relay, measured at 100 and 200 sessions.",
+        "",
+        "| path | sessions | interval | valid | msgs/s | lost | cpu µs/msg | vs nginx | p50 ms | p99 ms | max ms | p50 added | p99 added | RSS KB/session | load cpu | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(records, key=lambda r: (r["interval_ms"], r["sessions"], ["direct", "relay", "nginx"].index(r["path"]))):
+    for r in sorted(
+        records,
+        key=lambda r: (
+            r["interval_ms"],
+            r["sessions"],
+            PATHS.index(r["path"]),
+        ),
+    ):
         cells = [
             r["path"],
             str(r["sessions"]),
             f"{r['interval_ms']} ms",
             "yes" if r["valid"] else "no",
             f"{r['delivered_per_s']:.0f}",
+            str(r["lost"]),
             _fmt(r["cpu_us_per_msg"], 1),
             _fmt(r["cpu_vs_nginx"]),
             _fmt(r["rtt_p50_ms"]),
             _fmt(r["rtt_p99_ms"]),
+            _fmt(r["rtt_max_ms"]),
             _fmt(r["p50_added_ms"]),
             _fmt(r["p99_added_ms"]),
             _fmt(r["rss_kb_per_session"], 1),
+            f"{max(r['loadgen_cpu_share'], r['upstream_cpu_share']):.0%}",
             "; ".join(r["notes"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    idle = next((r["idle_rss_kb_per_session"] for r in records if r.get("idle_rss_kb_per_session") is not None), None)
+    idle = next(
+        (
+            r["idle_rss_kb_per_session"]
+            for r in records
+            if r.get("idle_rss_kb_per_session") is not None
+        ),
+        None,
+    )
     lines += [
         "",
         f"Maximum sessions per core at 20 ms with p99 added latency under {P99_TARGET_MS:g} ms (highest level measured): "
         f"relay {max_sessions(records, 'relay')}, nginx {max_sessions(records, 'nginx')}.",
         f"Relay RSS per idle session beyond the process baseline: {idle if idle is not None else 'not measured'} KB.",
         "",
+        *targets(records, idle),
     ]
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", default="50,100,200,300,400,600,800", help="session counts to step through")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per run")
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: one small level, one repeat")
-    parser.add_argument("--no-report", action="store_true", help="print the records, write nothing")
-    parser.add_argument("--paths", default="direct,relay,nginx", help="paths to measure (direct is needed for added latency)")
     parser.add_argument(
-        "--relay-src", type=Path, help="run the relay from this source tree (e.g. a git worktree of another commit), to compare versions"
+        "--levels",
+        default="50,100,200,300,400,600,800",
+        help="session counts to step through",
     )
-    parser.add_argument("--out", type=Path, help="also write the records to this JSON file")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--duration", type=float, default=4.0, help="seconds measured per run"
+    )
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: one small level, one repeat"
+    )
+    parser.add_argument(
+        "--no-report", action="store_true", help="print the records, write nothing"
+    )
+    parser.add_argument(
+        "--paths",
+        default="direct,relay,nginx,pipe",
+        help="paths to measure, of direct, relay, nginx, pipe (a Python byte splice: the floor of any Python relay); direct is needed for added latency",
+    )
+    parser.add_argument(
+        "--relay-src",
+        type=Path,
+        help="run the relay from this source tree (e.g. a git worktree of another commit), to compare versions",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="also write the records to this JSON file"
+    )
     args = parser.parse_args()
     global RELAY_SRC
     RELAY_SRC = args.relay_src
     if args.quick:
         args.levels, args.repeats, args.duration, args.warmup = "20", 1, 1.5, 0.5
-    subprocess.run(["make", "-s", "-C", str(ROOT / "bench" / "c"), f"OUT={OUT}"], check=True)
+    subprocess.run(
+        ["make", "-s", "-C", str(ROOT / "bench" / "c"), f"OUT={OUT}"], check=True
+    )
     have_nginx = bool(shutil.which("nginx")) or Path("/usr/sbin/nginx").exists()
     paths = [p for p in args.paths.split(",") if p != "nginx" or have_nginx]
     started = time.monotonic()
@@ -462,19 +701,34 @@ def main() -> int:
             def level(sessions: int, interval: int) -> None:
                 for _ in range(args.repeats):  # interleaved: every path each round
                     for path in paths:
-                        run = _run_path(bench, path, upstream_port, echo_pid, sessions, interval)
+                        if path == "pipe" and (sessions, interval) not in PIPE_LEVELS:
+                            continue
+                        run = _run_path(
+                            bench, path, upstream_port, echo_pid, sessions, interval
+                        )
                         runs.setdefault((path, sessions, interval), []).append(run)
-                        print(json.dumps(asdict(run) | {"cpu_us_per_msg": round(run.cpu_us_per_msg, 2)}), flush=True)
+                        print(
+                            json.dumps(
+                                asdict(run)
+                                | {"cpu_us_per_msg": round(run.cpu_us_per_msg, 2)}
+                            ),
+                            flush=True,
+                        )
 
             for sessions in (int(value) for value in args.levels.split(",")):
                 level(sessions, 20)
                 if _saturated(runs, sessions):
-                    print(f"relay saturated at {sessions} sessions: no higher level", flush=True)
+                    print(
+                        f"relay saturated at {sessions} sessions: no higher level",
+                        flush=True,
+                    )
                     break
             if not args.quick:
                 # The realistic 100 ms cadence (Azure's advice), at one level.
                 level(100, 100)
-            idle_kib = idle_rss_per_session(bench, upstream_port, 20 if args.quick else 200)
+            idle_kib = idle_rss_per_session(
+                bench, upstream_port, 20 if args.quick else 200
+            )
     records = with_ratios([median_run(group) for group in runs.values()], idle_kib)
     if args.out:
         args.out.write_text(json.dumps(records, indent=2) + "\n")
@@ -489,13 +743,22 @@ def _saturated(runs: dict[tuple[str, int, int], list[Run]], sessions: int) -> bo
     relay_runs = runs[("relay", sessions, 20)]
     direct_p99 = statistics.median(r.rtt_p99_ms for r in runs[("direct", sessions, 20)])
     relay_p99 = statistics.median(r.rtt_p99_ms for r in relay_runs)
-    return not all(r.valid for r in relay_runs) or relay_p99 - direct_p99 > P99_TARGET_MS
+    return (
+        not all(r.valid for r in relay_runs) or relay_p99 - direct_p99 > P99_TARGET_MS
+    )
 
 
-def _run_path(bench: Bench, path: str, upstream_port: int, echo_pid: int, sessions: int, interval: int) -> Run:
+def _run_path(
+    bench: Bench,
+    path: str,
+    upstream_port: int,
+    echo_pid: int,
+    sessions: int,
+    interval: int,
+) -> Run:
     if path == "direct":
         return bench.measure(path, upstream_port, None, echo_pid, sessions, interval)
-    starter = relay if path == "relay" else nginx
+    starter = {"relay": relay, "nginx": nginx, "pipe": pipe}[path]
     with starter(bench, upstream_port) as (port, pid):
         return bench.measure(path, port, pid, echo_pid, sessions, interval)
 

@@ -1,0 +1,194 @@
+"""The benchmark's arithmetic (bench/run.py) and its Python floor (bench/pipe.py).
+
+The report's figures are what the performance issue is judged on, so the
+pairing (added latency against direct, CPU against nginx, both at the same
+level), the sessions-per-core rule and the target verdicts are checked on
+hand-made records. The pipe is run as a process and a real WebSocket session
+is spliced through it to a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import re
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from tests.helpers.timing import SECOND
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "bench_run", ROOT / "bench" / "run.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(path: str, sessions: int, **fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "path": path,
+        "sessions": sessions,
+        "interval_ms": 20,
+        "valid": True,
+        "cpu_us_per_msg": 0.0,
+        "rtt_p50_ms": 0.1,
+        "rtt_p99_ms": 0.2,
+        "proxy_rss_added_kib": 0,
+    }
+    return base | fields
+
+
+def level(
+    sessions: int, relay_cpu: float, nginx_cpu: float, relay_p99: float
+) -> list[dict[str, Any]]:
+    return [
+        record("direct", sessions, rtt_p50_ms=0.05, rtt_p99_ms=0.1),
+        record(
+            "relay",
+            sessions,
+            cpu_us_per_msg=relay_cpu,
+            rtt_p99_ms=relay_p99,
+            proxy_rss_added_kib=1000,
+        ),
+        record("nginx", sessions, cpu_us_per_msg=nginx_cpu, rtt_p99_ms=0.15),
+    ]
+
+
+def test_pairs_are_taken_at_the_same_level(bench: ModuleType) -> None:
+    records = bench.with_ratios(
+        [*level(100, 15.0, 10.0, 1.1), *level(200, 30.0, 10.0, 5.1)], 40.0
+    )
+    by = {(r["path"], r["sessions"]): r for r in records}
+    assert by[("relay", 100)]["cpu_vs_nginx"] == 1.5
+    assert by[("relay", 200)]["cpu_vs_nginx"] == 3.0
+    assert by[("relay", 100)]["p99_added_ms"] == 1.0
+    assert by[("relay", 200)]["p99_added_ms"] == 5.0
+    assert (
+        by[("relay", 100)]["rss_kb_per_session"] == 10.2
+    )  # 1000 KiB over 100 sessions, in KB
+    assert by[("direct", 100)]["cpu_vs_nginx"] is None
+    assert by[("nginx", 100)]["idle_rss_kb_per_session"] is None
+    assert by[("relay", 100)]["idle_rss_kb_per_session"] == 41.0
+
+
+def test_a_level_without_a_peer_has_no_ratio(bench: ModuleType) -> None:
+    records = bench.with_ratios([record("relay", 50, cpu_us_per_msg=9.0)], None)
+    assert records[0]["cpu_vs_nginx"] is None
+    assert records[0]["p99_added_ms"] is None
+
+
+def test_sessions_per_core_skips_invalid_and_slow_levels(bench: ModuleType) -> None:
+    records = bench.with_ratios(
+        [
+            *level(100, 15.0, 10.0, 1.0),
+            *level(300, 15.0, 10.0, 19.0),
+            *level(400, 15.0, 10.0, 25.0),  # p99 added over 20 ms
+            *[
+                r | {"valid": False} for r in level(600, 15.0, 10.0, 1.0)
+            ],  # load side saturated
+        ],
+        None,
+    )
+    assert bench.max_sessions(records, "relay") == 300
+    assert bench.max_sessions(records, "missing") == 0
+
+
+def test_targets_report_met_and_not_met(bench: ModuleType) -> None:
+    records = bench.with_ratios(
+        [*level(100, 15.0, 10.0, 1.1), *level(200, 30.0, 10.0, 5.1)], None
+    )
+    table = "\n".join(bench.targets(records, 70.0))
+    assert re.search(
+        r"1.5x nginx at 100 sessions \| 1.50x \(15.0 vs 10.0 µs/msg\) \| met", table
+    )
+    assert re.search(r"1.5x nginx at 200 sessions \| 3.00x .*\| \*\*not met\*\*", table)
+    assert re.search(r"300 sessions per core.*\| 200 \| \*\*not met\*\*", table)
+    assert re.search(
+        r"p99 added latency <= 5 ms at 100 sessions \| 1.00 ms \| met", table
+    )
+    assert re.search(
+        r"RSS per idle session <= 64 KB \| 70.0 KB \| \*\*not met\*\*", table
+    )
+    assert "Floor" not in table
+
+
+def test_targets_without_measurements_say_so(bench: ModuleType) -> None:
+    table = "\n".join(bench.targets([], None))
+    assert table.count("not measured") == 4  # the sessions figure is 0, and not met
+
+
+# -- bench/pipe.py -------------------------------------------------------------
+
+
+async def echo(connection: ServerConnection) -> None:
+    async for message in connection:
+        await connection.send(message)
+
+
+@pytest.fixture
+async def pipe_port() -> AsyncIterator[int]:
+    async with serve(echo, "127.0.0.1", 0, compression=None) as server:
+        upstream = next(iter(server.sockets)).getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "bench" / "pipe.py"),
+            "--port",
+            "0",
+            "--upstream",
+            str(upstream),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None
+            async with asyncio.timeout(10 * SECOND):
+                line = (await process.stdout.readline()).decode()
+            match = re.fullmatch(r"listening on (\d+)\n", line)
+            assert match, line
+            yield int(match.group(1))
+        finally:
+            process.kill()
+            await process.wait()
+
+
+async def test_pipe_splices_a_websocket_session(pipe_port: int) -> None:
+    messages = [b"x" * size for size in (0, 1, 125, 126, 65535, 65536, 1 << 20)]
+    async with asyncio.timeout(10 * SECOND):
+        async with connect(
+            f"ws://127.0.0.1:{pipe_port}/", compression=None, max_size=2 << 20
+        ) as ws:
+            for message in messages:
+                await ws.send(message)
+            assert [await ws.recv() for _ in messages] == messages
+            await ws.send("text survives")
+            assert await ws.recv() == "text survives"
+
+
+async def test_pipe_sessions_are_independent(pipe_port: int) -> None:
+    # Many sessions at once and one closing early: the others are unaffected.
+    async with asyncio.timeout(10 * SECOND):
+        sessions = [
+            await connect(f"ws://127.0.0.1:{pipe_port}/", compression=None)
+            for _ in range(20)
+        ]
+        await sessions[0].close()
+        for index, ws in enumerate(sessions[1:], start=1):
+            await ws.send(f"hello {index}")
+            assert await ws.recv() == f"hello {index}"
+            await ws.close()
