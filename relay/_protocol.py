@@ -17,7 +17,7 @@ from websockets.http11 import Request
 from relay._legs import Leg
 
 
-__all__ = ["ADOPT_EXTENSION", "Adopt", "RelayWebSocketProtocol"]
+__all__ = ["ADOPT_EXTENSION", "Adopt", "RelayWebSocketProtocol", "http_error"]
 
 ADOPT_EXTENSION = "relay.adopt"
 """ASGI scope extension through which the endpoint takes over the connection.
@@ -44,7 +44,8 @@ class Adopt(Protocol):
     ) -> Leg: ...
 
 
-def _http_error(status: int, phrase: str, code: str, message: str) -> bytes:
+def http_error(status: int, phrase: str, code: str, message: str) -> bytes:
+    """A complete HTTP/1.1 error response (JSON body, ``Connection: close``)."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     head = (
         f"HTTP/1.1 {status} {phrase}\r\n"
@@ -178,14 +179,14 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         self.handshake_complete = True
         if isinstance(failure.__cause__, SecurityError):
-            response = _http_error(
+            response = http_error(
                 431,
                 "Request Header Fields Too Large",
                 "request_header_fields_too_large",
                 "the upgrade request's headers are too large",
             )
         else:
-            response = _http_error(
+            response = http_error(
                 400, "Bad Request", "bad_request", "malformed upgrade request"
             )
         self.logger.info(

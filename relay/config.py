@@ -219,6 +219,9 @@ class LimitsSettings:
     """Concurrent sessions on this replica; beyond it, 503 with ``Retry-After``."""
     handshake_timeout: float = 15.0
     """Bound on everything between the upgrade request and accepting it, in seconds."""
+    header_timeout: float = 10.0
+    """Bound on receiving a request's head, from the connection (or the previous
+    response) on; beyond it, 408 and the connection is closed (slowloris)."""
     backend: Literal["memory", "redis"] = "memory"
     """Where per-client session counts and start rates live."""
     redis_url: str | None = field(default=None, repr=False)
@@ -423,6 +426,8 @@ def _limits(section: Section) -> LimitsSettings:
         kwargs["max_sessions"] = node.as_int(minimum=1, maximum=1_000_000)
     if node := section.get("handshake_timeout"):
         kwargs["handshake_timeout"] = node.as_float(minimum=1, maximum=120)
+    if node := section.get("header_timeout"):
+        kwargs["header_timeout"] = node.as_float(minimum=1, maximum=120)
     if node := section.get("backend"):
         kwargs["backend"] = node.as_choice(("memory", "redis"))
     url_node = section.get("redis_url")

@@ -19,6 +19,7 @@ from types import FrameType
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from relay._http import http_protocol
 from relay._protocol import RelayWebSocketProtocol
 from relay.app import RelayApp, create_app
 from relay.config import Settings
@@ -55,6 +56,8 @@ def uvicorn_config(app: RelayApp, settings: Settings) -> uvicorn.Config:
     """uvicorn settings for the relay; each choice is explained inline."""
     return uvicorn.Config(
         app,
+        # httptools with a deadline and a size limit on request heads.
+        http=http_protocol(settings.limits.header_timeout),
         # uvicorn's current (sans-I/O) implementation, see relay._protocol.
         ws=RelayWebSocketProtocol,
         ws_max_size=settings.limits.max_message_bytes,

@@ -256,6 +256,14 @@ def test_key_lists_for_rotation() -> None:
             MINIMAL + "flow: {ping_interval: -3}",
             "flow.ping_interval: expected a number from 0.1",
         ),
+        (
+            MINIMAL + "limits: {header_timeout: 0.5}",
+            "limits.header_timeout: expected a number from 1 to 120",
+        ),
+        (
+            MINIMAL + "limits: {header_timeout: 1e9}",
+            "limits.header_timeout: expected a number from 1 to 120",
+        ),
         (MINIMAL + "log: {format: xml}", "log.format: expected one of json, console"),
         (
             MINIMAL + "log: {level: verbose}",
@@ -344,6 +352,7 @@ def test_client_options() -> None:
             "idle_seconds: 60, messages_per_second: 80, bytes_per_second: 131072",
         )
         + "  failure_mode: fail_open\n  lease_seconds: 10\n  handshake_timeout: 5\n"
+        + "  header_timeout: 3.5\n"
     )
     settings = parse(text, env={})
     client = settings.clients[0]
@@ -358,7 +367,8 @@ def test_client_options() -> None:
         settings.limits.failure_mode,
         settings.limits.lease_seconds,
         settings.limits.handshake_timeout,
-    ) == ("fail_open", 10, 5)
+        settings.limits.header_timeout,
+    ) == ("fail_open", 10, 5, 3.5)
     jwt_only = parse(
         IDENTITY_EXAMPLE.replace(
             f'key_sha256: ["{HEX}", "{HEX2}"]   # a string or a list', ""
