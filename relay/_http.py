@@ -21,6 +21,7 @@ handshake is bounded by ``limits.handshake_timeout``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -53,6 +54,8 @@ class RelayHttpProtocol(HttpToolsProtocol):
 
     header_timeout: float = 10.0
     """Seconds a request head may take, from the connection or the previous response."""
+    on_refused: Callable[[str], None] | None = None
+    """Told the reason of each refusal (``request_timeout``, ``request_header_fields_too_large``, ``bad_request``)."""
 
     # Set in connection_made; uvicorn calls it before anything else.
     _head_timer: asyncio.TimerHandle | None = None
@@ -131,17 +134,19 @@ class RelayHttpProtocol(HttpToolsProtocol):
                 "Request refused: its head is over %d bytes", MAX_HEAD_BYTES
             )
             self._refuse(
+                "request_header_fields_too_large",
                 http_error(
                     431,
                     "Request Header Fields Too Large",
                     "request_header_fields_too_large",
                     f"the request's head is over {MAX_HEAD_BYTES} bytes",
-                )
+                ),
             )
         else:
             # uvicorn has logged it ("Invalid HTTP request received.").
             self._refuse(
-                http_error(400, "Bad Request", "bad_request", "malformed HTTP request")
+                "bad_request",
+                http_error(400, "Bad Request", "bad_request", "malformed HTTP request"),
             )
 
     # Internals
@@ -175,15 +180,16 @@ class RelayHttpProtocol(HttpToolsProtocol):
             "Request refused: its head took over %g s", self.header_timeout
         )
         self._refuse(
+            "request_timeout",
             http_error(
                 408,
                 "Request Timeout",
                 "request_timeout",
                 f"the request's head did not arrive within {self.header_timeout:g} s",
-            )
+            ),
         )
 
-    def _refuse(self, response: bytes) -> None:
+    def _refuse(self, reason: str, response: bytes) -> None:
         """Answer, then close without losing the answer.
 
         Closing a socket with unread input makes the kernel send RST, which
@@ -193,18 +199,24 @@ class RelayHttpProtocol(HttpToolsProtocol):
         closes or after :data:`LINGER_SECONDS` (nginx's lingering close).
         """
         self._refused = True
+        if self.on_refused is not None:
+            self.on_refused(reason)
         self.transport.write(response)
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
 
-def http_protocol(header_timeout: float) -> type[RelayHttpProtocol]:
-    """:class:`RelayHttpProtocol` with ``header_timeout`` (uvicorn takes a class)."""
+def http_protocol(
+    header_timeout: float, on_refused: Callable[[str], None] | None = None
+) -> type[RelayHttpProtocol]:
+    """:class:`RelayHttpProtocol` configured (uvicorn takes a class, not an instance)."""
 
     class Configured(RelayHttpProtocol):
         pass
 
     Configured.header_timeout = header_timeout
+    # staticmethod: a plain function stored on a class would be bound as a method.
+    Configured.on_refused = staticmethod(on_refused) if on_refused else None
     Configured.__name__ = Configured.__qualname__ = "RelayHttpProtocol"
     return Configured

@@ -29,6 +29,8 @@ __all__ = ["DIRECTIONS", "UPSTREAM_RESULTS", "RelayMetrics"]
 
 DIRECTIONS = ("client_to_upstream", "upstream_to_client")
 POLICY_ACTIONS = ("overwrite", "clamp", "refuse")
+HTTP_REFUSALS = ("request_timeout", "request_header_fields_too_large", "bad_request")
+"""Why a request was refused before routing (relay._http): 408, 431, 400."""
 REFUSAL_STATUSES = ("400", "401", "403", "404", "429", "500", "502", "503", "504")
 CLOSE_CODES = (
     "1000",
@@ -165,6 +167,12 @@ class RelayMetrics:
             ["reason"],
             registry=registry,
         )
+        self.http_refusals = Counter(
+            "relay_http_refusals",
+            "Requests refused before routing: heads too slow (408), too large (431) or malformed (400).",
+            ["reason"],
+            registry=registry,
+        )
         self.limits_backend_up = Gauge(
             "relay_limits_backend_up",
             "Whether the limits backend answered its last request (1) or not (0).",
@@ -251,6 +259,8 @@ class RelayMetrics:
             self.sessions.labels(outcome)
         for reason in AUTH_FAILURE_REASONS:
             self.auth_failures.labels(reason)
+        for reason in HTTP_REFUSALS:
+            self.http_refusals.labels(reason)
         self.limits_backend_up.set(1)
         for direction in DIRECTIONS:
             self.backpressure_stalls.labels(direction)
@@ -313,6 +323,10 @@ class RelayMetrics:
         """Count a refused upstream handshake (statuses outside the known set: other)."""
         label = str(status) if str(status) in REFUSAL_STATUSES else "other"
         self.upstream_refusals.labels(upstream, label).inc()
+
+    def http_refused(self, reason: str) -> None:
+        """Count a request refused before routing (a reason of :data:`HTTP_REFUSALS`)."""
+        self.http_refusals.labels(reason).inc()
 
     def session_closed(self, side: str, code: int) -> None:
         """Count how one leg of a session ended."""

@@ -57,7 +57,7 @@ def uvicorn_config(app: RelayApp, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         # httptools with a deadline and a size limit on request heads.
-        http=http_protocol(settings.limits.header_timeout),
+        http=http_protocol(settings.limits.header_timeout, app.metrics.http_refused),
         # uvicorn's current (sans-I/O) implementation, see relay._protocol.
         ws=RelayWebSocketProtocol,
         ws_max_size=settings.limits.max_message_bytes,

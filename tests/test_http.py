@@ -44,6 +44,21 @@ async def raw(
             await writer.wait_closed()
 
 
+def refusals(stack: Stack) -> dict[str, float]:
+    """``relay_http_refusals_total`` by reason."""
+    return {
+        reason: stack.registry.get_sample_value(
+            "relay_http_refusals_total", {"reason": reason}
+        )
+        or 0.0
+        for reason in (
+            "request_timeout",
+            "request_header_fields_too_large",
+            "bad_request",
+        )
+    }
+
+
 async def answer(reader: asyncio.StreamReader, within: float = 5.0) -> bytes:
     """Everything the relay sends until it closes the connection."""
     async with asyncio.timeout(within * SECOND):
@@ -72,6 +87,7 @@ class TestDeadline:
             started = time.monotonic()
             reply = await answer(reader)
             elapsed = time.monotonic() - started
+            assert refusals(stack)["request_timeout"] == 1
         assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
         assert b'"code": "request_timeout"' in reply
         assert 0.9 <= elapsed < 3 * SECOND
@@ -160,6 +176,11 @@ class TestSize:
         async with stack_with(30.0) as stack, raw(stack) as (reader, writer):
             writer.write(head)
             reply = await answer(reader)
+            assert refusals(stack) == {
+                "request_timeout": 0,
+                "request_header_fields_too_large": 1,
+                "bad_request": 0,
+            }
         assert reply.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
         assert b"request_header_fields_too_large" in reply
 
@@ -176,6 +197,7 @@ class TestSize:
         async with stack_with(30.0) as stack, raw(stack) as (reader, writer):
             writer.write(head)
             assert await responses(reader, 1) == [b"HTTP/1.1 200 OK"]
+            assert set(refusals(stack).values()) == {0}
 
     async def test_an_oversized_upgrade_never_reaches_the_upstream(self) -> None:
         async with stack_with(30.0) as stack, raw(stack) as (reader, writer):
@@ -195,6 +217,7 @@ class TestSize:
             async with raw(stack) as (reader, writer):
                 writer.write(b"\x00\xff\x16\x03\x01 not http at all\r\n\r\n")
                 assert (await answer(reader)).startswith(b"HTTP/1.1 400 ")
+            assert refusals(stack)["bad_request"] == 1
             async with raw(stack) as (reader, writer):
                 writer.write(HEALTH + b"\r\n")
                 assert await responses(reader, 1) == [b"HTTP/1.1 200 OK"]
