@@ -49,7 +49,7 @@ LOAD_CPU = "1"
 # A level is invalid when a load-side process used more than this share of its core.
 LOAD_CPU_LIMIT = 0.90
 P99_TARGET_MS = 20.0
-PATHS = ("direct", "relay", "nginx", "pipe")  # report order
+PATHS = ("direct", "relay", "nginx", "haproxy", "pipe")  # report order
 # The pipe (a Python byte splice) is the floor under any Python relay; it is
 # measured where the CPU targets are set, to keep the run under ten minutes.
 PIPE_LEVELS = {(100, 20), (200, 20)}
@@ -356,6 +356,36 @@ def relay(bench: Bench, upstream_port: int) -> Iterator[tuple[int, int]]:
         yield port, child.pid
 
 
+HAPROXY_CONFIG = """
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 3600s
+  timeout server 3600s
+  timeout tunnel 3600s
+frontend bench
+  bind 127.0.0.1:{port}
+  default_backend echo
+backend echo
+  server echo1 127.0.0.1:{upstream}
+"""
+
+
+@contextlib.contextmanager
+def haproxy(bench: Bench, upstream_port: int) -> Iterator[tuple[int, int]]:
+    """HAProxy 2.x in HTTP mode (WebSocket tunnel after the upgrade), one thread."""
+    port = free_port()
+    conf = bench.work / "haproxy.cfg"
+    conf.write_text(HAPROXY_CONFIG.format(port=port, upstream=upstream_port))
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    with process([binary, "-db", "-f", str(conf)], cpu=PROXY_CPU) as child:
+        wait_port(port)
+        yield port, child.pid
+
+
 @contextlib.contextmanager
 def pipe(bench: Bench, upstream_port: int) -> Iterator[tuple[int, int]]:
     """bench/pipe.py: bytes spliced in Python, the floor of any Python relay."""
@@ -600,7 +630,8 @@ def write_report(
         "`load cpu` is the busier of the load generator and the echo upstream, as a share of their core (both share CPU 1). "
         "`RSS KB/session` is the proxy's resident memory growth under load, per streaming session. "
         "`pipe` is `bench/pipe.py`, bytes spliced between two sockets in Python on uvloop with no framing, policy or metrics: "
-        "the floor under any Python relay, measured at 100 and 200 sessions.",
+        "the floor under any Python relay, measured at 100 and 200 sessions. "
+        "`haproxy` (HAProxy 2.x, one thread) is measured when asked for (`--paths direct,relay,nginx,haproxy`).",
         "",
         "| path | sessions | interval | valid | msgs/s | lost | cpu µs/msg | vs nginx | p50 ms | p99 ms | max ms | p50 added | p99 added | RSS KB/session | load cpu | notes |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -672,7 +703,7 @@ def main() -> int:
     parser.add_argument(
         "--paths",
         default="direct,relay,nginx,pipe",
-        help="paths to measure, of direct, relay, nginx, pipe (a Python byte splice: the floor of any Python relay); direct is needed for added latency",
+        help="paths to measure, of direct, relay, nginx, haproxy (opt-in), pipe (a Python byte splice: the floor of any Python relay); direct is needed for added latency",
     )
     parser.add_argument(
         "--relay-src",
@@ -690,8 +721,11 @@ def main() -> int:
     subprocess.run(
         ["make", "-s", "-C", str(ROOT / "bench" / "c"), f"OUT={OUT}"], check=True
     )
-    have_nginx = bool(shutil.which("nginx")) or Path("/usr/sbin/nginx").exists()
-    paths = [p for p in args.paths.split(",") if p != "nginx" or have_nginx]
+    installed = {
+        name: bool(shutil.which(name)) or Path(f"/usr/sbin/{name}").exists()
+        for name in ("nginx", "haproxy")
+    }
+    paths = [p for p in args.paths.split(",") if installed.get(p, True)]
     started = time.monotonic()
     runs: dict[tuple[str, int, int], list[Run]] = {}
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
@@ -758,7 +792,7 @@ def _run_path(
 ) -> Run:
     if path == "direct":
         return bench.measure(path, upstream_port, None, echo_pid, sessions, interval)
-    starter = {"relay": relay, "nginx": nginx, "pipe": pipe}[path]
+    starter = {"relay": relay, "nginx": nginx, "haproxy": haproxy, "pipe": pipe}[path]
     with starter(bench, upstream_port) as (port, pid):
         return bench.measure(path, port, pid, echo_pid, sessions, interval)
 
