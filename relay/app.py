@@ -120,12 +120,12 @@ class RelayApp:
 
 
 async def _drain_answer(app: RelayApp, request: Request) -> Response:
-    app.drain.begin()
+    # The preStop path: hold the pod for the endpoints' propagation delay.
+    app.drain.begin(hold=True)
     if request.query_params.get("wait") in ("1", "true"):
-        _, grace = app.drain.deadline()
         # Sessions close at the deadline; give their closing handshakes a moment.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace + 15):
+            async with asyncio.timeout(app.drain.time_left() + 15):
                 await app.drain.drained.wait()
     return JSONResponse(
         {

@@ -13,7 +13,12 @@ hook):
    finish; the core then closes it with 1012 and closes its upstream leg;
 4. once no connection is left, the server is asked to exit (status 0).
 
-With no session at all, step 4 follows at once.
+Started by ``/internal/drain`` (the preStop hook, which runs while Kubernetes
+removes the pod from its endpoints), step 4 waits for the propagation delay
+too: a pod with no session must still be there to accept the handshakes that
+stale endpoints send it. Started by a signal, with no session at all, step 4
+follows at once: under Kubernetes the preStop has already waited, and
+elsewhere a signal means stop.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Drain:
         self._notify = notify
         # Monotonic start of the drain; None while serving normally.
         self.started_at: float | None = None
+        self._hold = 0.0
         self.drained = asyncio.Event()
         """Set once draining and no connection is left."""
         self.on_drained: Callable[[], None] = lambda: None
@@ -75,11 +81,23 @@ class Drain:
         deadline = self.started_at + self._settings.grace_seconds
         return deadline, max(0.0, deadline - asyncio.get_running_loop().time())
 
-    def begin(self) -> None:
-        """Start draining; idempotent. Must run on the event loop."""
+    def time_left(self) -> float:
+        """Seconds until the drain must be over: the grace, or the hold if longer."""
+        assert self.started_at is not None
+        _, grace = self.deadline()
+        elapsed = asyncio.get_running_loop().time() - self.started_at
+        return max(grace, self._hold - elapsed)
+
+    def begin(self, *, hold: bool = False) -> None:
+        """Start draining; idempotent. Must run on the event loop.
+
+        ``hold``: do not finish before ``propagation_delay`` has passed, even
+        with no session left (the preStop path; see the module docstring).
+        """
         if self.started_at is not None:
             return
         self.started_at = asyncio.get_running_loop().time()
+        self._hold = self._settings.propagation_delay if hold else 0.0
         deadline, grace = self.deadline()
         log.info(
             "drain.started",
@@ -91,6 +109,9 @@ class Drain:
         self._tasks.spawn(self._finish(), name="drain")
 
     async def _finish(self) -> None:
+        if self._hold > 0:
+            # Handshakes are still accepted meanwhile; their sessions count.
+            await asyncio.sleep(self._hold)
         await self._wait_sessions(0)
         assert self.started_at is not None
         elapsed = asyncio.get_running_loop().time() - self.started_at

@@ -164,6 +164,56 @@ async def test_prestop_drain_endpoint(tmp_path: Path) -> None:
             assert await relay.process.wait() == 0
 
 
+async def test_prestop_on_an_idle_relay_holds_for_the_propagation_delay(
+    tmp_path: Path,
+) -> None:
+    """With no session, the preStop drain still keeps the pod for the propagation delay.
+
+    Stale endpoints keep sending handshakes meanwhile: one arriving then is
+    served, and the drain waits for its session too.
+    """
+    async with running(tmp_path) as (_, relay):
+        async with httpx.AsyncClient(timeout=GRACE + PROPAGATION + 20) as http:
+            started = time.monotonic()
+            waiting = asyncio.ensure_future(
+                http.get(f"http://127.0.0.1:{relay.metrics_port}/internal/drain?wait=1")
+            )
+            # Late traffic from an endpoint not yet updated: still served, and
+            # told at once that this replica is draining.
+            ws = await connect_relay(ws_url(relay), key=KEY)
+            kinds = [
+                event["type"] for event in await events_until(ws, "session.created")
+            ]
+            assert kinds == ["relay.draining", "session.created"]
+            assert time.monotonic() - started < PROPAGATION
+            assert not waiting.done()
+            await ws.close()
+            response = await waiting
+            held = time.monotonic() - started
+        assert response.status_code == 200
+        assert response.json()["drained"] is True
+        assert PROPAGATION <= held < PROPAGATION + 2 * SECOND
+        async with asyncio.timeout(5 * SECOND):
+            assert await relay.process.wait() == 0
+
+
+async def test_prestop_on_an_idle_relay_answers_after_the_propagation_delay(
+    tmp_path: Path,
+) -> None:
+    """No session at all: the hook answers, and the process exits, after the delay, not before."""
+    async with running(tmp_path) as (_, relay):
+        async with httpx.AsyncClient(timeout=PROPAGATION + 20) as http:
+            started = time.monotonic()
+            response = await http.get(
+                f"http://127.0.0.1:{relay.metrics_port}/internal/drain?wait=1"
+            )
+            held = time.monotonic() - started
+        assert response.json()["drained"] is True
+        assert PROPAGATION <= held < PROPAGATION + 2 * SECOND
+        async with asyncio.timeout(5 * SECOND):
+            assert await relay.process.wait() == 0
+
+
 async def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
     """Impatient operators win: the second SIGTERM closes what is left with 1012."""
     async with running(tmp_path) as (_, relay):
