@@ -179,12 +179,12 @@ async def test_prestop_on_an_idle_relay_holds_for_the_propagation_delay(
                 http.get(f"http://127.0.0.1:{relay.metrics_port}/internal/drain?wait=1")
             )
             # Late traffic from an endpoint not yet updated: still served, and
-            # told at once that this replica is draining.
+            # told right after session.created that this replica is draining.
             ws = await connect_relay(ws_url(relay), key=KEY)
             kinds = [
-                event["type"] for event in await events_until(ws, "session.created")
+                event["type"] for event in await events_until(ws, "relay.draining")
             ]
-            assert kinds == ["relay.draining", "session.created"]
+            assert kinds == ["session.created", "relay.draining"]
             assert time.monotonic() - started < PROPAGATION
             assert not waiting.done()
             await ws.close()

@@ -134,6 +134,10 @@ class RelaySession:
         self._deadline = 0.0
         # Frames held during initialization, in arrival order.
         self._held_upstream: deque[str | bytes] = deque()
+        # Whether session.created has reached the client: it must be the first
+        # event a client sees, so the relay's own notices wait for it.
+        self._greeted = False
+        self._notices: list[str] = []
         self._held_client: deque[str | bytes] = deque()
         self.held_bytes = 0
         """Bytes of client frames held until the policy is in force."""
@@ -225,10 +229,21 @@ class RelaySession:
                     Send("client", data),
                     *self._fail("session_expired", code, reason, upstream_code=1000),
                 ]
+            if not self._greeted:
+                # Open from the start (no initial policy): the upstream's first
+                # event, session.created by the protocol, is the greeting.
+                return [*self._relay_upstream(data, now), *self._greet()]
             return self._relay_upstream(data, now)
         if state is State.INITIALIZING:
             return self._initializing(data, now)
         return []
+
+    def _greet(self) -> list[Command]:
+        """session.created has just been sent: the notices that waited for it follow."""
+        self._greeted = True
+        notices: list[Command] = [Send("client", notice) for notice in self._notices]
+        self._notices.clear()
+        return notices
 
     @property
     def _running(self) -> bool:
@@ -280,9 +295,9 @@ class RelaySession:
                 "grace_ms": round(grace * 1000),
             }
         )
-        if self.state is State.INITIALIZING:
+        if not self._greeted:
             # The client's first event must stay session.created.
-            self._held_upstream.append(notice)
+            self._notices.append(notice)
             return [Wakeup(self._next_deadline())]
         return [Send("client", notice), Wakeup(self._next_deadline())]
 
@@ -400,7 +415,7 @@ class RelaySession:
         created = dict(self._created)
         created["session"] = updated.get("session", created.get("session"))
         self._hide(created)
-        commands = self._relay_upstream(dump(created), now)
+        commands = [*self._relay_upstream(dump(created), now), *self._greet()]
         for data in self._held_upstream:
             commands.extend(self._relay_upstream(data, now))
         self._held_upstream.clear()

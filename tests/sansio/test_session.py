@@ -458,9 +458,12 @@ def test_any_event_sequence_keeps_the_invariants(
     session.handle(Started(0.0))
     ended = 0
     closed: set[str] = set()
+    to_client: list[str | bytes] = []
     for event in events:
         running = session.state in (State.INITIALIZING, State.OPEN)
         for command in session.handle(event):
+            if isinstance(command, Send) and command.side == "client":
+                to_client.append(command.data)
             if isinstance(command, Ended):
                 ended += 1
                 assert command.outcome in OUTCOMES
@@ -475,6 +478,9 @@ def test_any_event_sequence_keeps_the_invariants(
     if session.state in (State.CLOSING, State.CLOSED):
         assert ended == 1
         assert session.held_bytes == 0
+    # The relay never speaks first: its drain notice follows an upstream event.
+    if to_client:
+        assert '"relay.draining"' not in str(to_client[0])
 
 
 class TestStallsExpiryAndDrain:
@@ -528,6 +534,7 @@ class TestStallsExpiryAndDrain:
     def test_drain_notice_then_1012_at_the_deadline(self) -> None:
         """The client is told how long it has; at the deadline the relay closes with 1012."""
         book = Playbook(RelaySession(), now=0.0)
+        (book >> UpstreamMessage(CREATED) << Send("client", CREATED)).done()
         book >> Draining(deadline=30.0, grace_seconds=30.0)
         notice = sent(book._pending.pop(0))
         assert notice["type"] == "relay.draining"
@@ -542,6 +549,14 @@ class TestStallsExpiryAndDrain:
             << Close("client", 1012, "relay restarting; reconnect")
             << Close("upstream", 1000, "session ended by the relay")
         ).done()
+
+    def test_drain_before_the_greeting_waits_for_session_created(self) -> None:
+        """Without an initial policy the session is open at once; the notice still waits."""
+        book = Playbook(RelaySession(), now=0.0)
+        (book >> Draining(deadline=10.0, grace_seconds=10.0) << Wakeup(10.0)).done()
+        book >> UpstreamMessage(CREATED)
+        assert book._pending.pop(0) == Send("client", CREATED)
+        assert sent(book._pending.pop(0))["type"] == "relay.draining"
 
     def test_drain_during_initialization_keeps_session_created_first(self) -> None:
         """The notice waits behind session.created."""
