@@ -146,6 +146,8 @@ def parse_clients(
         }
         if (node_value := section.get("allow_query_auth")) is not None:
             kwargs["allow_query_auth"] = node_value.as_bool()
+        if (node_value := section.get("drain_notice")) is not None:
+            kwargs["drain_notice"] = node_value.as_choice(("event", "error", "none"))
         if (origins := section.get("allowed_origins")) is not None:
             kwargs["allowed_origins"] = frozenset(_origin(o) for o in origins.as_list())
         if (allowed := section.get("deployments")) is not None:

@@ -28,7 +28,7 @@ from relay._upstreams import (
 from relay.exceptions import ConfigError
 from relay.jwt_auth import JwtSettings
 from relay.sansio.policy import EMPTY_POLICY, Policy
-from relay.typing import ClientId
+from relay.typing import ClientId, DrainNotice
 
 
 __all__ = [
@@ -205,6 +205,10 @@ class ClientSettings:
     """``Origin`` values accepted; server-to-server callers send none."""
     deployments: frozenset[str] | None = None
     """Deployments this client may use; ``None``: all configured ones."""
+    drain_notice: DrainNotice = "event"
+    """How the client's sessions learn that the relay drains: a ``relay.draining``
+    event, an ``error`` event with code ``relay_draining`` (for clients that
+    reject event types they do not know, such as Azure's rtclient), or nothing."""
 
 
 @dataclass(frozen=True, slots=True)

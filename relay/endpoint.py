@@ -235,6 +235,7 @@ class RealtimeEndpoint:
                 admission.route.family,
                 init_timeout=self._settings.limits.policy_timeout,
                 limits=session_limits(admission.client, self._settings),
+                drain_notice=admission.client.drain_notice,
             )
             observer = self._metrics.for_session(
                 admission.client_id, admission.deployment.name

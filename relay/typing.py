@@ -10,6 +10,7 @@ __all__ = [
     "ClientId",
     "ClientTokenVerifier",
     "CredentialStatus",
+    "DrainNotice",
     "Family",
     "Side",
     "TokenProvider",
@@ -23,6 +24,9 @@ Family = Literal["preview", "ga"]
 
 Side = Literal["client", "upstream"]
 """One leg of a relayed session."""
+
+DrainNotice = Literal["event", "error", "none"]
+"""How a session is told the relay drains: ``relay.draining``, an ``error`` event, or not."""
 
 
 class ClientTokenVerifier(Protocol):

@@ -68,6 +68,8 @@ def test_defaults_and_entra() -> None:
     assert settings.flow.ping_interval == 20.0
     assert settings.log.format == "json"
     assert settings.deployments["gpt-realtime"].upstream_deployment == "gpt-realtime"
+    assert settings.limits.header_timeout == 10.0
+    assert {client.drain_notice for client in settings.clients} == {"event"}
 
 
 def test_secrets_stay_out_of_repr() -> None:
@@ -346,7 +348,7 @@ def test_client_options() -> None:
     text = (
         IDENTITY_EXAMPLE.replace(
             "allowed_origins: []",
-            "allowed_origins: [https://App.Example.com:8443]\n    allow_query_auth: false\n    deployments: [gpt-realtime]",
+            "allowed_origins: [https://App.Example.com:8443]\n    allow_query_auth: false\n    deployments: [gpt-realtime]\n    drain_notice: error",
         ).replace(
             "idle_seconds: 60",
             "idle_seconds: 60, messages_per_second: 80, bytes_per_second: 131072",
@@ -359,6 +361,7 @@ def test_client_options() -> None:
     assert client.allowed_origins == {"https://app.example.com:8443"}
     assert client.allow_query_auth is False
     assert client.deployments == {"gpt-realtime"}
+    assert client.drain_notice == "error"
     assert (client.limits.messages_per_second, client.limits.bytes_per_second) == (
         80,
         131072,
@@ -416,6 +419,10 @@ def test_client_options() -> None:
         (
             ("idle_seconds: 60", "idle_seconds: -1"),
             "clients[0].limits.idle_seconds: expected a number from 1.0",
+        ),
+        (
+            ("allowed_origins: []", "allowed_origins: []\n    drain_notice: loud"),
+            "clients[0].drain_notice: expected one of event, error, none",
         ),
         (
             ("max_session_seconds: 1800", "max_session_seconds: 3600"),

@@ -28,27 +28,29 @@ GRACE = 3.0
 PROPAGATION = 1.0
 
 
-def config(upstream: str) -> str:
+def config(upstream: str, notice: str = "event") -> str:
     return f"""
 listen: {{host: 127.0.0.1, port: 0}}
 metrics: {{host: 127.0.0.1, port: 0}}
 upstream: {{endpoint: {upstream}, auth: {{type: api_key, api_key_env: UPSTREAM_KEY}}}}
 deployments: {{gpt-realtime: }}
 clients:
-  - {{id: app-a, key_sha256: "{hashlib.sha256(KEY.encode()).hexdigest()}", limits: {{max_sessions: 100}}}}
+  - {{id: app-a, key_sha256: "{hashlib.sha256(KEY.encode()).hexdigest()}", limits: {{max_sessions: 100}}, drain_notice: {notice}}}
 drain: {{grace_seconds: {GRACE}, propagation_delay: {PROPAGATION}}}
 log: {{format: json, level: info}}
 """
 
 
 @asynccontextmanager
-async def running(tmp_path: Path) -> AsyncIterator[tuple[Simulator, RelayProcess]]:
+async def running(
+    tmp_path: Path, notice: str = "event"
+) -> AsyncIterator[tuple[Simulator, RelayProcess]]:
     async with AsyncExitStack() as stack:
         simulator = await stack.enter_async_context(
             Simulator.start(api_keys={UPSTREAM_KEY})
         )
         path = tmp_path / "relay.yaml"
-        path.write_text(config(simulator.url))
+        path.write_text(config(simulator.url, notice))
         relay = await stack.enter_async_context(
             relay_process(path, {"UPSTREAM_KEY": UPSTREAM_KEY})
         )
@@ -210,6 +212,24 @@ async def test_prestop_on_an_idle_relay_answers_after_the_propagation_delay(
             held = time.monotonic() - started
         assert response.json()["drained"] is True
         assert PROPAGATION <= held < PROPAGATION + 2 * SECOND
+        async with asyncio.timeout(5 * SECOND):
+            assert await relay.process.wait() == 0
+
+
+async def test_drain_notice_as_an_error_event(tmp_path: Path) -> None:
+    """A client configured with drain_notice: error is told with a standard error event."""
+    async with running(tmp_path, notice="error") as (_, relay):
+        ws = await connect_relay(ws_url(relay), key=KEY)
+        assert (await receive_event(ws))["type"] == "session.created"
+        relay.process.send_signal(signal.SIGTERM)
+        notice = await receive_event(ws)
+        assert notice["type"] == "error"
+        assert notice["error"]["code"] == "relay_draining"
+        assert notice["error"]["type"] == "server_error"
+        # The session goes on until the client leaves.
+        await send_event(ws, {"type": "input_audio_buffer.clear"})
+        assert (await receive_event(ws))["type"] == "input_audio_buffer.cleared"
+        await ws.close()
         async with asyncio.timeout(5 * SECOND):
             assert await relay.process.wait() == 0
 

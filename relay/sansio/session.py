@@ -69,7 +69,7 @@ from relay.sansio.wire import (
     parse_event,
     plain_append,
 )
-from relay.typing import Family, Side
+from relay.typing import DrainNotice, Family, Side
 
 
 APPEND: Final = "input_audio_buffer.append"
@@ -110,8 +110,10 @@ class RelaySession:
         *,
         init_timeout: float = 5.0,
         limits: SessionLimits = NO_LIMITS,
+        drain_notice: DrainNotice = "event",
     ) -> None:
         self.policy = policy
+        self._drain_notice: DrainNotice = drain_notice
         self.family: Family = family
         self._init_timeout = init_timeout
         self._limits = limits
@@ -288,18 +290,37 @@ class RelaySession:
         if self._drain_at is not None:
             return []
         self._drain_at = deadline
-        notice = dump(
+        if self._drain_notice == "none":
+            return [Wakeup(self._next_deadline())]
+        notice = self._drain_notice_event(grace)
+        if not self._greeted:
+            # The client's first event must stay session.created.
+            self._notices.append(notice)
+            return [Wakeup(self._next_deadline())]
+        return [Send("client", notice), Wakeup(self._next_deadline())]
+
+    def _drain_notice_event(self, grace: float) -> str:
+        if self._drain_notice == "error":
+            # Every client parses error events; Azure announces its own
+            # session end (session_expired) the same way.
+            return error_event(
+                self._event_id(),
+                code="relay_draining",
+                message=(
+                    "this relay is restarting: finish within "
+                    f"{round(grace)} s, then reconnect"
+                ),
+                param=None,
+                client_event_id=None,
+                error_type="server_error",
+            )
+        return dump(
             {
                 "type": "relay.draining",
                 "event_id": self._event_id(),
                 "grace_ms": round(grace * 1000),
             }
         )
-        if not self._greeted:
-            # The client's first event must stay session.created.
-            self._notices.append(notice)
-            return [Wakeup(self._next_deadline())]
-        return [Send("client", notice), Wakeup(self._next_deadline())]
 
     def _next_deadline(self) -> float:
         deadlines = [self._end_at]

@@ -550,6 +550,30 @@ class TestStallsExpiryAndDrain:
             << Close("upstream", 1000, "session ended by the relay")
         ).done()
 
+    def test_drain_notice_as_an_error_event(self) -> None:
+        """For clients that refuse unknown event types: a standard error event."""
+        book = Playbook(RelaySession(drain_notice="error"), now=0.0)
+        (book >> UpstreamMessage(CREATED) << Send("client", CREATED)).done()
+        book >> Draining(deadline=30.0, grace_seconds=30.0)
+        notice = sent(book._pending.pop(0))
+        assert notice["type"] == "error"
+        assert notice["error"]["type"] == "server_error"
+        assert notice["error"]["code"] == "relay_draining"
+        assert "30 s" in notice["error"]["message"]
+        (book << Wakeup(30.0)).done()
+
+    def test_no_drain_notice_still_ends_at_the_deadline(self) -> None:
+        book = Playbook(RelaySession(drain_notice="none"), now=0.0)
+        (book >> UpstreamMessage(CREATED) << Send("client", CREATED)).done()
+        (book >> Draining(deadline=30.0, grace_seconds=30.0) << Wakeup(30.0)).done()
+        (
+            book
+            >> Tick(30.0)
+            << Ended("drained", 1012, "relay restarting; reconnect")
+            << Close("client", 1012, "relay restarting; reconnect")
+            << Close("upstream", 1000, "session ended by the relay")
+        ).done()
+
     def test_drain_before_the_greeting_waits_for_session_created(self) -> None:
         """Without an initial policy the session is open at once; the notice still waits."""
         book = Playbook(RelaySession(), now=0.0)
