@@ -483,6 +483,17 @@ def test_any_event_sequence_keeps_the_invariants(
         assert '"relay.draining"' not in str(to_client[0])
 
 
+def closes_at_the_deadline(book: Playbook, deadline: float) -> None:
+    """At the drain deadline the relay ends the session with 1012."""
+    (
+        book
+        >> Tick(deadline)
+        << Ended("drained", 1012, "relay restarting; reconnect")
+        << Close("client", 1012, "relay restarting; reconnect")
+        << Close("upstream", 1000, "session ended by the relay")
+    ).done()
+
+
 class TestStallsExpiryAndDrain:
     def test_a_client_that_stops_reading_is_dropped(self) -> None:
         """Nothing can reach it: abort its connection, close the upstream normally."""
@@ -542,13 +553,7 @@ class TestStallsExpiryAndDrain:
         assert notice["event_id"].startswith("event_relay_")
         (book << Wakeup(30.0)).done()
         (book >> Draining(deadline=99.0, grace_seconds=99.0)).done()  # idempotent
-        (
-            book
-            >> Tick(30.0)
-            << Ended("drained", 1012, "relay restarting; reconnect")
-            << Close("client", 1012, "relay restarting; reconnect")
-            << Close("upstream", 1000, "session ended by the relay")
-        ).done()
+        closes_at_the_deadline(book, 30.0)
 
     def test_drain_notice_as_an_error_event(self) -> None:
         """For clients that refuse unknown event types: a standard error event."""
@@ -566,13 +571,7 @@ class TestStallsExpiryAndDrain:
         book = Playbook(RelaySession(drain_notice="none"), now=0.0)
         (book >> UpstreamMessage(CREATED) << Send("client", CREATED)).done()
         (book >> Draining(deadline=30.0, grace_seconds=30.0) << Wakeup(30.0)).done()
-        (
-            book
-            >> Tick(30.0)
-            << Ended("drained", 1012, "relay restarting; reconnect")
-            << Close("client", 1012, "relay restarting; reconnect")
-            << Close("upstream", 1000, "session ended by the relay")
-        ).done()
+        closes_at_the_deadline(book, 30.0)
 
     def test_drain_before_the_greeting_waits_for_session_created(self) -> None:
         """Without an initial policy the session is open at once; the notice still waits."""
