@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from dataclasses import replace
 from typing import Any
 
+import pytest
 from openai import AsyncAzureOpenAI, AsyncOpenAI
 
 from relay.simulator.audio import speech_like_pcm16
+from relay.typing import DrainNotice
 from tests.helpers.servers import (
     CLIENT_KEY,
     DEPLOYMENT,
@@ -21,6 +24,7 @@ from tests.helpers.servers import (
     GA_VERSION,
     PREVIEW_VERSION,
     Stack,
+    make_settings,
     relay_stack,
 )
 from tests.helpers.timing import SECOND
@@ -106,4 +110,37 @@ async def test_plain_openai_client_on_the_ga_path() -> None:
             await connection.response.create()
             types = await collect(connection, "response.done")
             assert "response.output_audio.delta" in types
+        await client.close()
+
+
+@pytest.mark.parametrize("notice", ["event", "error"])
+async def test_the_sdk_takes_either_drain_notice_and_carries_on(
+    notice: DrainNotice,
+) -> None:
+    """A drain mid-session: the SDK parses the notice (it is lenient about types) and the turn completes."""
+    first, *others = make_settings("http://127.0.0.1:1").clients
+    clients = (replace(first, drain_notice=notice), *others)
+    async with relay_stack(clients=clients) as stack:
+        client = azure_client(stack, GA_VERSION)
+        async with client.realtime.connect(model=GA_DEPLOYMENT) as connection:
+            assert (await connection.recv()).type == "session.created"
+            stack.relay.app.drain.begin()
+            # Typed as the SDK's known events; the relay's own type is not one.
+            told: Any = await connection.recv()
+            if notice == "event":
+                assert told.type == "relay.draining"
+            else:
+                assert told.type == "error"
+                assert told.error.code == "relay_draining"
+            await connection.session.update(
+                session={
+                    "type": "realtime",
+                    "audio": {"input": {"turn_detection": None}},
+                }
+            )
+            assert "session.updated" in await collect(connection, "session.updated")
+            await connection.input_audio_buffer.append(audio=SPEECH)
+            await connection.input_audio_buffer.commit()
+            await connection.response.create()
+            assert "response.done" in await collect(connection, "response.done")
         await client.close()
