@@ -1,25 +1,61 @@
 # The README's contract: `make run` and `make test` work on a fresh machine with
 # Python 3.11+ and make. Everything else is a convenience.
+#
+# Two environments:
+#   .venv         the exact, hash-checked versions of requirements/dev.lock
+#                 (make run, make test, make bench);
+#   .venv-latest  the newest versions pyproject.toml's ranges allow, resolved
+#                 afresh on every `make test-latest`.
 
 PYTHON ?= python3
-VENV   := .venv
+
+# ENV=latest selects the second environment; only `make test-latest` sets it.
+ENV ?= locked
+ifeq ($(ENV),latest)
+VENV := .venv-latest
+else
+VENV := .venv
+endif
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCKED := .venv/.locked
 
 # Dev-only upstream key shared by the built-in simulator and the relay in `make run`.
 export AZURE_OPENAI_API_KEY ?= sim-dev-upstream-key
 
-.PHONY: run demo test lint typecheck pytest simulate bench bench-quick clean
+.PHONY: run demo test test-latest check system-tools lint typecheck pytest \
+        simulate bench bench-quick lock clean
 
-$(BIN)/python:
+define new_venv
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "Python 3.11+ is required (PYTHON=$(PYTHON))" >&2; exit 1; }
-	$(PYTHON) -m venv $(VENV)
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+endef
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# The locked environment is rebuilt from scratch whenever the lock changes, so
+# it holds exactly the lock: nothing left over from an older one. The lock
+# includes the build backend (setuptools), so the project installs without
+# fetching anything unpinned.
+$(LOCKED): requirements/dev.lock
+	$(call new_venv,.venv)
+	.venv/bin/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	touch $@
+
+ifeq ($(ENV),latest)
+$(STAMP):
+	$(call new_venv,$(VENV))
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(BIN)/python -m pip check
+	@echo "make test-latest resolved:" && $(BIN)/python -m pip freeze --exclude-editable | tee $(VENV)/versions.txt
+	touch $@
+else
+$(STAMP): $(LOCKED) pyproject.toml
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+	touch $@
+endif
 
 ## run: the relay on 127.0.0.1:8080 with the built-in Azure simulator as upstream
 run: $(STAMP)
@@ -33,8 +69,19 @@ demo: $(STAMP)
 simulate: $(STAMP)
 	$(BIN)/realtime-relay simulate --host 127.0.0.1 --port 9000
 
-## test: lint, type checks and the whole suite
-test: lint typecheck pytest
+## test: lint, type checks and the whole suite, on the locked versions
+test: system-tools check
+
+## test-latest: the same on the newest versions pyproject.toml's ranges allow
+test-latest: system-tools
+	rm -f .venv-latest/.installed
+	$(MAKE) ENV=latest check
+
+check: lint typecheck pytest
+
+## system-tools: make sure the tools the suite runs against are installed
+system-tools:
+	@sh scripts/system-tools
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check relay tests examples bench
@@ -54,5 +101,22 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick --no-report
 
+## lock: regenerate requirements/*.lock (add --upgrade with LOCK_ARGS=--upgrade)
+# pip-compile keeps the versions already pinned unless told to upgrade; the
+# runtime lock is constrained by the dev lock, so the image ships what the
+# suite ran with. Run it with the image's Python (3.11).
+LOCK_VENV := .venv-lock
+PIP_COMPILE = $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras \
+	--allow-unsafe --no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
+lock:
+	$(call new_venv,$(LOCK_VENV))
+	$(LOCK_VENV)/bin/python -m pip install --quiet pip-tools==7.7.0
+	$(PIP_COMPILE) --extra dev --all-build-deps \
+	  --output-file requirements/dev.lock pyproject.toml
+	$(PIP_COMPILE) --constraint requirements/dev.lock \
+	  --output-file requirements/runtime.lock pyproject.toml
+	rm -rf $(LOCK_VENV)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/out
+	rm -rf .venv .venv-latest .venv-lock .mypy_cache .ruff_cache .pytest_cache \
+	  .hypothesis bench/out

