@@ -20,7 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from websockets.speedups import apply_mask
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # no C extension for this platform: websockets' own fallback
+    from websockets.utils import apply_mask
 
 
 __all__ = [

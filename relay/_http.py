@@ -26,7 +26,7 @@ from typing import Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from relay._protocol import http_error
+from relay._protocol import http_error, refuse
 
 
 __all__ = ["MAX_HEAD_BYTES", "RelayHttpProtocol", "http_protocol"]
@@ -36,10 +36,6 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 
 A JWT in ``Authorization`` is a few KB; the WebSocket parser behind this one
 also refuses any single header line over 8 KiB."""
-
-
-LINGER_SECONDS: Final = 2.0
-"""How long a refused client may keep sending before the connection is closed."""
 
 
 class _HeadTooLarge(Exception):
@@ -190,21 +186,11 @@ class RelayHttpProtocol(HttpToolsProtocol):
         )
 
     def _refuse(self, reason: str, response: bytes) -> None:
-        """Answer, then close without losing the answer.
-
-        Closing a socket with unread input makes the kernel send RST, which
-        can destroy the answer before the client reads it (a client still
-        sending its oversized head always has unread input). So: send the
-        answer and FIN, discard what still arrives, and close when the client
-        closes or after :data:`LINGER_SECONDS` (nginx's lingering close).
-        """
+        """Answer, count, and close with a lingering close (:func:`~relay._protocol.refuse`)."""
         self._refused = True
         if self.on_refused is not None:
             self.on_refused(reason)
-        self.transport.write(response)
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        self._linger = refuse(self.transport, self.loop, response)
 
 
 def http_protocol(

@@ -20,7 +20,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from relay._http import http_protocol
-from relay._protocol import RelayWebSocketProtocol
+from relay._protocol import ws_protocol
 from relay.app import RelayApp, create_app
 from relay.config import Settings
 from relay.drain import Drain
@@ -59,7 +59,7 @@ def uvicorn_config(app: RelayApp, settings: Settings) -> uvicorn.Config:
         # httptools with a deadline and a size limit on request heads.
         http=http_protocol(settings.limits.header_timeout, app.metrics.http_refused),
         # uvicorn's current (sans-I/O) implementation, see relay._protocol.
-        ws=RelayWebSocketProtocol,
+        ws=ws_protocol(app.metrics.http_refused),
         ws_max_size=settings.limits.max_message_bytes,
         # Compressing base64 audio costs CPU for almost no gain, and compression
         # of secrets next to attacker-chosen data leaks them (CRIME).

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, strategies as st
@@ -23,6 +25,7 @@ from relay._frames import (
     parse_close,
     valid_close_code,
 )
+from tests.helpers.timing import SECOND
 
 
 def serialize(opcode: int, payload: bytes, *, mask: bool, fin: bool = True) -> bytes:
@@ -166,3 +169,35 @@ def test_garbage_never_crashes_the_reader(data: bytes) -> None:
     """Any bytes are frames, an incomplete frame, or a protocol failure."""
     with contextlib.suppress(ProtocolFailure):
         FrameReader(expect_mask=True, max_size=1 << 20).feed(data)
+
+
+_WITHOUT_SPEEDUPS = """
+import sys
+
+sys.modules["websockets.speedups"] = None  # as if the C extension were not built
+
+from websockets.utils import apply_mask
+
+from relay._frames import TEXT, FrameReader, build_frame
+
+import relay._frames
+
+assert relay._frames.apply_mask is apply_mask, relay._frames.apply_mask
+reader = FrameReader(expect_mask=True, max_size=1 << 20)
+frames = list(reader.feed(build_frame(TEXT, b"x" * 1000, mask=True)))
+assert [(f.opcode, f.payload) for f in frames] == [(TEXT, b"x" * 1000)], frames
+print("ok")
+"""
+
+
+def test_without_the_websockets_c_extension_masks_in_python() -> None:
+    """Where websockets.speedups is absent, websockets' pure-Python mask is used, as websockets does."""
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_SPEEDUPS],
+        capture_output=True,
+        text=True,
+        timeout=60 * SECOND,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
