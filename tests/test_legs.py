@@ -224,7 +224,8 @@ async def test_keepalive_keeps_an_answering_peer() -> None:
             await ws.wait_closed()
 
     async with serve(idle, "127.0.0.1", 0, compression=None) as server:
-        port = server.sockets[0].getsockname()[1]  # type: ignore[index]
+        # websockets 15 types `sockets` as an Iterable, 17 as a tuple.
+        port = next(iter(server.sockets)).getsockname()[1]
         leg = await open_leg(
             f"ws://127.0.0.1:{port}/", ping_interval=0.05, ping_timeout=0.5
         )
