@@ -16,6 +16,7 @@ import pytest
 from relay._http import MAX_HEAD_BYTES
 from relay.config import LimitsSettings
 from tests.helpers.clients import connect_relay, receive_event
+from tests.helpers.raw_http import raw_connection as raw, refusal_counts as refusals
 from tests.helpers.servers import Stack, relay_stack
 from tests.helpers.timing import SECOND
 
@@ -29,34 +30,6 @@ async def stack_with(header_timeout: float) -> AsyncIterator[Stack]:
         limits=LimitsSettings(header_timeout=header_timeout)
     ) as stack:
         yield stack
-
-
-@contextlib.asynccontextmanager
-async def raw(
-    stack: Stack,
-) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", stack.relay.port)
-    try:
-        yield reader, writer
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-def refusals(stack: Stack) -> dict[str, float]:
-    """``relay_http_refusals_total`` by reason."""
-    return {
-        reason: stack.registry.get_sample_value(
-            "relay_http_refusals_total", {"reason": reason}
-        )
-        or 0.0
-        for reason in (
-            "request_timeout",
-            "request_header_fields_too_large",
-            "bad_request",
-        )
-    }
 
 
 async def answer(reader: asyncio.StreamReader, within: float = 5.0) -> bytes:

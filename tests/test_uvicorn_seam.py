@@ -19,7 +19,6 @@ run this file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import http
 import inspect
@@ -27,7 +26,6 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -46,6 +44,7 @@ from relay.server import RelayServer
 from relay.simulator import Simulator
 from tests.helpers.clients import connect_relay, receive_event, send_event
 from tests.helpers.processes import RelayProcess, relay_process
+from tests.helpers.raw_http import raw_connection, refusal_counts
 from tests.helpers.servers import CLIENT_KEY, Stack, relay_stack
 from tests.helpers.timing import SECOND
 
@@ -297,30 +296,6 @@ def parse_answer(raw: bytes) -> Answer:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return Answer(int(status_line.split(" ")[1]), headers, body)
-
-
-@contextlib.asynccontextmanager
-async def raw_connection(
-    stack: Stack,
-) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", stack.relay.port)
-    try:
-        yield reader, writer
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-def refusal_counts(stack: Stack) -> dict[str, float]:
-    """``relay_http_refusals_total`` by reason."""
-    return {
-        reason: stack.registry.get_sample_value(
-            "relay_http_refusals_total", {"reason": reason}
-        )
-        or 0.0
-        for reason in HTTP_REFUSALS
-    }
 
 
 class TestRefusals:
