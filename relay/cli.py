@@ -11,6 +11,14 @@ Subcommands:
 
 Exit status: 0 on a requested stop, 2 for an invalid configuration or usage,
 1 when serving failed.
+
+Output of ``run``: until the configuration is loaded and valid, the log format
+is unknown, so usage and configuration errors (exit status 2) are plain
+``realtime-relay: ...`` lines on stderr. From then on everything goes through
+:func:`relay.logs.configure_logging` in ``log.format``: with ``json`` the start
+banner is one ``relay.serving`` event and a failure to serve one
+``relay.cannot_serve`` event, so every line is a JSON object; with ``console``
+both stay human text.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import structlog
+
 from relay import __version__
 from relay.config import ApiKeyAuth, Settings, load_settings
 from relay.exceptions import ConfigError
@@ -36,6 +46,8 @@ from relay.server import RunningRelay, serve_forever
 __all__ = ["main"]
 
 T = TypeVar("T")
+
+log = structlog.get_logger("relay.cli")
 
 
 def main(
@@ -104,7 +116,10 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         _run_async(_serve(settings, with_simulator=args.with_simulator))
     except (OSError, RuntimeError) as exc:
-        print(f"realtime-relay: cannot serve: {exc}", file=sys.stderr)
+        if settings.log.format == "json":
+            log.error("relay.cannot_serve", error=str(exc))
+        else:
+            print(f"realtime-relay: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -169,24 +184,44 @@ async def _maybe_simulator(settings: Settings, *, enabled: bool) -> AsyncIterato
 
 
 def _announce(settings: Settings, relay: RunningRelay, with_simulator: bool) -> None:
+    """Say where the relay serves: one ``relay.serving`` event, or a banner on ``console``."""
     host = settings.listen.host
     base = f"ws://{host}:{relay.port}"
     deployment = next(iter(settings.deployments))
-    upstream = "the built-in simulator at " if with_simulator else ""
-    endpoints = ", ".join(
-        sorted(
-            {
-                target.endpoint
-                for name in settings.deployments
-                for target in settings.upstream_targets(name)
-            }
-        )
+    endpoints = sorted(
+        {
+            target.endpoint
+            for name in settings.deployments
+            for target in settings.upstream_targets(name)
+        }
     )
+    health = f"http://{host}:{relay.port}/readyz"
+    metrics = f"http://{settings.metrics.host}:{relay.metrics_port}/metrics"
+    preview = (
+        f"{base}/openai/realtime?api-version=2025-04-01-preview&deployment={deployment}"
+    )
+    ga = f"{base}/openai/v1/realtime?model={deployment}"
+    if settings.log.format == "json":
+        log.info(
+            "relay.serving",
+            version=__version__,
+            url=base,
+            port=relay.port,
+            health_url=health,
+            metrics_url=metrics,
+            metrics_port=relay.metrics_port,
+            preview_url=preview,
+            ga_url=ga,
+            upstreams=endpoints,
+            simulator=with_simulator,
+        )
+        return
+    upstream = "the built-in simulator at " if with_simulator else ""
     lines = [
-        f"Realtime Relay {__version__} is serving on {base} (upstream: {upstream}{endpoints})",
-        f"  health:  http://{host}:{relay.port}/readyz    metrics: http://{settings.metrics.host}:{relay.metrics_port}/metrics",
-        f"  preview: {base}/openai/realtime?api-version=2025-04-01-preview&deployment={deployment}",
-        f"  GA:      {base}/openai/v1/realtime?model={deployment}",
+        f"Realtime Relay {__version__} is serving on {base} (upstream: {upstream}{', '.join(endpoints)})",
+        f"  health:  {health}    metrics: {metrics}",
+        f"  preview: {preview}",
+        f"  GA:      {ga}",
         "  authenticate with the header `api-key: <client key>` (or Authorization: Bearer <client key>)",
         f'  openai SDK: AsyncAzureOpenAI(azure_endpoint="http://{host}:{relay.port}", api_key=KEY,',
         f'              api_version="2025-04-01-preview", websocket_base_url="{base}/openai")',

@@ -1,7 +1,9 @@
 """Structured logging: JSON in production, readable console output in development.
 
 The relay logs through structlog; uvicorn's and other libraries' stdlib log
-records are rendered by the same processors, so one format covers the process.
+records are rendered by the same processors, and so are the reports Python
+itself writes to stderr (warnings, uncaught and unraisable exceptions), so one
+format covers the process: with ``json`` every line is one object.
 Context (session id, client id, deployment) is bound once per session through
 :mod:`structlog.contextvars`. Event names are dotted (``session.start``).
 
@@ -15,7 +17,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
+from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
@@ -37,6 +41,8 @@ UPSTREAM_WEBSOCKETS_LOGGER = "relay.upstream.websockets"
 # Loggers of libraries that see credentials: uvicorn (client requests) and the
 # upstream websockets client (the relay's own key).
 _GUARDED_LOGGERS = ("uvicorn.error", "uvicorn.access", UPSTREAM_WEBSOCKETS_LOGGER)
+# Python's own reports (uncaught and unraisable exceptions) are logged here.
+_process_log = structlog.get_logger("relay.process")
 
 _SECRET_PATTERNS = (
     # api-key=..., Authorization=..., access_token=... in query strings and text.
@@ -111,11 +117,26 @@ def _render_stdlib_message(
         and record.args
     ):
         event_dict["event"] = record.getMessage()
+    # Captured warnings end with a newline (warnings.formatwarning's text).
+    if isinstance(event := event_dict.get("event"), str):
+        event_dict["event"] = event.rstrip("\n")
     return event_dict
 
 
 def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) -> None:
-    """Route structlog and stdlib logging to ``stream`` (stderr) in the configured format."""
+    """Route structlog and stdlib logging to ``stream`` (stderr) in the configured format.
+
+    Python's own reports go through the same handler instead of being written
+    to stderr as text: warnings (logger ``py.warnings``), uncaught exceptions
+    (``process.crashed``; ``thread.crashed`` in other threads) and exceptions
+    Python can only ignore (``process.unraisable``), each with its traceback in
+    the ``exception`` field. The event loop's unhandled errors ("Task exception
+    was never retrieved") are records of the ``asyncio`` logger already.
+
+    Process-wide: it replaces the root handlers, :data:`sys.excepthook`,
+    :data:`threading.excepthook` and :data:`sys.unraisablehook`. Call it from
+    a process's entry point (the command line, the demo), before serving.
+    """
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -157,3 +178,45 @@ def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) ->
         library_logger.handlers = []
         library_logger.propagate = True
     guard_library_loggers()
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_thread_uncaught
+    sys.unraisablehook = _log_unraisable
+
+
+def _log_uncaught(
+    exc_type: type[BaseException],
+    exc_value: BaseException,
+    exc_tb: TracebackType | None,
+) -> None:
+    # The interpreter exits 1 after this hook, as after its own traceback.
+    _process_log.critical("process.crashed", exc_info=(exc_type, exc_value, exc_tb))
+
+
+def _log_thread_uncaught(args: threading.ExceptHookArgs) -> None:
+    # threading's default hook is silent about SystemExit; so is this one.
+    if args.exc_type is SystemExit:
+        return
+    exc_info = (
+        (args.exc_type, args.exc_value, args.exc_traceback)
+        if args.exc_value is not None
+        else None
+    )
+    thread = args.thread.name if args.thread is not None else None
+    _process_log.critical("thread.crashed", thread=thread, exc_info=exc_info)
+
+
+def _log_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    # An exception in __del__ or a finaliser: Python carries on, as it would
+    # after printing "Exception ignored in: ...".
+    exc_info = (
+        (unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+        if unraisable.exc_value is not None
+        else None
+    )
+    _process_log.error(
+        "process.unraisable",
+        detail=unraisable.err_msg or "Exception ignored in",
+        object=repr(unraisable.object),
+        exc_info=exc_info,
+    )

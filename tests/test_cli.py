@@ -41,6 +41,21 @@ def test_invalid_configuration_exits_before_listening(
     assert "clients[0].key_sha256" in err
 
 
+def test_errors_before_the_configuration_is_loaded_stay_plain_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Even with log.format json, a configuration error is one plain `realtime-relay:` line."""
+    path = tmp_path / "relay.yaml"
+    path.write_text(
+        "upstream: {endpoint: http://127.0.0.1:1, auth: {type: entra}}\ndeployments: {d: }\nclients: [{id: a, key_sha256: nope}]\nlog: {format: json}\n"
+    )
+    assert main(["run", "--config", str(path)], environ={}) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("realtime-relay: ")
+    assert captured.err.count("\n") == 1
+
+
 def test_with_simulator_needs_a_loopback_endpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -105,10 +120,21 @@ async def test_run_with_simulator_serves_and_stops_cleanly_on_sigterm(
     try:
         banner = b""
         async with asyncio.timeout(20 * SECOND):
-            while b"is serving on" not in banner:
+            # log.format console: the human banner ends with the SDK snippet.
+            while b".beta.realtime.connect(" not in banner:
                 line = await process.stderr.readline()
                 assert line, banner.decode()
                 banner += line
+        base = f"ws://127.0.0.1:{relay_port}"
+        for banner_line in (
+            f"is serving on {base} (upstream: the built-in simulator at http://127.0.0.1:{simulator_port})",
+            f"  health:  http://127.0.0.1:{relay_port}/readyz    metrics: http://127.0.0.1:{metrics_port}/metrics",
+            f"  preview: {base}/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-4o-realtime-preview",
+            f"  GA:      {base}/openai/v1/realtime?model=gpt-4o-realtime-preview",
+            "  authenticate with the header `api-key: <client key>`",
+        ):
+            assert banner_line in banner.decode()
+        assert b'"relay.serving"' not in banner
         async with httpx.AsyncClient() as http:
             ready = await http.get(f"http://127.0.0.1:{relay_port}/readyz")
             assert ready.status_code == 200
