@@ -374,7 +374,7 @@ def _error_body(body: bytes) -> dict[str, object] | None:
         return None
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # a hostile body may nest deeply
         return None
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
         return parsed

@@ -141,3 +141,25 @@ async def test_random_garbage_never_crashes_the_relay() -> None:
         await stack.settle()
         assert stack.simulator.stats.connections_opened == 40
         assert stack.simulator.stats.connections_active == 0
+
+
+async def test_deep_nesting_is_an_invalid_event_not_a_crash() -> None:
+    """A 2 KB event of a thousand nested arrays: an error event, the session goes on, no relay error."""
+    deep = (
+        '{"type":"input_audio_buffer.append","audio":' + "[" * 1000 + "]" * 1000 + "}"
+    )
+    async with relay_stack() as stack:
+        async with connect_relay(stack.ga_url()) as ws:
+            await receive_event(ws)
+            for _ in range(3):
+                await ws.send(deep)
+                error = await receive_event(ws)
+                assert error["type"] == "error"
+                assert error["error"]["code"] == "invalid_event"
+            await ws.send('{"type": "input_audio_buffer.clear"}')
+            assert (await receive_event(ws))["type"] == "input_audio_buffer.cleared"
+        await stack.settle()
+        assert ws.close_code == 1000
+        assert not stack.registry.get_sample_value(
+            "relay_close_codes_total", {"side": "client", "code": "1011"}
+        )

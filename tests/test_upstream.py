@@ -232,7 +232,8 @@ async def test_a_small_json_error_body_is_passed_on(length: bool) -> None:
 
 async def test_a_large_or_foreign_body_is_not_passed_on() -> None:
     big = json.dumps({"error": {"code": "x", "message": "y" * 10_000}}).encode()
-    for body in (big, b"<html>nope</html>", b"[1, 2]"):
+    deep = b"[" * 2000 + b"]" * 2000  # within the size passed on: 4 KB
+    for body in (big, b"<html>nope</html>", b"[1, 2]", deep):
         answer = refusal(400, body)
 
         def canned_answer(request: bytes, answer: bytes = answer) -> bytes:

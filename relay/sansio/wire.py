@@ -119,7 +119,9 @@ def plain_append(text: str) -> str | None:
         return None
     try:
         value, end = _DECODER.raw_decode(text)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # Deep nesting exhausts the C parser's stack too: not a plain append;
+        # parse_event refuses it.
         return None
     if (
         not isinstance(value, dict)

@@ -133,3 +133,12 @@ def test_a_policy_that_refuses_appends_sees_them_all() -> None:
 def test_invalid_documents_still_get_their_error() -> None:
     with pytest.raises(InvalidEvent):
         parse_event('{"type":"input_audio_buffer.append","audio":"A","audio":"B"}')
+
+
+@pytest.mark.parametrize("member", ['"audio":', '"type":"x","audio":', '"x":'])
+def test_deep_nesting_is_a_full_parse_that_refuses_it(member: str) -> None:
+    """A thousand nested arrays in an append-looking event: no RecursionError escapes."""
+    text = "{" + member + "[" * 100_000 + "]" * 100_000 + "}"
+    assert plain_append(text) is None
+    with pytest.raises(InvalidEvent, match="nested too deeply"):
+        parse_event(text)
