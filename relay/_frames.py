@@ -88,18 +88,26 @@ class FrameReader:
     """
 
     __slots__ = (
-        "_buffer",
+        "_chunks",
         "_expect_mask",
         "_fragments",
         "_fragments_size",
         "_max_size",
+        "_needed",
         "_opcode",
+        "_pending",
     )
 
     def __init__(self, *, expect_mask: bool, max_size: int) -> None:
         self._expect_mask = expect_mask
         self._max_size = max_size
-        self._buffer = b""
+        # Received bytes not yet part of a frame. They are kept as the reads
+        # delivered them and joined only once the incomplete frame can be
+        # complete (``_needed``): a 16 MiB frame arriving in 4 KiB reads is
+        # copied once, not once per read.
+        self._chunks: list[bytes] = []
+        self._pending = 0  # bytes in _chunks
+        self._needed = 0  # bytes the first frame in _chunks needs in all
         # A fragmented message being reassembled: its opcode and parts.
         self._opcode: int | None = None
         self._fragments: list[bytes] = []
@@ -112,10 +120,18 @@ class FrameReader:
             ProtocolFailure: the peer broke the protocol; the caller must close
                 the connection with the failure's code.
         """
-        buffer = self._buffer + data if self._buffer else data
+        if self._chunks:
+            self._chunks.append(data)
+            self._pending += len(data)
+            if self._pending < self._needed:
+                return []
+            buffer = b"".join(self._chunks)
+        else:
+            buffer = data
         frames: list[Frame] = []
         position = 0
         end = len(buffer)
+        needed = 2  # bytes the frame at ``position`` needs: its header first
         while end - position >= 2:
             first, second = buffer[position], buffer[position + 1]
             fin = first & 0x80
@@ -131,11 +147,13 @@ class FrameReader:
             header = 2
             if length == 126:
                 if end - position < 4:
+                    needed = 4
                     break
                 (length,) = _U16.unpack_from(buffer, position + 2)
                 header = 4
             elif length == 127:
                 if end - position < 10:
+                    needed = 10
                     break
                 (length,) = _U64.unpack_from(buffer, position + 2)
                 header = 10
@@ -149,6 +167,7 @@ class FrameReader:
             payload_at = mask_at + (4 if masked else 0)
             frame_end = payload_at + length
             if frame_end > end:
+                needed = frame_end - position
                 break
             payload = buffer[payload_at:frame_end]
             if masked:
@@ -158,7 +177,11 @@ class FrameReader:
             frame = self._assemble(opcode, bool(fin), payload, raw)
             if frame is not None:
                 frames.append(frame)
-        self._buffer = buffer[position:] if position < end else b""
+            needed = 2
+        rest = buffer[position:] if position else buffer
+        self._chunks = [rest] if rest else []
+        self._pending = len(rest)
+        self._needed = needed
         return frames
 
     def _assemble(
