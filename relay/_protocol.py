@@ -13,7 +13,7 @@ from uvicorn._types import ASGISendEvent
 from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
-from websockets.exceptions import InvalidHandshake, SecurityError
+from websockets.exceptions import InvalidHandshake, InvalidHeader, SecurityError
 from websockets.http11 import Request
 
 from relay._legs import Leg
@@ -28,6 +28,8 @@ __all__ = [
     "refuse",
     "ws_protocol",
 ]
+
+_VERSION: Final = "Sec-WebSocket-Version"
 
 LINGER_SECONDS: Final = 2.0
 """How long a refused client may keep sending before the connection is closed."""
@@ -113,9 +115,10 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
       itself in plain text (``handle_handshake_exception``), with websockets'
       own 414/431 from websockets 17 on;
     * one websockets' ``accept`` refuses (no or a bad ``Sec-WebSocket-Key``,
-      another ``Sec-WebSocket-Version``, a method other than GET): its status
-      (400, or 405 from websockets 17 on), where uvicorn sends websockets'
-      plain-text response.
+      a method other than GET): its status (400, or 405 with ``Allow: GET``
+      from websockets 17 on), where uvicorn sends websockets' plain-text
+      response; for no or another ``Sec-WebSocket-Version``, 426 naming
+      version 13 (RFC 6455 §4.4).
 
     And after an ASGI denial response (``websocket.http.response.*``) uvicorn
     0.54 did not mark the handshake complete, so every 401/404/429 the relay
@@ -287,12 +290,14 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             reason = "bad_request"
             detail = _describe(failure)
             message = "malformed upgrade request" + (f": {detail}" if detail else "")
-        # RFC 9110 §15.5.6: a 405 names the methods allowed.
-        allow = (
-            (("Allow", "GET"),) if code == http.HTTPStatus.METHOD_NOT_ALLOWED else ()
-        )
+        headers: tuple[tuple[str, str], ...] = ()
+        if isinstance(failure, InvalidHeader) and failure.name == _VERSION:
+            # RFC 6455 §4.4: name the version the server speaks.
+            code, headers = http.HTTPStatus.UPGRADE_REQUIRED, ((_VERSION, "13"),)
+        elif code == http.HTTPStatus.METHOD_NOT_ALLOWED:
+            headers = (("Allow", "GET"),)  # RFC 9110 §15.5.6
         response = http_error(
-            code, http.HTTPStatus(code).phrase, reason, message, allow
+            code, http.HTTPStatus(code).phrase, reason, message, headers
         )
         self.logger.info(
             "WebSocket upgrade refused with %d: %s",

@@ -261,7 +261,13 @@ REFUSALS: Final = [
     Refusal(
         "upgrade to WebSocket version 8",
         GA + UPGRADE.replace(b"Version: 13", b"Version: 8") + KEY + b"\r\n",
-        (400,),
+        (426,),
+        "bad_request",
+    ),
+    Refusal(
+        "upgrade without Sec-WebSocket-Version",
+        GA + UPGRADE.replace(b"Sec-WebSocket-Version: 13\r\n", b"") + KEY + b"\r\n",
+        (426,),
         "bad_request",
     ),
     Refusal(
@@ -322,6 +328,8 @@ class TestRefusals:
         assert isinstance(error["message"], str)
         if answer.status == http.HTTPStatus.METHOD_NOT_ALLOWED:
             assert answer.headers["allow"] == "GET"
+        if answer.status == http.HTTPStatus.UPGRADE_REQUIRED:
+            assert answer.headers["sec-websocket-version"] == "13"
         assert counts == {r: (1 if r == case.reason else 0) for r in HTTP_REFUSALS}
 
     async def test_a_head_just_under_64_kib_is_served(self) -> None:
