@@ -120,6 +120,29 @@ class RelayHttpProtocol(HttpToolsProtocol):
         if idle and not self.transport.is_closing():
             self._await_head()
 
+    def handle_websocket_upgrade(self) -> None:
+        """Hand an upgrade to the WebSocket protocol as uvicorn does; refuse one over HTTP/1.0.
+
+        RFC 6455 §4.1: the opening handshake is HTTP/1.1. uvicorn rewrites the
+        request line as HTTP/1.1 before the WebSocket protocol parses it, so
+        only here is the client's version still known.
+        """
+        if self.scope.get("http_version") != "1.1":
+            self.logger.info(
+                "WebSocket upgrade refused: HTTP/%s", self.scope.get("http_version")
+            )
+            self._refuse(
+                "bad_request",
+                http_error(
+                    400,
+                    "Bad Request",
+                    "bad_request",
+                    "a WebSocket upgrade needs HTTP/1.1",
+                ),
+            )
+            return
+        super().handle_websocket_upgrade()
+
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a head it could not parse: 400, or 431 for one too large."""
         self._head_arrived()

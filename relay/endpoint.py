@@ -127,8 +127,14 @@ class RealtimeEndpoint:
 
     async def _handle(self, websocket: WebSocket) -> None:
         scope = websocket.scope
+        # The path as sent: a percent-encoded alias of a realtime path
+        # (/openai%2Fv1%2Frealtime, /%6Fpenai/...) is not that path, for the
+        # relay as for any proxy or policy in front of it that reads it raw.
+        raw_path = scope.get("raw_path")
         request = HandshakeRequest(
-            path=scope["path"],
+            path=raw_path.decode("latin-1")
+            if isinstance(raw_path, bytes)
+            else scope["path"],
             query=scope.get(RAW_QUERY_KEY, scope["query_string"]),
             headers=[
                 (name.decode("latin-1").lower(), value.decode("latin-1"))

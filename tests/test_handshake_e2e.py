@@ -15,6 +15,7 @@ from tests.helpers.clients import connect_relay, receive_event
 from tests.helpers.servers import (
     CLIENT_KEY,
     DEPLOYMENT,
+    GA_DEPLOYMENT,
     GA_UPSTREAM_DEPLOYMENT,
     PREVIEW_VERSION,
     UPSTREAM_KEY,
@@ -142,6 +143,26 @@ class TestRouting:
                 async with connect_relay(f"{stack.ws}/somewhere/else"):
                     pass
             assert _status(info)[0] == 404
+
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/openai%2Fv1%2Frealtime",
+            "/%6Fpenai/v1/realtime",
+            "/openai/v1/realtim%65",
+            "/openai/%72ealtime",
+        ],
+    )
+    async def test_percent_encoded_aliases_are_404(self, path: str) -> None:
+        """A realtime path is matched as sent: an encoded alias is another path."""
+        async with relay_stack() as stack:
+            with pytest.raises(InvalidStatus) as info:
+                async with connect_relay(
+                    f"{stack.ws}{path}?model={GA_DEPLOYMENT}&api-version=2025-04-01-preview&deployment={DEPLOYMENT}"
+                ):
+                    pass
+            assert _status(info)[0] == 404
+            assert stack.simulator.stats.handshakes == []
 
     async def test_plain_http_on_a_realtime_path_is_426(self) -> None:
         """An HTTP GET without upgrade is told to upgrade."""

@@ -78,6 +78,10 @@ CONTRACT: Final[dict[str, tuple[str, ...]]] = {
     "RelayHttpProtocol.on_response_complete": (
         "tests/test_uvicorn_seam.py::TestRefusals::test_keep_alive_heads_are_bounded_one_by_one",
     ),
+    "RelayHttpProtocol.handle_websocket_upgrade": (
+        "tests/test_uvicorn_seam.py::TestRefusals::test_refused[upgrade over HTTP/1.0]",
+        "tests/test_uvicorn_seam.py::TestAdoption::test_an_accepted_connection_is_adopted",
+    ),
     "RelayHttpProtocol.send_400_response": (
         "tests/test_uvicorn_seam.py::TestRefusals::test_refused[garbage]",
         "tests/test_uvicorn_seam.py::TestRefusals::test_refused[whole head over 64 KiB]",
@@ -268,6 +272,18 @@ REFUSALS: Final = [
         "upgrade without Sec-WebSocket-Version",
         GA + UPGRADE.replace(b"Sec-WebSocket-Version: 13\r\n", b"") + KEY + b"\r\n",
         (426,),
+        "bad_request",
+    ),
+    Refusal(
+        "upgrade over HTTP/1.0",
+        # With a valid key: only the version keeps it from the upstream.
+        GA.replace(b"HTTP/1.1", b"HTTP/1.0")
+        + UPGRADE
+        + KEY
+        + b"api-key: "
+        + CLIENT_KEY.encode()
+        + b"\r\n\r\n",
+        (400,),
         "bad_request",
     ),
     Refusal(
