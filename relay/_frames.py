@@ -113,8 +113,15 @@ class FrameReader:
         self._fragments: list[bytes] = []
         self._fragments_size = 0
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(
+        self, data: bytes, *, max_frames: int = 1 << 62, max_bytes: int = 1 << 62
+    ) -> list[Frame]:
         """Add ``data``; return the frames it completed, in order.
+
+        At most ``max_frames`` frames (control frames and fragments count) are
+        parsed, and none after the one that takes their payloads to
+        ``max_bytes``: the rest stays buffered, :attr:`ready` says so, and
+        ``feed(b"")`` continues. A caller bounds its work per read this way.
 
         Raises:
             ProtocolFailure: the peer broke the protocol; the caller must close
@@ -132,7 +139,11 @@ class FrameReader:
         position = 0
         end = len(buffer)
         needed = 2  # bytes the frame at ``position`` needs: its header first
+        budget_frames, budget_bytes = max_frames, max_bytes
         while end - position >= 2:
+            if budget_frames <= 0 or budget_bytes <= 0:
+                needed = 0  # more may be complete already: see `ready`
+                break
             first, second = buffer[position], buffer[position + 1]
             fin = first & 0x80
             if first & 0x70:
@@ -174,6 +185,8 @@ class FrameReader:
                 payload = apply_mask(payload, buffer[mask_at:payload_at])
             raw = buffer[position:frame_end] if fin and opcode != CONTINUATION else None
             position = frame_end
+            budget_frames -= 1
+            budget_bytes -= length
             frame = self._assemble(opcode, bool(fin), payload, raw)
             if frame is not None:
                 frames.append(frame)
@@ -183,6 +196,11 @@ class FrameReader:
         self._pending = len(rest)
         self._needed = needed
         return frames
+
+    @property
+    def ready(self) -> bool:
+        """Whether buffered bytes may already hold a frame (``feed(b"")`` would parse it)."""
+        return self._pending >= max(self._needed, 2)
 
     def _assemble(
         self, opcode: int, fin: bool, payload: bytes, raw: bytes | None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 import structlog
 
@@ -34,9 +34,34 @@ from relay._frames import (
     close_payload,
     parse_close,
 )
+from relay.sansio.quotas import TokenBucket
 
 
-__all__ = ["Leg", "MessageHandler"]
+__all__ = [
+    "BYTES_PER_TURN",
+    "CONTROL_BURST",
+    "CONTROL_RATE",
+    "FRAMES_PER_TURN",
+    "Leg",
+    "MessageHandler",
+]
+
+FRAMES_PER_TURN: Final = 64
+"""Frames a leg handles per turn of the event loop; then it yields to the others."""
+BYTES_PER_TURN: Final = 256 * 1024
+"""Payload bytes after which a leg yields, whatever the number of frames.
+
+Together these bound what one read callback costs, so a peer that sends
+thousands of tiny frames (or megabytes at once) in one TCP read cannot hold
+the event loop, and every other session, while they are handled: the rest
+waits in the frame reader, reading pauses, and handling goes on in a later
+turn of the loop."""
+CONTROL_BURST: Final = 64
+"""Control frames (ping, pong, close) a peer may send at once..."""
+CONTROL_RATE: Final = 8.0
+"""... and per second after that. Keepalives need one every few seconds at
+most; a peer over this budget is flooding, and its connection is closed with
+1008 (policy violation)."""
 
 MessageHandler: TypeAlias = Callable[[str | bytes, bytes | None, int], None]
 """Receives each data message: text as ``str`` (valid UTF-8), binary as
@@ -94,7 +119,11 @@ class Leg:
         """False while the transport's buffer is over its high-water mark."""
         self.blocked_since: float | None = None
         """When the leg last stopped being writable (for stall detection)."""
+        # Reading is paused while the driver asks (backpressure) or while
+        # frames already received wait for a later turn (fairness).
         self._reading = True
+        self._backlog = False
+        self._control = TokenBucket(CONTROL_RATE, CONTROL_BURST, self._loop.time())
         # Closing.
         self.close_sent = False
         self.finished = False
@@ -137,11 +166,13 @@ class Leg:
     # Protocol callbacks (from the transport's protocol)
 
     def data_received(self, data: bytes) -> None:
-        """Feed bytes from the transport."""
+        """Feed bytes from the transport; handle at most one turn's worth of frames."""
         if self.finished:
             return
         try:
-            frames = self._reader.feed(data)
+            frames = self._reader.feed(
+                data, max_frames=FRAMES_PER_TURN, max_bytes=BYTES_PER_TURN
+            )
         except ProtocolFailure as failure:
             self._fail(failure)
             return
@@ -149,6 +180,8 @@ class Leg:
             opcode = frame.opcode
             if opcode in (TEXT, BINARY):
                 self._deliver(frame)
+            elif not self._control.take(1, self._loop.time()):
+                self._fail(ProtocolFailure(1008, "control frames over budget"))
             elif opcode == PING:
                 self._write(build_frame(PONG, frame.payload, mask=self._mask))
             elif opcode == PONG:
@@ -157,6 +190,20 @@ class Leg:
                 self._close_received(frame.payload)
             if self.done.done():  # a callback or a close frame ended the leg
                 return
+        if self._reader.ready and not self._backlog:
+            # More frames arrived than one turn handles: yield to the other
+            # connections, and go on in a later turn (without reading more).
+            self._backlog = True
+            self._apply_reading()
+            self._loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._backlog = False
+        if self.finished:
+            return
+        if self._reading or self.close_sent:
+            self.data_received(b"")
+        self._apply_reading()
 
     def _fail(self, failure: ProtocolFailure) -> None:
         # The stream cannot be read further: say why, and end the leg.
@@ -259,10 +306,19 @@ class Leg:
             self._transport.write(data)
 
     def _set_reading(self, reading: bool) -> None:
-        if reading == self._reading or self._transport.is_closing():
+        if reading == self._reading:
             return
         self._reading = reading
-        if reading:
+        if reading and not self._backlog and self._reader.ready:
+            # Frames held back while reading was paused come first.
+            self._backlog = True
+            self._loop.call_soon(self._next_turn)
+        self._apply_reading()
+
+    def _apply_reading(self) -> None:
+        if self._transport.is_closing():
+            return
+        if self._reading and not self._backlog:
             self._transport.resume_reading()
         else:
             self._transport.pause_reading()

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from relay._frames import BINARY, CLOSE, TEXT, build_frame, close_payload
+from relay._frames import BINARY, CLOSE, PING, TEXT, build_frame, close_payload
 from tests.helpers.clients import connect_relay, receive_event
 from tests.helpers.servers import CLIENT_KEY, Stack, relay_stack
 from tests.helpers.timing import SECOND
@@ -162,4 +162,28 @@ async def test_deep_nesting_is_an_invalid_event_not_a_crash() -> None:
         assert ws.close_code == 1000
         assert not stack.registry.get_sample_value(
             "relay_close_codes_total", {"side": "client", "code": "1011"}
+        )
+
+
+async def test_a_ping_flood_ends_that_session_with_1008_only() -> None:
+    """10,000 pings in one write: that session is closed with 1008 and counted; another carries on."""
+    async with relay_stack() as stack:
+        async with connect_relay(stack.ga_url()) as survivor:
+            await receive_event(survivor)
+            reader, writer = await raw_session(stack)
+            writer.write(build_frame(PING, b"", mask=True) * 10_000)
+            async with asyncio.timeout(5 * SECOND):
+                assert await close_code(reader) == 1008
+                await stack.relay.app.endpoint.wait_connections(at_most=1)
+            writer.close()
+            await survivor.send('{"type": "input_audio_buffer.clear"}')
+            assert (await receive_event(survivor))[
+                "type"
+            ] == "input_audio_buffer.cleared"
+        await stack.settle()
+        assert (
+            stack.registry.get_sample_value(
+                "relay_close_codes_total", {"side": "client", "code": "1008"}
+            )
+            == 1
         )

@@ -18,8 +18,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 
-from relay._frames import BINARY, CLOSE, PING, TEXT, build_frame, close_payload
-from relay._legs import Leg
+from relay._frames import BINARY, CLOSE, PING, PONG, TEXT, build_frame, close_payload
+from relay._legs import CONTROL_BURST, FRAMES_PER_TURN, Leg
 from relay.config import FlowSettings
 from relay.upstream import open_upstream
 from tests.helpers.timing import SECOND
@@ -259,3 +259,73 @@ async def test_a_peer_that_stops_reading_makes_the_leg_unwritable() -> None:
 def test_frames_sent_by_client_parses_a_masked_close() -> None:
     data = build_frame(CLOSE, close_payload(1000, "x"), mask=True)
     assert close_of(frames_sent_by_client(data)) == Close(1000, "x")
+
+
+async def test_a_ping_flood_is_closed_with_1008_after_the_budget() -> None:
+    """A peer over the control-frame budget gets 1008; the pongs it got are bounded by the burst."""
+    script = build_frame(PING, b"", mask=False) * 5000
+    async with scripted(script) as peer:
+        leg = await open_leg(peer.url)
+        recorder = Recorder()
+        recorder.attach(leg)
+        async with asyncio.timeout(2 * SECOND):
+            assert await leg.done == 1008
+            sent = frames_sent_by_client(await peer.received)
+        pongs = [frame for frame in sent if frame.opcode is Opcode.PONG]
+        assert CONTROL_BURST <= len(pongs) <= CONTROL_BURST + 1
+        assert close_of(sent).code == 1008
+        assert recorder.closed == [(1008, "control frames over budget")]
+
+
+async def test_pongs_and_pings_within_the_budget_are_fine() -> None:
+    """A burst just under the budget is answered, and the connection stays open."""
+    script = build_frame(PING, b"p", mask=False) * (CONTROL_BURST - 8)
+    script += build_frame(PONG, b"heartbeat", mask=False) * 4
+    script += build_frame(TEXT, b"after", mask=False)
+    async with scripted(script) as peer:
+        leg = await open_leg(peer.url)
+        arrived: asyncio.Future[str | bytes] = (
+            asyncio.get_running_loop().create_future()
+        )
+        leg.attach(
+            lambda data, raw, size: arrived.set_result(data),
+            lambda code, reason: None,
+            lambda: None,
+        )
+        async with asyncio.timeout(2 * SECOND):
+            assert await arrived == "after"
+        assert not leg.finished
+        leg.close(1000, "done")
+        async with asyncio.timeout(2 * SECOND):
+            await leg.done
+            sent = frames_sent_by_client(await peer.received)
+        assert sum(frame.opcode is Opcode.PONG for frame in sent) == CONTROL_BURST - 8
+
+
+async def test_many_frames_in_one_read_are_handled_over_several_turns() -> None:
+    """Fair scheduling: 2,000 tiny messages in one read do not hold the loop in one callback."""
+    count = 2000
+    script = b"".join(build_frame(TEXT, b"%d" % n, mask=False) for n in range(count))
+    turns = -1  # messages handed over by attach() itself
+    turn_of_message: list[int] = []
+    async with scripted(script) as peer:
+        leg = await open_leg(peer.url)
+        leg.attach(
+            lambda data, raw, size: turn_of_message.append(turns),
+            lambda code, reason: None,
+            lambda: None,
+        )
+        turns = 0
+        # Count turns of the loop until every message is in (bounded).
+        async with asyncio.timeout(5 * SECOND):
+            for _ in range(1_000_000):
+                if len(turn_of_message) >= count:
+                    break
+                await asyncio.sleep(0)
+                turns += 1
+        assert len(turn_of_message) == count
+        per_turn = max(turn_of_message.count(t) for t in set(turn_of_message))
+        assert per_turn <= FRAMES_PER_TURN
+        leg.close(1000, "done")
+        async with asyncio.timeout(2 * SECOND):
+            await leg.done
