@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.helpers.timing import SECOND
 
@@ -27,6 +29,40 @@ class RelayProcess:
     port: int = 0
     metrics_port: int = 0
     output: list[bytes] = field(default_factory=list)
+    """Lines of stderr so far (read by a task: what the relay just did may not be in yet)."""
+    printed: asyncio.Condition = field(default_factory=asyncio.Condition, repr=False)
+    """Notified after each line added to :attr:`output`."""
+
+    async def logged(
+        self, event: str, count: int, *, within: float = 10 * SECOND
+    ) -> list[dict[str, Any]]:
+        """Every JSON log line of ``event``, once at least ``count`` were printed.
+
+        The relay logs after it acts (``session.end`` once both legs are
+        closed), so a test that saw the act waits for the line here.
+
+        Raises:
+            TimeoutError: fewer than ``count`` were printed ``within`` seconds.
+        """
+
+        def lines() -> list[dict[str, Any]]:
+            found = []
+            for line in self.output:
+                with suppress(ValueError):
+                    record = json.loads(line)
+                    if isinstance(record, dict) and record.get("event") == event:
+                        found.append(record)
+            return found
+
+        async with asyncio.timeout(within), self.printed:
+            await self.printed.wait_for(lambda: len(lines()) >= count)
+        return lines()
+
+    async def add_output(self, line: bytes) -> None:
+        """Record ``line``; wake :meth:`logged`."""
+        async with self.printed:
+            self.output.append(line)
+            self.printed.notify_all()
 
     def kill(self) -> None:
         """SIGKILL: no drain, no cleanup, as a crashed node."""
@@ -74,7 +110,7 @@ async def relay_process(
     async def drain() -> None:
         # Keep reading so a full pipe never blocks the relay's logging.
         while line := await stream.readline():
-            relay.output.append(line)
+            await relay.add_output(line)
 
     try:
         async with asyncio.timeout(20 * SECOND):
