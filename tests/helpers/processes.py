@@ -32,6 +32,8 @@ class RelayProcess:
     """Lines of stderr so far (read by a task: what the relay just did may not be in yet)."""
     printed: asyncio.Condition = field(default_factory=asyncio.Condition, repr=False)
     """Notified after each line added to :attr:`output`."""
+    output_ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    """Set once :attr:`output` holds everything the process printed."""
 
     async def logged(
         self, event: str, count: int, *, within: float = 10 * SECOND
@@ -69,11 +71,17 @@ class RelayProcess:
         self.process.kill()
 
     async def stop(self) -> int:
-        """SIGTERM, then wait (bounded); the exit status."""
+        """SIGTERM, then wait (bounded); the exit status.
+
+        Once it returns, :attr:`output` holds every line the process printed.
+        """
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20 * SECOND):
-            return await self.process.wait()
+            status = await self.process.wait()
+            # The pipe is closed, but lines may still be on their way to output.
+            await self.output_ended.wait()
+        return status
 
 
 @asynccontextmanager
@@ -111,6 +119,7 @@ async def relay_process(
         # Keep reading so a full pipe never blocks the relay's logging.
         while line := await stream.readline():
             await relay.add_output(line)
+        relay.output_ended.set()
 
     try:
         async with asyncio.timeout(20 * SECOND):
