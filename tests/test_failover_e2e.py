@@ -233,13 +233,16 @@ class TestBreaker:
 
     async def test_retry_after_holds_the_upstream(self) -> None:
         """A 429's Retry-After: no attempt there until it passes, then it is used again."""
+        retry_after = 1
         async with pool_stack(failover=FAST) as stack:
-            stack.simulators[0].faults.refuse(429, headers={"Retry-After": "1"})
+            stack.simulators[0].faults.refuse(
+                429, headers={"Retry-After": str(retry_after)}
+            )
             await start_session(stack)
             assert stack.breaker(0) == 2
             await start_session(stack)
             assert stack.attempts(0) == [429]
-            await let_time_pass(1.0)
+            await let_time_pass(retry_after)
             assert stack.breaker(0) == 0
             await start_session(stack)
             assert stack.attempts(0) == [429, 101]
