@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 from relay.config import FailoverSettings, LimitsSettings
 from tests.helpers.clients import connect_relay, events_until, receive_event
 from tests.helpers.pools import PoolStack, closed_port_url, pool_stack, upstream_name
-from tests.helpers.timing import SECOND
+from tests.helpers.timing import SECOND, within
 
 
 FAST = FailoverSettings(failures_to_open=3, cooldown_seconds=60.0)
@@ -110,11 +110,17 @@ class TestFailover:
 
     async def test_a_slow_upstream_times_out_and_fails_over(self) -> None:
         """Each attempt is bounded by connect_timeout; the next upstream still fits."""
-        async with pool_stack(connect_timeout=0.3 * SECOND) as stack:
+        # Scaled: a healthy upstream's handshake must fit in it, however busy
+        # the machine.
+        connect_timeout = 0.3 * SECOND
+        async with pool_stack(connect_timeout=connect_timeout) as stack:
             stack.simulators[0].faults.handshake_delay = 5 * SECOND
             started = time.monotonic()
             await start_session(stack)
-            assert time.monotonic() - started < 2 * SECOND
+            # Two attempts, each bounded by connect_timeout: the first cut at
+            # it, the second done well within it.
+            took = time.monotonic() - started
+            assert connect_timeout <= took < within(2 * connect_timeout)
             assert stack.connects(0, "timeout") == 1
             assert stack.connects(1, "ok") == 1
             stack.simulators[0].faults.handshake_delay = 0
@@ -122,16 +128,16 @@ class TestFailover:
 
     async def test_the_handshake_budget_bounds_all_attempts(self) -> None:
         """Two slow upstreams: 504 within handshake_timeout; the cut attempt is abandoned."""
-        async with pool_stack(
-            connect_timeout=0.8 * SECOND,
-            limits=LimitsSettings(handshake_timeout=1.0 * SECOND),
-        ) as stack:
+        limits = LimitsSettings(handshake_timeout=1.0 * SECOND)
+        async with pool_stack(connect_timeout=0.8 * SECOND, limits=limits) as stack:
             for simulator in stack.simulators:
                 simulator.faults.handshake_delay = 5 * SECOND
             started = time.monotonic()
             error = await refused(stack.ga_url())
             assert error.response.status_code == 504
-            assert time.monotonic() - started < 2 * SECOND
+            took = time.monotonic() - started
+            budget = limits.handshake_timeout
+            assert budget <= took < within(budget)
             assert stack.connects(0, "timeout") == 1
             assert stack.connects(1, "abandoned") == 1
             assert stack.breaker(1) == 0
@@ -227,13 +233,16 @@ class TestBreaker:
 
     async def test_retry_after_holds_the_upstream(self) -> None:
         """A 429's Retry-After: no attempt there until it passes, then it is used again."""
+        retry_after = 1
         async with pool_stack(failover=FAST) as stack:
-            stack.simulators[0].faults.refuse(429, headers={"Retry-After": "1"})
+            stack.simulators[0].faults.refuse(
+                429, headers={"Retry-After": str(retry_after)}
+            )
             await start_session(stack)
             assert stack.breaker(0) == 2
             await start_session(stack)
             assert stack.attempts(0) == [429]
-            await let_time_pass(1.0)
+            await let_time_pass(retry_after)
             assert stack.breaker(0) == 0
             await start_session(stack)
             assert stack.attempts(0) == [429, 101]

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from tests.helpers.fault_proxy import FaultProxy
-from tests.helpers.timing import SECOND
+from tests.helpers.timing import SECOND, within
 
 
 class EchoServer:
@@ -238,58 +238,75 @@ class TestPassThrough:
 class TestLatency:
     async def test_latency_delays_each_direction(self) -> None:
         """200 ms each way makes a round trip take 400 ms, not much more."""
+        latency = 0.2
         async with proxied_echo() as (proxy, _):
             async with connection(proxy.port) as (reader, writer):
-                assert await round_trip(reader, writer, b"fast") < 0.1 * SECOND
-                proxy.latency(0.2)
+                # No toxic: the proxy adds nothing (loopback work: the margin).
+                fast = await round_trip(reader, writer, b"fast")
+                assert fast < within(0, 0.1 * SECOND)
+                proxy.latency(latency)
                 took = await round_trip(reader, writer, b"slow")
-            assert 0.4 <= took < 0.4 + 0.2 * SECOND
+            # The margin stays below the latency: applied twice a way fails.
+            assert 2 * latency <= took < within(2 * latency, 0.2 * SECOND)
 
     async def test_latency_is_pipelined(self) -> None:
         """Ten chunks sent 20 ms apart under 300 ms latency all arrive in about 500 ms."""
+        latency, gap, count = 0.3, 0.02, 10
         async with proxied_echo() as (proxy, _):
-            proxy.latency(0.3, direction="downstream")
+            proxy.latency(latency, direction="downstream")
             async with connection(proxy.port) as (reader, writer):
                 started = time.monotonic()
-                for index in range(10):
+                for index in range(count):
                     writer.write(b"%02d" % index)
                     await writer.drain()
                     with pytest.raises(TimeoutError):
-                        async with asyncio.timeout(0.02):
-                            await reader.read(1)  # nothing back within 20 ms
-                async with asyncio.timeout(2 * SECOND):
-                    echoed = await reader.readexactly(20)
+                        async with asyncio.timeout(gap):
+                            await reader.read(1)  # nothing back within the gap
+                async with asyncio.timeout(within(latency, 2 * SECOND)):
+                    echoed = await reader.readexactly(2 * count)
                 took = time.monotonic() - started
-            assert echoed == b"".join(b"%02d" % index for index in range(10))
-            assert 0.3 + 9 * 0.02 <= took < 0.3 + 10 * 0.02 + 0.2 * SECOND
+            assert echoed == b"".join(b"%02d" % index for index in range(count))
+            # The last chunk left at least (count - 1) gaps in; serialised
+            # latencies would take count * latency (3 s), far above the margin.
+            assert latency + (count - 1) * gap <= took < within(latency + count * gap)
 
     async def test_jitter_stays_within_its_bounds(self) -> None:
         """Latency 200 ms ± 100 ms: every round trip takes 100-300 ms."""
+        latency, jitter = 0.2, 0.1
         async with proxied_echo() as (proxy, _):
-            proxy.latency(0.2, jitter=0.1, direction="upstream")
+            proxy.latency(latency, jitter=jitter, direction="upstream")
             async with connection(proxy.port) as (reader, writer):
                 took = [await round_trip(reader, writer, b"x") for _ in range(5)]
-            assert all(0.1 <= each < 0.3 + 0.1 * SECOND for each in took)
+            # The margin stays below the jitter: twice as wide a jitter fails.
+            assert all(
+                latency - jitter <= each < within(latency + jitter, 0.1 * SECOND)
+                for each in took
+            ), took
             assert max(took) - min(took) > 0.01  # it does vary
 
 
 class TestBandwidth:
     async def test_bandwidth_caps_the_rate(self) -> None:
         """20 KB at 40 KB/s downstream takes about half a second."""
+        rate, size = 40_000, 20_000
         async with proxied_echo() as (proxy, _):
-            proxy.bandwidth(40_000, direction="downstream")
+            proxy.bandwidth(rate, direction="downstream")
             async with connection(proxy.port) as (reader, writer):
-                took = await round_trip(reader, writer, bytes(20_000))
-            assert 0.45 <= took < 0.5 + 0.3 * SECOND
+                took = await round_trip(reader, writer, bytes(size))
+            # The margin stays below size / rate: half the rate fails.
+            assert size / rate <= took < within(size / rate, 0.3 * SECOND)
 
     async def test_lifting_the_cap_restores_the_speed(self) -> None:
         """After clear(), the same transfer is fast again."""
+        rate = 40_000
         async with proxied_echo() as (proxy, _):
-            proxy.bandwidth(40_000)
+            proxy.bandwidth(rate)
             async with connection(proxy.port) as (reader, writer):
-                assert await round_trip(reader, writer, bytes(4000)) >= 0.1
+                assert await round_trip(reader, writer, bytes(4000)) >= 4000 / rate
                 proxy.clear()
-                assert await round_trip(reader, writer, bytes(20_000)) < 0.1 * SECOND
+                # Still capped, it would take at least size / rate: 0.5 s.
+                took = await round_trip(reader, writer, bytes(20_000))
+                assert took < 20_000 / rate
 
 
 class TestBlackhole:

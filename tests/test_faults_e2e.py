@@ -27,16 +27,26 @@ from tests.helpers.clients import (
 )
 from tests.helpers.fault_proxy import Directions, FaultProxy, RefuseMode
 from tests.helpers.servers import CLIENT_KEY, Stack, relay_stack
-from tests.helpers.timing import SECOND
+from tests.helpers.timing import SECOND, within
 
 
 SPEECH = speech_like_pcm16(1.0, leading_silence=0.2) + silence_pcm16(0.8)
 # Keepalive short enough to test: a dead leg is detected within 2 s.
 FAST_KEEPALIVE = FlowSettings(ping_interval=1.0, ping_timeout=1.0, close_timeout=1.0)
-# A peer that stops answering is dropped at once when its pong is overdue, on
-# either leg: no close frame could reach it, so none is waited for.
-REAP_CLIENT_WITHIN = 1.0 + 1.0 + 0.5 * SECOND  # ping_interval + ping_timeout + margin
-REAP_UPSTREAM_WITHIN = REAP_CLIENT_WITHIN
+
+
+def reaped_within(flow: FlowSettings) -> float:
+    """The relay's promise: a peer that stops answering is dropped within this.
+
+    Its next ping is due ``ping_interval`` after the last pong at the latest,
+    and the peer is dropped at once when that pong is ``ping_timeout`` overdue,
+    on either leg: no close frame could reach it, so none is waited for.
+    """
+    assert flow.ping_interval is not None
+    assert flow.ping_timeout is not None
+    return flow.ping_interval + flow.ping_timeout
+
+
 # Paced audio deltas (about 7 per response): a response streams for ~0.7 s.
 PACED: dict[str, Any] = {"audio_pace": 0.1}
 
@@ -99,8 +109,9 @@ class TestUpstreamCrash:
                 await speak(ws)
                 started = time.monotonic()
                 assert await closed_with(ws, within=2 * SECOND) == 1014
-                # VAD, the response's start and the reset all fit in a second.
-                assert time.monotonic() - started < 1 * SECOND
+                # The relay passes the reset on at once; the simulator's VAD
+                # and the response's start are the margin.
+                assert time.monotonic() - started < within(0)
             await stack.settle()
             await proxy.wait_idle()
 
@@ -113,8 +124,8 @@ class TestUpstreamCrash:
                 await events_until(ws, "response.audio.delta")
                 proxy.reset_peer(direction="downstream")  # the relay gets the RST
                 started = time.monotonic()
-                assert await closed_with(ws, within=1 * SECOND) == 1014
-                assert time.monotonic() - started < 1 * SECOND
+                assert await closed_with(ws, within=within(0)) == 1014
+                assert time.monotonic() - started < within(0)  # at once
             await stack.settle()
             assert stack.relay.app.endpoint.connections == 0
 
@@ -127,9 +138,10 @@ class TestUpstreamBlackhole:
                 assert (await receive_event(ws))["type"] == "session.created"
                 proxy.blackhole()
                 started = time.monotonic()
-                assert await closed_with(ws, within=REAP_UPSTREAM_WITHIN + 1) == 1014
-                assert time.monotonic() - started < REAP_UPSTREAM_WITHIN
-            async with asyncio.timeout(1 * SECOND):
+                reaped = reaped_within(FAST_KEEPALIVE)
+                assert await closed_with(ws, within=within(reaped, 2 * SECOND)) == 1014
+                assert time.monotonic() - started < within(reaped)
+            async with asyncio.timeout(within(0)):  # at once
                 await stack.relay.app.endpoint.wait_connections(0)
             proxy.clear()  # let the simulator see the end of its connection
             await stack.settle()
@@ -147,9 +159,10 @@ class TestClientHalfOpen:
                 assert (await receive_event(ws))["type"] == "session.created"
                 proxy.blackhole()
                 started = time.monotonic()
-                await stack.simulator.wait_idle(timeout=REAP_CLIENT_WITHIN + 1)
-                assert time.monotonic() - started < REAP_CLIENT_WITHIN
-                async with asyncio.timeout(1 * SECOND):
+                reaped = reaped_within(FAST_KEEPALIVE)
+                await stack.simulator.wait_idle(timeout=within(reaped, 2 * SECOND))
+                assert time.monotonic() - started < within(reaped)
+                async with asyncio.timeout(within(0)):  # at once
                     await stack.relay.app.endpoint.wait_connections(0)
                 proxy.clear()
             await stack.settle()
@@ -179,14 +192,18 @@ class TestClientHalfOpen:
                 assert stack.simulator.stats.connections_active == 1
                 started = time.monotonic()
                 # From here on, nothing is read: pings pile up unanswered.
-                await stack.simulator.wait_idle(timeout=REAP_CLIENT_WITHIN + 1)
-                assert time.monotonic() - started < REAP_CLIENT_WITHIN
+                reaped = reaped_within(FAST_KEEPALIVE)
+                await stack.simulator.wait_idle(timeout=within(reaped, 2 * SECOND))
+                assert time.monotonic() - started < within(reaped)
             finally:
                 writer.transport.abort()
             await stack.settle()
 
 
 class TestSlowUpstream:
+    LATENCY = 0.5
+    BANDWIDTH = 64 * 1024
+
     async def test_turn_completes_at_500_ms_and_64_kb_per_s(self) -> None:
         """A spoken turn completes over a slow link and /livez stays fast meanwhile."""
         async with (
@@ -194,8 +211,8 @@ class TestSlowUpstream:
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.relay.port}") as http,
         ):
             assert (await http.get("/livez")).status_code == 200  # warm the client
-            proxy.latency(0.5)
-            proxy.bandwidth(64 * 1024)
+            proxy.latency(self.LATENCY)
+            proxy.bandwidth(self.BANDWIDTH)
             done = asyncio.Event()
             probes: list[float] = []
 
@@ -230,10 +247,15 @@ class TestSlowUpstream:
             events = turn.result()
             assert audio_bytes(events) >= 24_000
             assert events[-1]["response"]["status"] == "completed"
-            # The toxics applied: 129 KB of appended audio alone needs 2 s at 64 KiB/s.
-            assert took > 2.0
+            # The toxics applied: the appended audio alone (base64) needs about
+            # 2 s at 64 KiB/s, after the link's latency. A lower bound: a busy
+            # machine only adds to it.
+            assert took >= self.LATENCY + len(SPEECH) * 4 / 3 / self.BANDWIDTH
             assert len(probes) >= 20
-            assert max(probes) < 0.1 * SECOND, sorted(probes)[-5:]
+            # The relay promises no latency for /livez. What the test is after
+            # is isolation: a probe that waited on anything crossing the slow
+            # link (or on a loop blocked as long) would take at least its latency.
+            assert max(probes) < self.LATENCY, sorted(probes)[-5:]
             await stack.settle()
             await proxy.wait_idle()
 
@@ -266,19 +288,22 @@ class TestRefusals:
                 async with connect_relay(stack.preview_url()):
                     pass
             assert info.value.response.status_code == 502
-            assert time.monotonic() - started < 1 * SECOND
+            # At once: not after the (default, 5 s) connect_timeout.
+            assert time.monotonic() - started < within(0)
             await stack.settle()
 
     async def test_a_blackholed_handshake_is_504_within_connect_timeout(self) -> None:
         """An upstream that accepts TCP but never answers: 504 once connect_timeout passes."""
-        async with proxied_upstream(connect_timeout=0.5) as (stack, proxy):
+        connect_timeout = 0.5
+        async with proxied_upstream(connect_timeout=connect_timeout) as (stack, proxy):
             proxy.blackhole()
             started = time.monotonic()
             with pytest.raises(InvalidStatus) as info:
                 async with connect_relay(stack.preview_url()):
                     pass
             assert info.value.response.status_code == 504
-            assert time.monotonic() - started < 0.5 + 0.5 * SECOND
+            took = time.monotonic() - started
+            assert connect_timeout <= took < within(connect_timeout)
             proxy.clear()
             await stack.settle()
             await proxy.wait_idle()
@@ -349,13 +374,13 @@ class TestVanishingClient:
                 await speak(survivor)
                 streamed = await events_until(survivor, "response.audio.delta")
                 proxy.reset_peer(direction="upstream")  # the relay gets the RST
-                async with asyncio.timeout(1 * SECOND):
+                async with asyncio.timeout(within(0)):  # at once
                     await stack.relay.app.endpoint.wait_connections(at_most=1)
                 streamed += await events_until(survivor, "response.done")
                 assert streamed[-1]["response"]["status"] == "completed"
                 assert audio_bytes(streamed) >= 24_000
                 # The proxy closed the victim's side without a close frame.
-                assert await closed_with(victim, within=1 * SECOND) == 1006
+                assert await closed_with(victim, within=within(0)) == 1006
             await stack.settle()
             assert (
                 stack.simulator.stats.connections_opened

@@ -32,7 +32,7 @@ from tests.helpers.jwks_server import (
     rsa_key,
     serve_jwks,
 )
-from tests.helpers.timing import SECOND
+from tests.helpers.timing import SECOND, within
 
 
 @pytest.fixture(name="rsa", scope="module")
@@ -97,9 +97,22 @@ async def refusal(verifier: JwtVerifier, token: str) -> str:
 
 
 async def timed(coro: Coroutine[Any, Any, str]) -> tuple[str, float]:
+    """``coro``'s result, and the wall time it took."""
     started = time.perf_counter()
     result = await coro
     return result, time.perf_counter() - started
+
+
+async def cpu_timed(coro: Coroutine[Any, Any, str]) -> tuple[str, float]:
+    """``coro``'s result, and the CPU time this thread spent meanwhile.
+
+    Not wall time: another process on a busy machine delays the test, it does
+    not make the relay's work any longer. (Other tasks of this event loop that
+    run while ``coro`` waits count too: an overestimate.)
+    """
+    started = time.thread_time()
+    result = await coro
+    return result, time.thread_time() - started
 
 
 def jwks_tasks() -> list[asyncio.Task[Any]]:
@@ -160,7 +173,8 @@ class TestValidTokens:
     ) -> None:
         """With the key set cached, verifying needs no request, even if one would hang."""
         server.hold()
-        async with asyncio.timeout(1 * SECOND):
+        # At once: a wait on the held request would take jwks_timeout (5 s).
+        async with asyncio.timeout(within(0)):
             for _ in range(20):
                 assert await verifier.verify(make_token(rsa, now=clock.now)) == CLIENT
         assert server.requests == 1
@@ -336,9 +350,11 @@ class TestRefusedSignatures:
             forge_token({"alg": "RS256", "kid": "rsa-1"}, b"x").replace("e", "\x00"),
         ]
         for token in junk:
-            reason, elapsed = await timed(refusal(verifier, token))
+            # The relay promises no figure: what the test is after is that junk
+            # costs no real work (and no wait), whatever its size.
+            reason, cpu = await cpu_timed(refusal(verifier, token))
             assert reason == "malformed"
-            assert elapsed < 0.1 * SECOND
+            assert cpu < 0.1 * SECOND
 
 
 class TestKeySet:
@@ -458,8 +474,9 @@ class TestRefetchLimits:
         async with asyncio.TaskGroup() as group:
             refused = [group.create_task(refusal(verifier, t)) for t in attacks]
             await server.wait_requests(2)
-            # The refetch hangs at the server; a known kid verifies regardless.
-            async with asyncio.timeout(0.5 * SECOND):
+            # The refetch hangs at the server; a known kid verifies regardless,
+            # at once (waiting on the fetch would take jwks_timeout: 5 s).
+            async with asyncio.timeout(within(0)):
                 token = make_token(rsa, now=clock.now)
                 assert await verifier.verify(token) == CLIENT
             assert not any(task.done() for task in refused)
@@ -467,7 +484,7 @@ class TestRefetchLimits:
         assert {task.result() for task in refused} == {"unknown_kid"}
         assert server.requests == 2
         # Within the interval, more random kids are refused at once.
-        async with asyncio.timeout(1 * SECOND):
+        async with asyncio.timeout(within(0)):
             reasons = {await refusal(verifier, t) for t in attacks}
         assert reasons == {"unknown_kid"}
         assert server.requests == 2
@@ -482,7 +499,8 @@ class TestRefetchLimits:
             refusal(verifier, make_token(stranger, now=clock.now))
         )
         assert reason == "unknown_kid"
-        assert elapsed < 0.1 * SECOND
+        # At once: waiting on the held fetch would take jwks_timeout (5 s).
+        assert elapsed < within(0)
         assert server.requests == 1
 
     async def test_each_interval_allows_one_more_fetch(
@@ -584,14 +602,19 @@ class TestOutage:
     ) -> None:
         """No key set and no answer: start() returns at once, verify() within the timeout."""
         server.hold()
+        settings = jwt_settings(server.url, jwks_timeout=0.2)
+        # Margins below jwks_timeout: waiting for a second fetch would fail.
+        margin = 0.2 * SECOND
         with capture_logs() as logs:
-            async with asyncio.timeout(0.5 * SECOND):
-                async with running(server.url, settle=False, jwks_timeout=0.2) as v:
+            async with asyncio.timeout(within(settings.jwks_timeout, 1.5 * margin)):
+                async with running(
+                    server.url, settle=False, jwks_timeout=settings.jwks_timeout
+                ) as v:
                     reason, elapsed = await timed(refusal(v, make_token(rsa)))
                     await v.settled()
                     assert not v.status().last_fetch_ok
         assert reason == "jwks_unavailable"
-        assert elapsed < 0.2 + 0.2 * SECOND
+        assert elapsed < within(settings.jwks_timeout, margin)
         failed = [e for e in logs if e["event"] == "jwt.jwks_fetch_failed"]
         assert [e["error"] for e in failed] == ["TimeoutError"]
 
@@ -603,7 +626,7 @@ class TestOutage:
         async with running(server.url, settle=False) as verifier:
             reason, elapsed = await timed(refusal(verifier, make_token(rsa)))
             assert reason == "jwks_unavailable"
-            assert elapsed < 1 * SECOND
+            assert elapsed < within(0)  # the fetch fails at once
             # Within the interval no further fetch is tried.
             assert await refusal(verifier, make_token(rsa)) == "jwks_unavailable"
         assert server.requests == 1
@@ -619,7 +642,7 @@ class TestOutage:
         async with running(url, settle=False) as verifier:
             reason, elapsed = await timed(refusal(verifier, make_token(rsa)))
         assert reason == "jwks_unavailable"
-        assert elapsed < 1 * SECOND
+        assert elapsed < within(0)  # the fetch fails at once
 
     async def test_first_verifications_share_the_first_fetch(
         self, server: JwksServer, rsa: SigningKey
@@ -654,7 +677,7 @@ class TestLifecycle:
         async with asyncio.TaskGroup() as group:
             waiting = group.create_task(refusal(verifier, stranger))
             await server.wait_requests(2)
-            async with asyncio.timeout(1 * SECOND):
+            async with asyncio.timeout(within(0)):  # at once: not the fetch's timeout
                 await verifier.close()
                 await verifier.close()
         assert waiting.result() == "unknown_kid"

@@ -26,7 +26,7 @@ from tests.helpers.jwks_server import (
     serve_jwks,
 )
 from tests.helpers.servers import Stack, relay_stack
-from tests.helpers.timing import SECOND
+from tests.helpers.timing import SECOND, within
 
 
 KEY = rsa_key("rsa-1")
@@ -110,12 +110,14 @@ async def test_random_kid_flood_does_not_hammer_the_jwks_url() -> None:
         relay_stack(jwt=jwt_settings(server.url, jwks_refetch_interval=60)) as stack,
     ):
         good = make_token(KEY, azp="app-a")
+        started = time.monotonic()
         async with connect_relay(
             stack.preview_url(),
             key=None,
             headers=[("Authorization", f"Bearer {good}")],
         ) as ws:
             await receive_event(ws)
+        before_the_flood = time.monotonic() - started
         baseline = server.requests
 
         async def attempt() -> int:
@@ -141,7 +143,10 @@ async def test_random_kid_flood_does_not_hammer_the_jwks_url() -> None:
             headers=[("Authorization", f"Bearer {good}")],
         ) as ws:
             await receive_event(ws)
-        assert time.monotonic() - started < 1 * SECOND
+        # The relay promises no session-start latency: "not slowed" is against
+        # the same session started before the flood, on the same machine. A
+        # valid token waiting on a refetch would take jwks_timeout (5 s) more.
+        assert time.monotonic() - started < within(before_the_flood)
 
 
 async def test_jwks_down_keeps_cached_keys_working() -> None:

@@ -22,7 +22,7 @@ from relay._frames import BINARY, CLOSE, PING, PONG, TEXT, build_frame, close_pa
 from relay._legs import CONTROL_BURST, FRAMES_PER_TURN, Leg
 from relay.config import FlowSettings
 from relay.upstream import open_upstream
-from tests.helpers.timing import SECOND
+from tests.helpers.timing import SECOND, within
 from tests.test_upstream import switching
 
 
@@ -102,10 +102,15 @@ def frames_sent_by_client(data: bytes) -> list[Frame]:
             return parsed
 
 
-async def open_leg(url: str, **flow: float | None) -> Leg:
-    settings = FlowSettings(
-        **{"ping_interval": None, "ping_timeout": None, "close_timeout": 0.5, **flow}  # type: ignore[arg-type]
+def leg_flow(**changes: float | None) -> FlowSettings:
+    """Flow settings for a leg under test: no keepalive unless asked for."""
+    return FlowSettings(
+        **{"ping_interval": None, "ping_timeout": None, "close_timeout": 0.5, **changes}  # type: ignore[arg-type]
     )
+
+
+async def open_leg(url: str, settings: FlowSettings | None = None) -> Leg:
+    settings = leg_flow() if settings is None else settings
     connection = await open_upstream(
         url, [], connect_timeout=2 * SECOND, max_message_bytes=4096, flow=settings
     )
@@ -141,16 +146,19 @@ async def test_messages_before_attach_wait_in_order_with_reading_paused() -> Non
 async def test_a_peer_that_never_answers_our_close_is_dropped_after_close_timeout() -> (
     None
 ):
+    flow = leg_flow(close_timeout=0.3)
     async with scripted(b"") as peer:
-        leg = await open_leg(peer.url, close_timeout=0.3)
+        leg = await open_leg(peer.url, flow)
         recorder = Recorder()
         recorder.attach(leg)
         loop = asyncio.get_running_loop()
         started = loop.time()
         leg.close(4002, "stalled")
-        async with asyncio.timeout(2 * SECOND):
+        async with asyncio.timeout(within(flow.close_timeout, 2 * SECOND)):
             assert await leg.done == 1006
-        assert 0.25 <= loop.time() - started < 0.3 + 0.5 * SECOND
+        # The timer starts in close(): not before close_timeout, exactly.
+        took = loop.time() - started
+        assert flow.close_timeout <= took < within(flow.close_timeout, 0.5 * SECOND)
         assert close_of(frames_sent_by_client(await peer.received)) == Close(
             4002, "stalled"
         )
@@ -208,14 +216,19 @@ async def test_pings_are_answered_with_their_payload() -> None:
 
 
 async def test_keepalive_drops_a_silent_peer() -> None:
+    flow = leg_flow(ping_interval=0.2, ping_timeout=0.2)
+    assert flow.ping_interval is not None
+    assert flow.ping_timeout is not None
+    promised = flow.ping_interval + flow.ping_timeout
     async with scripted(b"", read=False) as peer:
-        leg = await open_leg(peer.url, ping_interval=0.2, ping_timeout=0.2)
-        Recorder().attach(leg)
         loop = asyncio.get_running_loop()
+        # Read before the leg exists: its first ping is due ping_interval later.
         started = loop.time()
-        async with asyncio.timeout(3 * SECOND):
+        leg = await open_leg(peer.url, flow)
+        Recorder().attach(leg)
+        async with asyncio.timeout(within(promised, 2 * SECOND)):
             assert await leg.done == 1006
-        assert loop.time() - started >= 0.35
+        assert promised <= loop.time() - started < within(promised)
 
 
 async def test_keepalive_keeps_an_answering_peer() -> None:
@@ -223,14 +236,19 @@ async def test_keepalive_keeps_an_answering_peer() -> None:
         with contextlib.suppress(ConnectionClosed):
             await ws.wait_closed()
 
+    # The peer's pongs must come within ping_timeout, however busy the
+    # machine: that is the margin, so it is scaled.
+    flow = leg_flow(ping_interval=0.05, ping_timeout=0.5 * SECOND)
+    assert flow.ping_interval is not None
+    assert flow.ping_timeout is not None
     async with serve(idle, "127.0.0.1", 0, compression=None) as server:
         # websockets 15 types `sockets` as an Iterable, 17 as a tuple.
         port = next(iter(server.sockets)).getsockname()[1]
-        leg = await open_leg(
-            f"ws://127.0.0.1:{port}/", ping_interval=0.05, ping_timeout=0.5
-        )
+        leg = await open_leg(f"ws://127.0.0.1:{port}/", flow)
         Recorder().attach(leg)
-        await asyncio.sleep(0.5)  # ten keepalive rounds elapse; nothing is waited on
+        # Observe for longer than a leg that ignored the pongs would last (its
+        # first ping_interval + ping_timeout), twice over; nothing is waited on.
+        await asyncio.sleep(2 * (flow.ping_interval + flow.ping_timeout))
         assert not leg.finished
         leg.close(1000, "")
         async with asyncio.timeout(2 * SECOND):

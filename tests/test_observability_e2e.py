@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import shutil
+import time
 from collections import Counter
 from typing import Any
 
@@ -134,7 +135,9 @@ async def test_token_and_audio_accounting_is_exact() -> None:
 async def test_realtime_series_move() -> None:
     """Events by type, close codes per leg and first-audio latency are recorded."""
     async with relay_stack() as stack:
+        started = time.monotonic()
         await spoken_turn(stack)
+        session = time.monotonic() - started
         await stack.settle()
         metrics = samples(await scrape_text(stack))
     assert value(
@@ -164,7 +167,10 @@ async def test_realtime_series_move() -> None:
     assert value(metrics, "relay_close_codes_total", side="client", code="1000") == 1
     assert value(metrics, "relay_close_codes_total", side="upstream", code="1000") == 1
     assert value(metrics, "relay_first_audio_seconds_count") == 2
-    assert value(metrics, "relay_first_audio_seconds_sum") < 1.0
+    # The latency depends on the simulator and the machine, and the relay
+    # promises no figure; but the two waits it measures happen one after the
+    # other within the session, however slow: in seconds, they fit in it.
+    assert value(metrics, "relay_first_audio_seconds_sum") < session
 
 
 async def test_promtool_accepts_the_live_exposition() -> None:

@@ -23,7 +23,7 @@ from tests.helpers.servers import (
     Stack,
     relay_stack,
 )
-from tests.helpers.timing import SECOND
+from tests.helpers.timing import SECOND, within
 
 
 KEY_A, KEY_B, KEY_C = "key-of-app-a", "key-of-app-b", "key-of-app-c"
@@ -257,7 +257,9 @@ async def test_a_policy_the_upstream_refuses_fails_the_session_clearly() -> None
         error = await receive_event(ws)
         assert error["type"] == "error"
         assert error["error"]["code"] == "policy_not_applied"
-        async with asyncio.timeout(2 * SECOND):
+        # The close follows the error at once; its handshake is bounded by
+        # close_timeout.
+        async with asyncio.timeout(within(stack.settings.flow.close_timeout)):
             await ws.wait_closed()
         assert ws.close_code == 1011
     await stack.settle()
@@ -265,13 +267,16 @@ async def test_a_policy_the_upstream_refuses_fails_the_session_clearly() -> None
 
 async def test_an_upstream_that_never_confirms_is_bounded() -> None:
     """No session.updated within limits.policy_timeout: error event and close 1011."""
-    async with policy_stack(limits=LimitsSettings(policy_timeout=0.3)) as stack:
+    limits = LimitsSettings(policy_timeout=0.3)
+    async with policy_stack(limits=limits) as stack:
         stack.simulator.faults.stall_after_session_created = True
         async with connect_relay(stack.preview_url(), key=KEY_A) as ws:
             await ws.send('{"type":"input_audio_buffer.clear"}')  # held, then dropped
-            error = await receive_event(ws, within=2 * SECOND)
+            error = await receive_event(
+                ws, within=within(limits.policy_timeout, 2 * SECOND)
+            )
             assert error["error"]["code"] == "policy_not_applied"
-            async with asyncio.timeout(2 * SECOND):
+            async with asyncio.timeout(within(stack.settings.flow.close_timeout)):
                 await ws.wait_closed()
             assert ws.close_code == 1011
         await stack.settle()

@@ -15,7 +15,7 @@ from relay.config import ClientLimits
 from relay.simulator import Simulator
 from tests.helpers.clients import connect_relay, receive_event
 from tests.helpers.servers import Stack, make_settings, relay_stack
-from tests.helpers.timing import SECOND
+from tests.helpers.timing import SECOND, within
 
 
 CYCLES = 1000
@@ -94,21 +94,31 @@ async def test_a_thousand_lifecycles_leak_nothing() -> None:
     """1000 sessions (a quarter aborted) leave fds, tasks, RSS and session counts flat."""
     async with relay_stack(clients=SOAK_CLIENTS) as stack:
         simulator: Simulator = stack.simulator
-        await run_lifecycles(stack, WARM_UP)
+        warm_up_started = time.monotonic()
+        async with asyncio.timeout(45 * SECOND):
+            await run_lifecycles(stack, WARM_UP)
+        warm_up = time.monotonic() - warm_up_started
         await stack.settle()
         # The simulator keeps a record of every handshake; it is not the relay's.
         simulator.stats.handshakes.clear()
         before = Usage.now()
 
+        # The relay promises no throughput: the measured cycles are compared
+        # with the warm-up's (as many, as concurrent, on the same machine under
+        # the same load). A per-session cost that grows with the sessions
+        # served makes the second thousand slower than the first.
+        slowest = 2 * warm_up * CYCLES / WARM_UP
         started = time.monotonic()
-        async with asyncio.timeout(45 * SECOND):
+        async with asyncio.timeout(within(slowest, 10 * SECOND)):
             await run_lifecycles(stack, CYCLES, start=WARM_UP)
         elapsed = time.monotonic() - started
         await stack.settle()
         simulator.stats.handshakes.clear()
         after = Usage.now()
 
-        assert elapsed < 30 * SECOND, f"{CYCLES} lifecycles took {elapsed:.1f} s"
+        assert elapsed < within(slowest, 2 * SECOND), (
+            f"{CYCLES} lifecycles took {elapsed:.1f} s, the warm-up's {warm_up:.1f} s"
+        )
         sessions = WARM_UP + CYCLES
         assert simulator.stats.connections_opened == sessions
         assert simulator.stats.connections_closed == sessions

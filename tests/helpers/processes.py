@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.helpers.timing import SECOND
 
@@ -29,8 +30,43 @@ class RelayProcess:
     port: int = 0
     metrics_port: int = 0
     output: list[bytes] = field(default_factory=list)
-    """stderr, line by line."""
+    """Lines of stderr so far (read by a task: what the relay just did may not be in yet)."""
     stdout: list[bytes] = field(default_factory=list)
+    printed: asyncio.Condition = field(default_factory=asyncio.Condition, repr=False)
+    """Notified after each line added to :attr:`output`."""
+    output_ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    """Set once :attr:`output` holds everything the process printed."""
+
+    async def logged(
+        self, event: str, count: int, *, within: float = 10 * SECOND
+    ) -> list[dict[str, Any]]:
+        """Every JSON log line of ``event``, once at least ``count`` were printed.
+
+        The relay logs after it acts (``session.end`` once both legs are
+        closed), so a test that saw the act waits for the line here.
+
+        Raises:
+            TimeoutError: fewer than ``count`` were printed ``within`` seconds.
+        """
+
+        def lines() -> list[dict[str, Any]]:
+            found = []
+            for line in self.output:
+                with suppress(ValueError):
+                    record = json.loads(line)
+                    if isinstance(record, dict) and record.get("event") == event:
+                        found.append(record)
+            return found
+
+        async with asyncio.timeout(within), self.printed:
+            await self.printed.wait_for(lambda: len(lines()) >= count)
+        return lines()
+
+    async def add_output(self, line: bytes) -> None:
+        """Record ``line``; wake :meth:`logged`."""
+        async with self.printed:
+            self.output.append(line)
+            self.printed.notify_all()
 
     def kill(self) -> None:
         """SIGKILL: no drain, no cleanup, as a crashed node."""
@@ -41,7 +77,10 @@ class RelayProcess:
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20 * SECOND):
-            return await self.process.wait()
+            status = await self.process.wait()
+            # The pipe is closed, but lines may still be on their way to output.
+            await self.output_ended.wait()
+        return status
 
 
 def _read_banner(relay: RelayProcess, line: bytes) -> None:
@@ -76,7 +115,7 @@ async def relay_process(
     relay = RelayProcess(process)
     assert process.stderr is not None
     assert process.stdout is not None
-    stream = process.stderr
+    stream, stdout = process.stderr, process.stdout
 
     async def read_until_serving() -> None:
         while not (relay.port and relay.metrics_port):
@@ -86,17 +125,22 @@ async def relay_process(
             relay.output.append(line)
             _read_banner(relay, line)
 
-    async def drain(source: asyncio.StreamReader, lines: list[bytes]) -> None:
-        # Keep reading so a full pipe never blocks the relay's logging.
-        while line := await source.readline():
-            lines.append(line)
+    async def drain_stdout() -> None:
+        # Keep reading so a full pipe never blocks the relay.
+        while line := await stdout.readline():
+            relay.stdout.append(line)
+
+    async def drain_stderr() -> None:
+        while line := await stream.readline():
+            await relay.add_output(line)
+        relay.output_ended.set()
 
     try:
         async with asyncio.TaskGroup() as group:
-            group.create_task(drain(process.stdout, relay.stdout))
+            group.create_task(drain_stdout())
             async with asyncio.timeout(20 * SECOND):
                 await read_until_serving()
-            group.create_task(drain(stream, relay.output))
+            group.create_task(drain_stderr())
             try:
                 yield relay
             finally:
