@@ -46,6 +46,16 @@ def parse_with_websockets(data: bytes, *, mask: bool) -> WsFrame:
     raise AssertionError("incomplete frame")
 
 
+def feed_in_pieces(reader: FrameReader, data: bytes, cuts: list[int]) -> list[Frame]:
+    """Feed ``data`` cut into pieces of the sizes ``cuts`` (then the rest); the frames."""
+    frames: list[Frame] = []
+    position = 0
+    for cut in cuts:
+        frames += reader.feed(data[position : position + cut])
+        position += cut
+    return frames + reader.feed(data[position:])
+
+
 @given(
     st.sampled_from([TEXT, BINARY]),
     st.binary(max_size=70_000),
@@ -57,13 +67,9 @@ def test_any_frame_in_any_chunking(
 ) -> None:
     """Whatever the payload and however TCP splits it, the frame comes out whole and exact."""
     data = serialize(opcode, payload, mask=masked)
-    reader = FrameReader(expect_mask=masked, max_size=1 << 20)
-    frames: list[Frame] = []
-    position = 0
-    for cut in cuts:
-        frames += reader.feed(data[position : position + cut])
-        position += cut
-    frames += reader.feed(data[position:])
+    frames = feed_in_pieces(
+        FrameReader(expect_mask=masked, max_size=1 << 20), data, cuts
+    )
     assert len(frames) == 1
     frame = frames[0]
     assert frame.opcode == opcode
@@ -103,13 +109,9 @@ def test_a_stream_of_frames_in_any_chunking(
             last = index == len(pieces) - 1
             data += serialize(kind, piece, mask=masked, fin=last)
     expected = FrameReader(expect_mask=masked, max_size=1 << 20).feed(data)
-    reader = FrameReader(expect_mask=masked, max_size=1 << 20)
-    frames: list[Frame] = []
-    position = 0
-    for cut in cuts:
-        frames += reader.feed(data[position : position + cut])
-        position += cut
-    frames += reader.feed(data[position:])
+    frames = feed_in_pieces(
+        FrameReader(expect_mask=masked, max_size=1 << 20), data, cuts
+    )
     assert frames == expected
     assert [f.opcode for f in frames] == [
         PING if opcode == PING else opcode for opcode, _, _ in messages
