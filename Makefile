@@ -50,7 +50,8 @@ $(STAMP):
 	$(BIN)/python -m pip check
 	@echo "make test-latest resolved:" && $(BIN)/python -m pip freeze --exclude-editable | tee $(VENV)/versions.txt
 	@echo "Newer releases that pyproject.toml's ranges hold back (none if empty):"
-	@$(BIN)/python -m pip list --outdated --exclude-editable 2>/dev/null | tail -n +3 | tee $(VENV)/held-back.txt
+	@$(BIN)/python -m pip list --outdated --exclude-editable 2>/dev/null | tail -n +3 \
+	  | grep -vE '^(pip|setuptools|wheel) ' | tee $(VENV)/held-back.txt
 	touch $@
 else
 $(STAMP): $(LOCKED) pyproject.toml
