@@ -275,6 +275,17 @@ REFUSALS: Final = [
         "bad_request",
     ),
     Refusal(
+        "upgrade with a request line ended by a bare LF",
+        GA.replace(b"HTTP/1.1\r\n", b"HTTP/1.1\n")
+        + UPGRADE
+        + KEY
+        + b"api-key: "
+        + CLIENT_KEY.encode()
+        + b"\r\n\r\n",
+        (400,),
+        "bad_request",
+    ),
+    Refusal(
         "upgrade over HTTP/1.0",
         # With a valid key: only the version keeps it from the upstream.
         GA.replace(b"HTTP/1.1", b"HTTP/1.0")
