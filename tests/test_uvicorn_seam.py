@@ -185,6 +185,9 @@ UPGRADE: Final = (
 KEY: Final = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
 GA: Final = b"GET /openai/v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: relay\r\n"
 HEALTH: Final = b"GET /livez HTTP/1.1\r\nHost: relay\r\n"
+# A valid client key and the head's end: only the fault under test keeps such
+# a request from the upstream.
+AUTHORIZED: Final = b"api-key: " + CLIENT_KEY.encode() + b"\r\n\r\n"
 
 
 @dataclass(frozen=True)
@@ -276,24 +279,14 @@ REFUSALS: Final = [
     ),
     Refusal(
         "upgrade with a request line ended by a bare LF",
-        GA.replace(b"HTTP/1.1\r\n", b"HTTP/1.1\n")
-        + UPGRADE
-        + KEY
-        + b"api-key: "
-        + CLIENT_KEY.encode()
-        + b"\r\n\r\n",
+        GA.replace(b"HTTP/1.1\r\n", b"HTTP/1.1\n") + UPGRADE + KEY + AUTHORIZED,
         (400,),
         "bad_request",
     ),
     Refusal(
         "upgrade over HTTP/1.0",
         # With a valid key: only the version keeps it from the upstream.
-        GA.replace(b"HTTP/1.1", b"HTTP/1.0")
-        + UPGRADE
-        + KEY
-        + b"api-key: "
-        + CLIENT_KEY.encode()
-        + b"\r\n\r\n",
+        GA.replace(b"HTTP/1.1", b"HTTP/1.0") + UPGRADE + KEY + AUTHORIZED,
         (400,),
         "bad_request",
     ),
@@ -502,14 +495,7 @@ log: {{format: console, level: info}}
 async def _silent_session(relay: RelayProcess) -> asyncio.StreamWriter:
     """A session whose client then never reads again (nor answers a close)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-    writer.write(
-        b"GET /openai/v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: relay\r\n"
-        + UPGRADE
-        + KEY
-        + b"api-key: "
-        + CLIENT_KEY.encode()
-        + b"\r\n\r\n"
-    )
+    writer.write(GA + UPGRADE + KEY + AUTHORIZED)
     async with asyncio.timeout(10 * SECOND):
         head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101 "), head
