@@ -85,6 +85,11 @@ class FrameReader:
         expect_mask: frames from a client must be masked; from a server, not.
         max_size: the largest message accepted (payload bytes); larger ones
             fail with 1009.
+        max_frames, max_bytes: the most one :meth:`feed` parses: that many
+            frames (control frames and fragments count), and none after the
+            one that takes their payloads to ``max_bytes``. The rest stays
+            buffered, :attr:`ready` says so, and ``feed(b"")`` goes on. A
+            caller bounds its work per read this way.
     """
 
     __slots__ = (
@@ -92,15 +97,29 @@ class FrameReader:
         "_expect_mask",
         "_fragments",
         "_fragments_size",
+        "_max_bytes",
+        "_max_frames",
         "_max_size",
         "_needed",
         "_opcode",
         "_pending",
+        "ready",
     )
 
-    def __init__(self, *, expect_mask: bool, max_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        expect_mask: bool,
+        max_size: int,
+        max_frames: int = 1 << 62,
+        max_bytes: int = 1 << 62,
+    ) -> None:
         self._expect_mask = expect_mask
         self._max_size = max_size
+        self._max_frames = max_frames
+        self._max_bytes = max_bytes
+        self.ready = False
+        """Whether buffered bytes may already hold frames: ``feed(b"")`` would parse them."""
         # Received bytes not yet part of a frame. They are kept as the reads
         # delivered them and joined only once the incomplete frame can be
         # complete (``_needed``): a 16 MiB frame arriving in 4 KiB reads is
@@ -113,15 +132,8 @@ class FrameReader:
         self._fragments: list[bytes] = []
         self._fragments_size = 0
 
-    def feed(
-        self, data: bytes, *, max_frames: int = 1 << 62, max_bytes: int = 1 << 62
-    ) -> list[Frame]:
-        """Add ``data``; return the frames it completed, in order.
-
-        At most ``max_frames`` frames (control frames and fragments count) are
-        parsed, and none after the one that takes their payloads to
-        ``max_bytes``: the rest stays buffered, :attr:`ready` says so, and
-        ``feed(b"")`` continues. A caller bounds its work per read this way.
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add ``data``; return the frames it completed, in order (within the bounds).
 
         Raises:
             ProtocolFailure: the peer broke the protocol; the caller must close
@@ -139,7 +151,7 @@ class FrameReader:
         position = 0
         end = len(buffer)
         needed = 2  # bytes the frame at ``position`` needs: its header first
-        budget_frames, budget_bytes = max_frames, max_bytes
+        budget_frames, budget_bytes = self._max_frames, self._max_bytes
         while end - position >= 2:
             if budget_frames <= 0 or budget_bytes <= 0:
                 needed = 0  # more may be complete already: see `ready`
@@ -191,16 +203,16 @@ class FrameReader:
             if frame is not None:
                 frames.append(frame)
             needed = 2
-        rest = buffer[position:] if position else buffer
-        self._chunks = [rest] if rest else []
-        self._pending = len(rest)
-        self._needed = needed
+        if position < end:
+            self._chunks = [buffer[position:] if position else buffer]
+            self._pending = end - position
+            self._needed = needed
+            self.ready = not needed
+        elif self._chunks:
+            # Everything consumed (the usual case keeps its empty list).
+            self._chunks = []
+            self.ready = False
         return frames
-
-    @property
-    def ready(self) -> bool:
-        """Whether buffered bytes may already hold a frame (``feed(b"")`` would parse it)."""
-        return self._pending >= max(self._needed, 2)
 
     def _assemble(
         self, opcode: int, fin: bool, payload: bytes, raw: bytes | None

@@ -103,7 +103,12 @@ class Leg:
         self._transport = transport
         transport.set_write_buffer_limits(high=write_limit)
         self._mask = not server
-        self._reader = FrameReader(expect_mask=server, max_size=max_size)
+        self._reader = FrameReader(
+            expect_mask=server,
+            max_size=max_size,
+            max_frames=FRAMES_PER_TURN,
+            max_bytes=BYTES_PER_TURN,
+        )
         self._loop = asyncio.get_running_loop()
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
@@ -170,9 +175,7 @@ class Leg:
         if self.finished:
             return
         try:
-            frames = self._reader.feed(
-                data, max_frames=FRAMES_PER_TURN, max_bytes=BYTES_PER_TURN
-            )
+            frames = self._reader.feed(data)
         except ProtocolFailure as failure:
             self._fail(failure)
             return

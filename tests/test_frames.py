@@ -271,3 +271,30 @@ def test_a_frame_in_many_reads_costs_about_what_it_costs_in_one() -> None:
     many_reads = time.process_time() - started
     assert [f.payload for f in pieces] == [f.payload for f in whole]
     assert many_reads < 10 * one_read + 0.2, (many_reads, one_read)
+
+
+@given(
+    st.lists(st.binary(max_size=300), min_size=1, max_size=40),
+    st.integers(min_value=1, max_value=5),
+    st.integers(min_value=1, max_value=1000),
+)
+def test_a_bounded_reader_gives_the_same_frames_turn_by_turn(
+    payloads: list[bytes], max_frames: int, max_bytes: int
+) -> None:
+    """Within its bounds per feed, a reader yields the unbounded reader's frames, a turn at a time."""
+    data = b"".join(serialize(BINARY, p, mask=True) for p in payloads)
+    expected = FrameReader(expect_mask=True, max_size=1 << 20).feed(data)
+    reader = FrameReader(
+        expect_mask=True, max_size=1 << 20, max_frames=max_frames, max_bytes=max_bytes
+    )
+    frames = reader.feed(data)
+    assert len(frames) <= max_frames
+    for _ in range(len(payloads)):
+        if not reader.ready:
+            break
+        turn = reader.feed(b"")
+        assert 1 <= len(turn) <= max_frames
+        assert sum(len(f.payload) for f in turn[:-1]) < max_bytes
+        frames += turn
+    assert not reader.ready
+    assert frames == expected
