@@ -193,6 +193,8 @@ def _limits(section: Section) -> ClientLimits:
             kwargs[name] = node.as_float(minimum=low, maximum=high)
     if node := section.get("bytes_per_second"):
         kwargs["bytes_per_second"] = node.as_int(minimum=1024, maximum=1024 * MiB)
+    if node := section.get("burst_bytes"):
+        kwargs["burst_bytes"] = node.as_int(minimum=1024, maximum=1024 * MiB)
     section.finish()
     return ClientLimits(**kwargs)
 

@@ -14,11 +14,12 @@ fragmented messages. Nothing here touches a socket.
 
 from __future__ import annotations
 
+import codecs
 import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeAlias
 
 
 try:
@@ -34,6 +35,7 @@ __all__ = [
     "PING",
     "PONG",
     "TEXT",
+    "Admission",
     "Frame",
     "FrameReader",
     "ProtocolFailure",
@@ -56,12 +58,17 @@ _U64: Final = struct.Struct("!Q")
 
 
 class ProtocolFailure(Exception):
-    """The peer broke the protocol; close with ``code`` (1002, 1007 or 1009)."""
+    """The peer broke the protocol; close with ``code`` (1002, 1007 or 1009).
+
+    ``frames`` are the frames the same :meth:`FrameReader.feed` completed
+    before the failure: they arrived intact and are handled before closing.
+    """
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.frames: list[Frame] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +77,26 @@ class Frame:
 
     ``payload`` is the unmasked payload; ``raw`` is the frame exactly as
     received, ready to forward, or ``None`` for a message reassembled from
-    fragments (forwarding it means building a new frame).
+    fragments (forwarding it means building a new frame). ``text`` is the
+    decoded payload of a reassembled text message (its fragments were
+    validated one by one as they arrived); ``None`` otherwise.
     """
 
     opcode: int
     payload: bytes
     raw: bytes | None
+    text: str | None = None
+
+
+Admission: TypeAlias = Callable[[int, bool], bool]
+"""Decides on a data frame from its header: ``admit(length, first)``.
+
+``first`` says the frame starts a message. The answer for a first frame
+decides the whole message: a refused message is skipped unread (its payload
+is neither buffered, unmasked nor decoded) and its later fragments with it.
+For its later fragments the call only reports their length (the answer is
+ignored): a message admitted is admitted whole. The fragments of a refused
+message are not reported."""
 
 
 class FrameReader:
@@ -86,14 +107,21 @@ class FrameReader:
         max_size: the largest message accepted (payload bytes); larger ones
             fail with 1009.
         max_frames, max_bytes: the most one :meth:`feed` parses: that many
-            frames (control frames and fragments count), and none after the
-            one that takes their payloads to ``max_bytes``. The rest stays
-            buffered, :attr:`ready` says so, and ``feed(b"")`` goes on. A
-            caller bounds its work per read this way.
+            frames (control frames, fragments and skipped frames count), and
+            none after the one that takes their payloads to ``max_bytes``.
+            The rest stays buffered, :attr:`ready` says so, and ``feed(b"")``
+            goes on. A caller bounds its work per read this way.
+
+    :attr:`admit`, when set, is asked about every data frame as soon as its
+    header is complete (see :data:`Admission`), before its payload is
+    waited for: limits act before any work on the payload.
     """
 
     __slots__ = (
         "_chunks",
+        "_decided",
+        "_decoder",
+        "_dropping",
         "_expect_mask",
         "_fragments",
         "_fragments_size",
@@ -103,6 +131,9 @@ class FrameReader:
         "_needed",
         "_opcode",
         "_pending",
+        "_skip",
+        "_texts",
+        "admit",
         "ready",
     )
 
@@ -120,6 +151,8 @@ class FrameReader:
         self._max_bytes = max_bytes
         self.ready = False
         """Whether buffered bytes may already hold frames: ``feed(b"")`` would parse them."""
+        self.admit: Admission | None = None
+        """Asked about each data frame at its header; ``None`` admits all."""
         # Received bytes not yet part of a frame. They are kept as the reads
         # delivered them and joined only once the incomplete frame can be
         # complete (``_needed``): a 16 MiB frame arriving in 4 KiB reads is
@@ -127,18 +160,36 @@ class FrameReader:
         self._chunks: list[bytes] = []
         self._pending = 0  # bytes in _chunks
         self._needed = 0  # bytes the first frame in _chunks needs in all
-        # A fragmented message being reassembled: its opcode and parts.
+        # The first frame in _chunks was admitted already (its header is
+        # parsed again when the rest arrives; it is not asked about twice).
+        self._decided = False
+        # Payload bytes of a refused frame still to arrive: discarded unread.
+        self._skip = 0
+        # A fragmented message being reassembled (or dropped): its opcode,
+        # its parts so far and their size, and for text the parts decoded so
+        # far, so invalid UTF-8 fails at the fragment that carries it.
         self._opcode: int | None = None
+        self._dropping = False
         self._fragments: list[bytes] = []
         self._fragments_size = 0
+        self._texts: list[str] = []
+        self._decoder: codecs.IncrementalDecoder | None = None
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add ``data``; return the frames it completed, in order (within the bounds).
 
         Raises:
             ProtocolFailure: the peer broke the protocol; the caller must close
-                the connection with the failure's code.
+                the connection with the failure's code, after handling the
+                frames completed before it (``failure.frames``).
         """
+        if self._skip:
+            # The rest of a refused frame: dropped as it arrives.
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return []
+            data = data[self._skip :]
+            self._skip = 0
         if self._chunks:
             self._chunks.append(data)
             self._pending += len(data)
@@ -148,14 +199,36 @@ class FrameReader:
         else:
             buffer = data
         frames: list[Frame] = []
+        try:
+            position, needed = self._parse(buffer, frames)
+        except ProtocolFailure as failure:
+            failure.frames = frames
+            self._chunks = []
+            self.ready = False
+            raise
+        end = len(buffer)
+        if position < end:
+            self._chunks = [buffer[position:] if position else buffer]
+            self._pending = end - position
+            self._needed = needed
+            self.ready = not needed
+        elif self._chunks:
+            # Everything consumed (the usual case keeps its empty list).
+            self._chunks = []
+            self.ready = False
+        return frames
+
+    def _parse(self, buffer: bytes, frames: list[Frame]) -> tuple[int, int]:
+        # Appends the frames in ``buffer`` to ``frames``; returns where parsing
+        # stopped and how many bytes the frame there needs in all (0: it may
+        # be complete, but the turn's bounds were reached).
         position = 0
         end = len(buffer)
         needed = 2  # bytes the frame at ``position`` needs: its header first
         budget_frames, budget_bytes = self._max_frames, self._max_bytes
         while end - position >= 2:
             if budget_frames <= 0 or budget_bytes <= 0:
-                needed = 0  # more may be complete already: see `ready`
-                break
+                return position, 0  # more may be complete already: see `ready`
             first, second = buffer[position], buffer[position + 1]
             fin = first & 0x80
             if first & 0x70:
@@ -170,28 +243,61 @@ class FrameReader:
             header = 2
             if length == 126:
                 if end - position < 4:
-                    needed = 4
-                    break
+                    return position, 4
                 (length,) = _U16.unpack_from(buffer, position + 2)
                 header = 4
+                if length < 126:
+                    raise ProtocolFailure(1002, "payload length not minimally encoded")
             elif length == 127:
                 if end - position < 10:
-                    needed = 10
-                    break
+                    return position, 10
                 (length,) = _U64.unpack_from(buffer, position + 2)
                 header = 10
-            if opcode in _CONTROL and (length > 125 or not fin):
-                raise ProtocolFailure(1002, "invalid control frame")
-            if opcode not in _DATA and opcode not in _CONTROL:
+                if length >> 63:
+                    raise ProtocolFailure(
+                        1002, "payload length with its most significant bit set"
+                    )
+                if length < 1 << 16:
+                    raise ProtocolFailure(1002, "payload length not minimally encoded")
+            if opcode in _CONTROL:
+                if length > 125 or not fin:
+                    raise ProtocolFailure(1002, "invalid control frame")
+            elif opcode not in _DATA:
                 raise ProtocolFailure(1002, "unknown opcode")
+            elif opcode == CONTINUATION:
+                if self._opcode is None:
+                    raise ProtocolFailure(1002, "continuation without a message")
+            elif self._opcode is not None:
+                raise ProtocolFailure(1002, "new message inside a fragmented one")
             if length + self._fragments_size > self._max_size:
                 raise ProtocolFailure(1009, "message too big")
             mask_at = position + header
             payload_at = mask_at + (4 if masked else 0)
             frame_end = payload_at + length
+            if opcode not in _CONTROL and not (position == 0 and self._decided):
+                # A data frame's header, seen for the first time: decide now,
+                # before waiting for (or working on) its payload.
+                admit = self.admit
+                if opcode != CONTINUATION:
+                    keep = admit is None or admit(length, True)
+                elif self._dropping:
+                    keep = False  # the rest of a refused message
+                else:
+                    keep = True  # a message admitted is admitted whole
+                    if admit is not None:
+                        admit(length, False)
+                if not keep:
+                    budget_frames -= 1
+                    self._drop(opcode, bool(fin), length)
+                    if frame_end > end:
+                        self._skip = frame_end - end
+                        return end, 2
+                    position = frame_end
+                    continue
             if frame_end > end:
-                needed = frame_end - position
-                break
+                self._decided = opcode not in _CONTROL
+                return position, frame_end - position
+            self._decided = False
             payload = buffer[payload_at:frame_end]
             if masked:
                 payload = apply_mask(payload, buffer[mask_at:payload_at])
@@ -202,41 +308,63 @@ class FrameReader:
             frame = self._assemble(opcode, bool(fin), payload, raw)
             if frame is not None:
                 frames.append(frame)
-            needed = 2
-        if position < end:
-            self._chunks = [buffer[position:] if position else buffer]
-            self._pending = end - position
-            self._needed = needed
-            self.ready = not needed
-        elif self._chunks:
-            # Everything consumed (the usual case keeps its empty list).
-            self._chunks = []
-            self.ready = False
-        return frames
+        return position, needed
+
+    def _drop(self, opcode: int, fin: bool, length: int) -> None:
+        # A refused data frame: the message it belongs to is dropped whole,
+        # while the fragmentation rules (and the size limit) still hold.
+        if opcode != CONTINUATION:
+            self._opcode = None if fin else opcode
+            self._dropping = not fin
+            self._fragments_size = 0 if fin else length
+            return
+        self._fragments, self._texts, self._decoder = [], [], None
+        if fin:
+            self._opcode, self._dropping, self._fragments_size = None, False, 0
+        else:
+            self._dropping = True
+            self._fragments_size += length
 
     def _assemble(
         self, opcode: int, fin: bool, payload: bytes, raw: bytes | None
     ) -> Frame | None:
+        # The fragmentation rules were checked at the header.
         if opcode in _CONTROL:
             return Frame(opcode, payload, raw)
         if opcode == CONTINUATION:
-            if self._opcode is None:
-                raise ProtocolFailure(1002, "continuation without a message")
             self._fragments.append(payload)
             self._fragments_size += len(payload)
+            if self._decoder is not None:
+                self._decode(payload, fin)
             if not fin:
                 return None
-            message = Frame(self._opcode, b"".join(self._fragments), None)
+            started = self._opcode
+            assert started is not None, "checked at the header"
+            text = "".join(self._texts) if self._decoder is not None else None
+            message = Frame(started, b"".join(self._fragments), None, text)
             self._opcode, self._fragments, self._fragments_size = None, [], 0
+            self._texts, self._decoder = [], None
             return message
-        if self._opcode is not None:
-            raise ProtocolFailure(1002, "new message inside a fragmented one")
         if fin:
             return Frame(opcode, payload, raw)
         self._opcode = opcode
         self._fragments = [payload]
         self._fragments_size = len(payload)
+        if opcode == TEXT:
+            self._decoder = _utf8()
+            self._texts = []
+            self._decode(payload, False)
         return None
+
+    def _decode(self, payload: bytes, final: bool) -> None:
+        assert self._decoder is not None
+        try:
+            self._texts.append(self._decoder.decode(payload, final))
+        except UnicodeDecodeError:
+            raise ProtocolFailure(1007, "invalid UTF-8 in a text message") from None
+
+
+_utf8 = codecs.getincrementaldecoder("utf-8")
 
 
 def build_frame(

@@ -27,6 +27,7 @@ from relay._frames import (
     PING,
     PONG,
     TEXT,
+    Admission,
     Frame,
     FrameReader,
     ProtocolFailure,
@@ -150,19 +151,25 @@ class Leg:
         on_message: MessageHandler,
         on_closed: Callable[[int, str], None],
         on_writable: Callable[[], None],
+        admit: Admission | None = None,
     ) -> None:
         """Start delivering to the driver: first what arrived before, then as it comes.
 
-        Reading resumes; the driver pauses it again as flow control needs.
+        ``admit`` decides on each data message from its first frame's header
+        (see :data:`~relay._frames.Admission`); messages that arrived before
+        are put to it now, each as one frame. Reading resumes; the driver
+        pauses it again as flow control needs.
         """
         self._on_message, self._on_closed, self._on_writable = (
             on_message,
             on_closed,
             on_writable,
         )
+        self._reader.admit = admit
         pending, self._pending = self._pending, []
         for message in pending:
-            on_message(*message)
+            if admit is None or admit(message[2], True):
+                on_message(*message)
         if self.finished:
             on_closed(*self._ended)
         else:
@@ -177,8 +184,22 @@ class Leg:
         try:
             frames = self._reader.feed(data)
         except ProtocolFailure as failure:
-            self._fail(failure)
+            # What arrived intact before the violation is handled first.
+            self._handle(failure.frames)
+            if not self.done.done():
+                self._fail(failure)
             return
+        self._handle(frames)
+        if self.done.done():
+            return
+        if self._reader.ready and not self._backlog:
+            # More frames arrived than one turn handles: yield to the other
+            # connections, and go on in a later turn (without reading more).
+            self._backlog = True
+            self._apply_reading()
+            self._loop.call_soon(self._next_turn)
+
+    def _handle(self, frames: list[Frame]) -> None:
         for frame in frames:
             opcode = frame.opcode
             if opcode in (TEXT, BINARY):
@@ -193,12 +214,6 @@ class Leg:
                 self._close_received(frame.payload)
             if self.done.done():  # a callback or a close frame ended the leg
                 return
-        if self._reader.ready and not self._backlog:
-            # More frames arrived than one turn handles: yield to the other
-            # connections, and go on in a later turn (without reading more).
-            self._backlog = True
-            self._apply_reading()
-            self._loop.call_soon(self._next_turn)
 
     def _next_turn(self) -> None:
         self._backlog = False
@@ -243,7 +258,9 @@ class Leg:
     def _deliver(self, frame: Frame) -> None:
         payload = frame.payload
         data: str | bytes = payload
-        if frame.opcode == TEXT:
+        if frame.text is not None:
+            data = frame.text  # reassembled: validated fragment by fragment
+        elif frame.opcode == TEXT:
             try:
                 data = payload.decode()
             except UnicodeDecodeError:

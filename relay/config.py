@@ -187,6 +187,11 @@ class ClientLimits:
     """Sustained inbound messages per second, per session (20 ms audio is 50)."""
     bytes_per_second: int = 1 * MiB
     """Sustained inbound bytes per second, per session (PCM16 24 kHz is 64 KB as base64)."""
+    burst_bytes: int = 4 * MiB
+    """What the byte bucket holds: an image of a few MB passes and the audio after
+    it still flows. Deliberately below ``limits.max_message_bytes``: a larger
+    message passes only while the session is not in debt, and the messages
+    after it wait until the rate has repaid it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,7 +141,10 @@ class SessionDriver:
         if self._drain_request is not None:
             self.drain(*self._drain_request)
         self._client.attach(
-            self._client_message, self._client_closed, self._writable_changed
+            self._client_message,
+            self._client_closed,
+            self._writable_changed,
+            self._admit,
         )
         self._upstream.attach(
             self._upstream_message, self._upstream_closed, self._writable_changed
@@ -180,6 +183,27 @@ class SessionDriver:
 
     # Leg callbacks
 
+    def _admit(self, size: int, first: bool) -> bool:
+        """The client leg's :data:`~relay._frames.Admission`: the core decides at the header."""
+        refused = self.session.client_frame(size, first, self._loop.time())
+        if refused is None:
+            return True
+        if refused:
+            # Notices and, past the grace period, the closing handshake.
+            # Admission is asked from inside the client leg's read, never
+            # while an event is being handled, but nothing depends on that.
+            handling, self._handling = self._handling, True
+            try:
+                self._execute(refused, None, None, None)
+                if not handling:
+                    self._settle()
+            except Exception:
+                log.exception("session.crashed")
+                self._crash()
+            finally:
+                self._handling = handling
+        return False
+
     def _client_message(self, data: str | bytes, raw: bytes | None, size: int) -> None:
         counters = self.counters
         counters.client_messages += 1
@@ -187,13 +211,20 @@ class SessionDriver:
         self._observer.client_to_upstream(size)
         if self._handling:
             self._queue.append(
-                (ClientMessage(data, self._loop.time()), data, raw, "upstream")
+                (
+                    ClientMessage(data, self._loop.time(), admitted=True),
+                    data,
+                    raw,
+                    "upstream",
+                )
             )
             return
         # The hot path: what _feed does, without building the event.
         self._handling = True
         try:
-            commands = self.session.client_message(data, self._loop.time())
+            commands = self.session.client_message(
+                data, self._loop.time(), admitted=True
+            )
             self._execute(commands, data, raw, "upstream")
             self._settle()
         except Exception:

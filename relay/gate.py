@@ -45,7 +45,7 @@ def session_limits(client: ClientSettings, settings: Settings) -> SessionLimits:
         idle_seconds=limits.idle_seconds,
         messages_per_second=limits.messages_per_second,
         bytes_per_second=limits.bytes_per_second,
-        burst_bytes=settings.limits.max_message_bytes,
+        burst_bytes=limits.burst_bytes,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import random
 import struct
@@ -16,9 +17,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from relay._frames import BINARY, CLOSE, PING, TEXT, build_frame, close_payload
+from relay._frames import BINARY, CLOSE, PING, PONG, TEXT, build_frame, close_payload
+from relay.config import ClientLimits
 from tests.helpers.clients import connect_relay, receive_event
-from tests.helpers.servers import CLIENT_KEY, Stack, relay_stack
+from tests.helpers.servers import CLIENT_KEY, Stack, clients_with, relay_stack
 from tests.helpers.timing import SECOND
 
 
@@ -76,6 +78,13 @@ async def close_code(reader: asyncio.StreamReader) -> int | None:
         (build_frame(TEXT, b"\xc3\x28", mask=True), 1007),  # invalid UTF-8
         (build_frame(CLOSE, close_payload(1006, ""), mask=True), 1002),
         (bytes([0x81, 0xFF]) + struct.pack("!Q", 1 << 62) + os.urandom(4), 1009),
+        # RFC 6455 §5.2: a 64-bit length's most significant bit must be 0, and
+        # lengths use the shortest encoding (such a frame is never forwarded).
+        (bytes([0x81, 0xFF]) + struct.pack("!Q", 1 << 63) + os.urandom(4), 1002),
+        (bytes([0x81, 0xFE, 0, 2]) + b"\0" * 4 + b"{}", 1002),
+        (bytes([0x81, 0xFF]) + struct.pack("!Q", 2) + b"\0" * 4 + b"{}", 1002),
+        # Invalid UTF-8 in the first fragment: refused with no final fragment.
+        (bytes([0x01, 0x82]) + b"\0" * 4 + b"{\xff", 1007),
     ],
     ids=[
         "unmasked",
@@ -86,6 +95,10 @@ async def close_code(reader: asyncio.StreamReader) -> int | None:
         "utf8",
         "reserved-close-code",
         "huge-length",
+        "length-msb",
+        "non-minimal-16",
+        "non-minimal-64",
+        "utf8-fragment",
     ],
 )
 async def test_protocol_garbage_gets_its_close_code(garbage: bytes, code: int) -> None:
@@ -106,6 +119,54 @@ async def test_protocol_garbage_gets_its_close_code(garbage: bytes, code: int) -
                     "input_audio_buffer.cleared"
                 )
         await stack.settle()
+
+
+async def test_frames_before_a_protocol_error_in_the_same_read_are_relayed() -> None:
+    """A valid event and a violation in one write: the event reaches Azure, then 1002."""
+    async with relay_stack() as stack:
+        reader, writer = await raw_session(stack)
+        event = b'{"type":"input_audio_buffer.clear","event_id":"before-the-error"}'
+        writer.write(build_frame(TEXT, event, mask=True) + bytes([0xC1, 0x80]))
+        async with asyncio.timeout(3 * SECOND):
+            assert await close_code(reader) == 1002
+        writer.close()
+        await stack.settle()
+        cleared = stack.simulator.stats.events_of_type("input_audio_buffer.clear")
+        assert [e.get("event_id") for e in cleared] == ["before-the-error"]
+
+
+async def test_a_message_over_the_byte_rate_is_refused_at_its_header() -> None:
+    """Charged when its header arrives: refused before its payload is sent, never decoded."""
+    limits = ClientLimits(bytes_per_second=64 * 1024, burst_bytes=64 * 1024)
+    async with relay_stack(clients=clients_with(limits=limits)) as stack:
+        reader, writer = await raw_session(stack)
+        # Admitted whole although larger than the burst: the session is in debt.
+        audio = base64.b64encode(b"\0" * 150_000).decode()
+        append = f'{{"type":"input_audio_buffer.append","audio":"{audio}"}}'
+        writer.write(build_frame(TEXT, append.encode(), mask=True))
+        # The next message's header alone is answered.
+        refused = build_frame(TEXT, b"\xff" * 1_000_000, mask=True)
+        writer.write(refused[:20])
+        async with asyncio.timeout(3 * SECOND):
+            opcode, payload = await read_frame(reader)
+        assert opcode == TEXT
+        error = json.loads(payload)
+        assert (error["type"], error["error"]["code"]) == (
+            "error",
+            "rate_limit_exceeded",
+        )
+        # The rest (not even UTF-8) is dropped unread: no 1007, the session
+        # goes on, and a ping sent after it is answered.
+        writer.write(refused[20:] + build_frame(PING, b"after", mask=True))
+        async with asyncio.timeout(3 * SECOND):
+            assert await read_frame(reader) == (PONG, b"after")
+        writer.close()
+        await stack.settle()
+        appended = stack.simulator.stats.events_of_type("input_audio_buffer.append")
+        assert len(appended) == 1
+        assert stack.registry.get_sample_value(
+            "relay_policy_actions_total", {"action": "refuse", "field": "rate_limit"}
+        )
 
 
 async def test_binary_frames_are_refused_with_an_error_event() -> None:

@@ -351,7 +351,8 @@ def test_client_options() -> None:
             "allowed_origins: [https://App.Example.com:8443]\n    allow_query_auth: false\n    deployments: [gpt-realtime]\n    drain_notice: error",
         ).replace(
             "idle_seconds: 60",
-            "idle_seconds: 60, messages_per_second: 80, bytes_per_second: 131072",
+            "idle_seconds: 60, messages_per_second: 80, bytes_per_second: 131072,"
+            " burst_bytes: 262144",
         )
         + "  failure_mode: fail_open\n  lease_seconds: 10\n  handshake_timeout: 5\n"
         + "  header_timeout: 3.5\n"
@@ -362,10 +363,11 @@ def test_client_options() -> None:
     assert client.allow_query_auth is False
     assert client.deployments == {"gpt-realtime"}
     assert client.drain_notice == "error"
-    assert (client.limits.messages_per_second, client.limits.bytes_per_second) == (
-        80,
-        131072,
-    )
+    assert (
+        client.limits.messages_per_second,
+        client.limits.bytes_per_second,
+        client.limits.burst_bytes,
+    ) == (80, 131072, 262144)
     assert (
         settings.limits.failure_mode,
         settings.limits.lease_seconds,

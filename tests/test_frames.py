@@ -99,6 +99,8 @@ def test_a_stream_of_frames_in_any_chunking(
     """Several messages (fragmented, with pings) read in any pieces: the same frames as in one read."""
     data = b""
     for opcode, payload, parts in messages:
+        if opcode == TEXT:
+            payload = payload.decode("latin-1").encode()  # fragments cut anywhere
         if opcode == PING:
             data += serialize(PING, payload[:125], mask=masked)
             continue
@@ -169,11 +171,190 @@ def test_protocol_violations(data: bytes, code: int) -> None:
     assert info.value.code == code
 
 
-def test_oversized_length_fails_before_the_payload_arrives() -> None:
-    """A 16 EiB length is refused from the header alone."""
-    header = bytes([0x81, 0x80 | 127]) + (2**63).to_bytes(8, "big")
-    with pytest.raises(ProtocolFailure):
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        # A 64-bit length with its most significant bit set (RFC 6455 §5.2).
+        (bytes([0x81, 0x80 | 127]) + (2**63).to_bytes(8, "big"), 1002),
+        (bytes([0x81, 0x80 | 127]) + (2**64 - 1).to_bytes(8, "big"), 1002),
+        # A valid length, just too large: from the header alone.
+        (bytes([0x81, 0x80 | 127]) + (2**62).to_bytes(8, "big"), 1009),
+        # Non-minimal encodings: never forwarded as received.
+        (bytes([0x81, 0x80 | 126, 0, 5]), 1002),
+        (bytes([0x81, 0x80 | 126, 0, 125]), 1002),
+        (bytes([0x81, 0x80 | 127]) + (5).to_bytes(8, "big"), 1002),
+        (bytes([0x81, 0x80 | 127]) + (65535).to_bytes(8, "big"), 1002),
+    ],
+)
+def test_lengths_are_checked_from_the_header(header: bytes, code: int) -> None:
+    """Length rules fail before the payload arrives, with the right code."""
+    with pytest.raises(ProtocolFailure) as failure:
         FrameReader(expect_mask=True, max_size=100).feed(header)
+    assert failure.value.code == code
+
+
+def test_minimal_lengths_at_the_boundaries_parse() -> None:
+    """126 and 65,536 are the first lengths of the 16- and 64-bit encodings."""
+    for size in (125, 126, 65535, 65536):
+        frames = FrameReader(expect_mask=True, max_size=1 << 20).feed(
+            serialize(BINARY, b"x" * size, mask=True)
+        )
+        assert [len(f.payload) for f in frames] == [size]
+
+
+def test_invalid_utf8_fails_at_the_fragment_that_carries_it() -> None:
+    """A fragmented text message is validated as it arrives, not at its end."""
+    reader = FrameReader(expect_mask=True, max_size=1 << 20)
+    # A code point split across fragments is fine...
+    euro = "€".encode()
+    assert reader.feed(serialize(TEXT, b"a" + euro[:1], mask=True, fin=False)) == []
+    assert reader.feed(serialize(CONTINUATION, euro[1:], mask=True, fin=False)) == []
+    # ... bytes that can never be UTF-8 fail at once, with no final fragment.
+    with pytest.raises(ProtocolFailure) as failure:
+        reader.feed(serialize(CONTINUATION, b"\xff", mask=True, fin=False))
+    assert failure.value.code == 1007
+
+
+def test_a_truncated_code_point_fails_at_the_final_fragment() -> None:
+    reader = FrameReader(expect_mask=True, max_size=1 << 20)
+    reader.feed(serialize(TEXT, "€".encode()[:2], mask=True, fin=False))
+    with pytest.raises(ProtocolFailure) as failure:
+        reader.feed(serialize(CONTINUATION, b"", mask=True))
+    assert failure.value.code == 1007
+
+
+def test_a_reassembled_text_message_comes_decoded() -> None:
+    data = serialize(TEXT, "hé".encode(), mask=True, fin=False) + serialize(
+        CONTINUATION, "llo €".encode(), mask=True
+    )
+    (frame,) = FrameReader(expect_mask=True, max_size=100).feed(data)
+    assert (frame.text, frame.payload) == ("héllo €", "héllo €".encode())
+
+
+def test_frames_before_a_protocol_error_in_the_same_read_are_kept() -> None:
+    """What arrived intact before a violation is handed over with the failure."""
+    data = (
+        serialize(TEXT, b"one", mask=True)
+        + serialize(PING, b"p", mask=True)
+        + serialize(TEXT, b"x", mask=False)  # unmasked: a violation
+        + serialize(TEXT, b"never", mask=True)
+    )
+    reader = FrameReader(expect_mask=True, max_size=100)
+    with pytest.raises(ProtocolFailure) as failure:
+        reader.feed(data)
+    assert failure.value.code == 1002
+    assert [(f.opcode, f.payload) for f in failure.value.frames] == [
+        (TEXT, b"one"),
+        (PING, b"p"),
+    ]
+
+
+class Admissions:
+    """An admission callback that refuses the messages whose first frame is listed."""
+
+    def __init__(self, refuse: set[int]) -> None:
+        self.refuse = refuse
+        self.calls: list[tuple[int, bool]] = []
+        self._messages = 0
+
+    def __call__(self, length: int, first: bool) -> bool:
+        self.calls.append((length, first))
+        if not first:
+            return True
+        self._messages += 1
+        return self._messages - 1 not in self.refuse
+
+
+def test_admission_is_asked_once_per_data_frame_from_its_header() -> None:
+    """Control frames are not asked; a frame waiting for its payload is not asked twice."""
+    admit = Admissions(set())
+    reader = FrameReader(expect_mask=True, max_size=1 << 20)
+    reader.admit = admit
+    data = (
+        serialize(TEXT, b"a" * 300, mask=True, fin=False)
+        + serialize(PING, b"p", mask=True)
+        + serialize(CONTINUATION, b"b" * 70_000, mask=True)
+    )
+    frames = feed_in_pieces(reader, data, [1, 3, 10, 100, 500, 1000, 1000])
+    assert [f.opcode for f in frames] == [PING, TEXT]
+    assert admit.calls == [(300, True), (70_000, False)]
+
+
+def test_a_refused_message_is_skipped_unread() -> None:
+    """Its payload is never buffered or unmasked; what follows it parses as usual."""
+    admit = Admissions({0, 2})
+    reader = FrameReader(expect_mask=True, max_size=1 << 24)
+    reader.admit = admit
+    refused = serialize(TEXT, b"\xff" * (8 << 20), mask=True)  # not even UTF-8
+    assert reader.feed(refused[:10]) == []
+    # The rest of the refused frame is dropped as it arrives: nothing kept.
+    for offset in range(10, len(refused), 1 << 20):
+        assert reader.feed(refused[offset : offset + (1 << 20)]) == []
+        assert not reader._chunks
+    fragments = (
+        serialize(BINARY, b"a", mask=True, fin=False)
+        + serialize(PING, b"p", mask=True)
+        + serialize(CONTINUATION, b"\xff" * 300, mask=True, fin=False)
+        + serialize(CONTINUATION, b"c", mask=True)
+    )
+    frames = reader.feed(serialize(TEXT, b"kept", mask=True) + fragments)
+    frames += reader.feed(serialize(BINARY, b"after", mask=True))
+    assert [(f.opcode, f.payload) for f in frames] == [
+        (TEXT, b"kept"),
+        (PING, b"p"),
+        (BINARY, b"after"),
+    ]
+    # The fragments of the refused message were not reported.
+    assert admit.calls == [(8 << 20, True), (4, True), (1, True), (5, True)]
+
+
+def test_a_refused_fragmented_message_still_obeys_the_rules() -> None:
+    """Dropping a message does not suspend the fragmentation rules or the size limit."""
+    reader = FrameReader(expect_mask=True, max_size=100)
+    reader.admit = Admissions({0})
+    reader.feed(serialize(TEXT, b"a" * 60, mask=True, fin=False))
+    with pytest.raises(ProtocolFailure) as failure:
+        reader.feed(serialize(CONTINUATION, b"b" * 60, mask=True, fin=False))
+    assert failure.value.code == 1009
+    reader = FrameReader(expect_mask=True, max_size=100)
+    reader.admit = Admissions({0})
+    reader.feed(serialize(TEXT, b"a", mask=True, fin=False))
+    with pytest.raises(ProtocolFailure) as failure:
+        reader.feed(serialize(TEXT, b"b", mask=True))
+    assert failure.value.code == 1002
+
+
+@given(
+    _STREAM_FRAMES,
+    st.sets(st.integers(min_value=0, max_value=8)),
+    st.lists(st.integers(min_value=0, max_value=7000), max_size=30),
+)
+def test_refused_messages_vanish_in_any_chunking(
+    messages: list[tuple[int, bytes, int]], refuse: set[int], cuts: list[int]
+) -> None:
+    """Whatever is refused and however TCP splits it: the other frames, exactly."""
+    data = b""
+    kept: list[tuple[int, bytes]] = []
+    index = 0
+    for opcode, payload, parts in messages:
+        if opcode == PING:
+            data += serialize(PING, payload[:125], mask=True)
+            kept.append((PING, payload[:125]))
+            continue
+        if opcode == TEXT:
+            payload = payload.decode("latin-1").encode()
+        if index not in refuse:
+            kept.append((opcode, payload))
+        index += 1
+        size = -(-len(payload) // parts) or 1
+        pieces = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
+        for number, piece in enumerate(pieces):
+            kind = opcode if number == 0 else CONTINUATION
+            data += serialize(kind, piece, mask=True, fin=number == len(pieces) - 1)
+    reader = FrameReader(expect_mask=True, max_size=1 << 20)
+    reader.admit = Admissions(refuse)
+    frames = feed_in_pieces(reader, data, cuts)
+    assert [(f.opcode, f.payload) for f in frames] == kept
 
 
 def test_close_payloads() -> None:

@@ -174,8 +174,21 @@ async def test_a_peer_that_never_answers_our_close_is_dropped_after_close_timeou
         (bytes([0x83, 0x00]), 1002),  # reserved opcode
         (build_frame(CLOSE, close_payload(1005, ""), mask=False), 1002),
         (build_frame(CLOSE, b"\x03\xe8\xc3\x28", mask=False), 1007),
+        (bytes([0x81, 126, 0, 2]) + b"{}", 1002),  # length not minimal
+        (bytes([0x81, 127]) + (1 << 63).to_bytes(8, "big"), 1002),
+        (bytes([0x01, 2]) + b"{\xff", 1007),  # no final fragment needed
     ],
-    ids=["bad-utf8", "too-big", "masked", "opcode", "reserved-code", "bad-reason"],
+    ids=[
+        "bad-utf8",
+        "too-big",
+        "masked",
+        "opcode",
+        "reserved-code",
+        "bad-reason",
+        "non-minimal",
+        "length-msb",
+        "bad-utf8-fragment",
+    ],
 )
 async def test_protocol_errors_close_with_their_code(script: bytes, code: int) -> None:
     async with scripted(script) as peer:
@@ -188,6 +201,20 @@ async def test_protocol_errors_close_with_their_code(script: bytes, code: int) -
         assert close_of(sent).code == code
         assert recorder.messages == []
         assert recorder.closed[0][0] == code
+
+
+async def test_messages_before_a_protocol_error_are_delivered_first() -> None:
+    """Frames completed in the read that also holds a violation are still handled."""
+    script = build_frame(TEXT, b"first", mask=False) + build_frame(
+        TEXT, b"x", mask=True
+    )
+    async with scripted(script) as peer:
+        leg = await open_leg(peer.url)
+        recorder = Recorder()
+        recorder.attach(leg)
+        async with asyncio.timeout(2 * SECOND):
+            assert await leg.done == 1002
+        assert [message[0] for message in recorder.messages] == ["first"]
 
 
 async def test_the_peers_close_is_echoed_and_reported() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,16 +19,10 @@ from tests.helpers.servers import (
     CLIENT_KEY,
     OTHER_CLIENT_KEY,
     Stack,
-    make_settings,
+    clients_with,
     relay_stack,
 )
 from tests.helpers.timing import SECOND, within
-
-
-def clients_with(**changes: Any) -> tuple[ClientSettings, ...]:
-    """The default test clients, app-a changed."""
-    first, *others = make_settings("http://127.0.0.1:1").clients
-    return (replace(first, **changes), *others)
 
 
 def limited(**limits: Any) -> tuple[ClientSettings, ...]:

@@ -41,11 +41,13 @@ class ClientMessage:
     """A complete WebSocket message from the client (text as ``str``, binary as ``bytes``).
 
     ``now`` is when it arrived (seconds, monotonic): it feeds the idle timer
-    and the inbound rate limits.
+    and the inbound rate limits. ``admitted``: the rate limits already
+    admitted it from its first frame's header (``RelaySession.client_frame``).
     """
 
     data: str | bytes
     now: float = 0.0
+    admitted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

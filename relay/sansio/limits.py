@@ -35,8 +35,11 @@ class SessionLimits:
     idle_seconds: float | None = None
     messages_per_second: float | None = None
     bytes_per_second: float | None = None
-    burst_bytes: float = 0.0
-    """Largest single burst of bytes (at least the largest message allowed)."""
+    burst_bytes: float | None = None
+    """What the byte bucket holds (``None``: two seconds of ``bytes_per_second``).
+
+    It need not cover the largest message: a message larger than what is
+    left passes while the bucket is not in debt (see :meth:`InboundRate.check`)."""
     rate_grace: float = 5.0
     """How long a client may stay over its rate before the session is closed."""
 
@@ -79,7 +82,9 @@ class InboundRate:
             if limits.bytes_per_second is None
             else TokenBucket(
                 limits.bytes_per_second,
-                max(2 * limits.bytes_per_second, limits.burst_bytes),
+                2 * limits.bytes_per_second
+                if limits.burst_bytes is None
+                else limits.burst_bytes,
                 now,
             )
         )
@@ -91,9 +96,16 @@ class InboundRate:
         self._last_notice = float("-inf")
 
     def check(self, size: int, now: float) -> RateVerdict:
-        """Account one message of ``size`` bytes arriving at ``now``."""
+        """Account a message whose first frame (of ``size`` bytes) arrives at ``now``.
+
+        The message passes if the message bucket has a token and the byte
+        bucket is not in debt; its bytes are charged whole, even beyond what
+        the byte bucket holds, so one message larger than the burst passes and
+        the next ones wait for the debt to be repaid. Later fragments of a
+        message are charged with :meth:`charge`.
+        """
         allowed = (self._messages is None or self._messages.take(1, now)) and (
-            self._bytes is None or self._bytes.take(size, now)
+            self._bytes is None or self._bytes.charge(size, now)
         )
         if allowed:
             return RateVerdict(True)
@@ -106,3 +118,8 @@ class InboundRate:
         if notify:
             self._last_notice = now
         return RateVerdict(False, notify=notify)
+
+    def charge(self, size: int, now: float) -> None:
+        """Charge ``size`` bytes of a message already decided on (a later fragment)."""
+        if self._bytes is not None:
+            self._bytes.debit(size, now)

@@ -106,3 +106,26 @@ class TokenBucket:
             return False
         self._tokens -= amount
         return True
+
+    def charge(self, amount: float, now: float) -> bool:
+        """Take ``amount`` at ``now`` unless the bucket is in debt; whether it was taken.
+
+        Unlike :meth:`take`, an amount larger than what is available (or than
+        ``burst``) passes while the bucket holds anything, leaving it in debt:
+        what follows waits until the rate has repaid it. One large message
+        can pass this way, and the average still keeps to the rate.
+        """
+        elapsed = max(0.0, now - self._last)
+        self._last = now
+        tokens = min(self.burst, self._tokens + elapsed * self.rate)
+        if tokens <= 0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - amount
+        return True
+
+    def debit(self, amount: float, now: float) -> None:
+        """Take ``amount`` at ``now`` whatever the balance (it may go into debt)."""
+        elapsed = max(0.0, now - self._last)
+        self._last = now
+        self._tokens = min(self.burst, self._tokens + elapsed * self.rate) - amount

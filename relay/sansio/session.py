@@ -160,8 +160,8 @@ class RelaySession:
                 return self._start(now)
             case Tick(now=now):
                 return self._tick(now) if self._running else []
-            case ClientMessage(data=data, now=now):
-                return self.client_message(data, now)
+            case ClientMessage(data=data, now=now, admitted=admitted):
+                return self.client_message(data, now, admitted=admitted)
             case UpstreamMessage(data=data, now=now):
                 return self.upstream_message(data, now)
             case Stalled(side=side):
@@ -200,19 +200,43 @@ class RelaySession:
             case _:  # pragma: no cover - exhaustiveness is checked by mypy
                 assert_never(event)
 
-    def client_message(self, data: str | bytes, now: float) -> list[Command]:
-        """``handle(ClientMessage(data, now))``, without building the event.
+    def client_frame(self, size: int, first: bool, now: float) -> list[Command] | None:
+        """Decide on a client data frame from its header, before its payload is read.
+
+        ``first`` says the frame starts a message; its answer decides the
+        whole message. ``None`` admits it (its bytes are charged to the
+        inbound rate); a list refuses it, with what to do about that (the
+        caller drops the message unread). For a later fragment the bytes are
+        charged and the answer is always ``None``.
+        """
+        rate = self._rate
+        if not self._running or rate is None:
+            return []  # not started, or ending: nothing more is relayed
+        if now > self._last_client:
+            self._last_client = now
+        if not first:
+            rate.charge(size, now)
+            return None
+        return self._over_rate(size, now)
+
+    def client_message(
+        self, data: str | bytes, now: float, *, admitted: bool = False
+    ) -> list[Command]:
+        """``handle(ClientMessage(data, now, admitted))``, without building the event.
 
         The relay's hot path calls this (and :meth:`upstream_message`) once per
         frame; :meth:`handle` is the same thing for every other caller.
+        ``admitted`` says :meth:`client_frame` already admitted (and charged)
+        the message; otherwise it is charged here, whole.
         """
         if not self._running:
             return []
         if now > self._last_client:
             self._last_client = now
-        refused = self._over_rate(data, now)
-        if refused is not None:
-            return refused
+        if not admitted:
+            refused = self._over_rate(len(data), now)
+            if refused is not None:
+                return refused
         if self.state is State.INITIALIZING:
             self._held_client.append(data)
             self.held_bytes += len(data)
@@ -357,9 +381,9 @@ class RelaySession:
             )
         return [Wakeup(self._next_deadline())]
 
-    def _over_rate(self, data: str | bytes, now: float) -> list[Command] | None:
+    def _over_rate(self, size: int, now: float) -> list[Command] | None:
         assert self._rate is not None, "Started must come first"
-        verdict = self._rate.check(len(data), now)
+        verdict = self._rate.check(size, now)
         if verdict.allowed:
             return None
         if verdict.close:

@@ -80,6 +80,12 @@ def make_settings(
     return replace(settings, **changes)
 
 
+def clients_with(**changes: Any) -> tuple[ClientSettings, ...]:
+    """The default test clients, app-a changed (``limits=ClientLimits(...)``, ...)."""
+    first, *others = make_settings("http://127.0.0.1:1").clients
+    return (replace(first, **changes), *others)
+
+
 @asynccontextmanager
 async def serve_asgi(app: ASGIApplication) -> AsyncIterator[int]:
     """Serve any ASGI ``app`` with uvicorn on 127.0.0.1; yield its port."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from relay.sansio.commands import Applied, Close, Ended, Send, Wakeup
-from relay.sansio.events import ClientMessage, Tick
+from relay.sansio.events import ClientClosed, ClientMessage, Started, Tick
 from relay.sansio.limits import (
     AZURE_MARGIN,
     AZURE_MAX_SESSION,
@@ -25,6 +25,50 @@ def error_code(command: object) -> str:
     event = json.loads(command.data)
     assert event["type"] == "error"
     return str(event["error"]["code"])
+
+
+class TestAdmissionAtTheHeader:
+    """``client_frame``: the rate limits decide from a frame's header, before its payload."""
+
+    def test_a_refused_message_is_answered_before_its_payload(self) -> None:
+        session = RelaySession(
+            limits=SessionLimits(bytes_per_second=1000, burst_bytes=2000)
+        )
+        session.handle(Started(0.0))
+        assert session.client_frame(50_000, True, 0.0) is None  # admitted, in debt
+        refused = session.client_frame(10, True, 0.5)
+        assert refused is not None
+        assert refused[0] == Applied("refuse", "rate_limit")
+        assert error_code(refused[1]) == "rate_limit_exceeded"
+        # Silent for the rest of that second; then admitted once repaid.
+        assert session.client_frame(10, True, 0.6) == [Applied("refuse", "rate_limit")]
+        assert session.client_frame(10, True, 48.1) is None
+
+    def test_later_fragments_are_charged_and_never_refused(self) -> None:
+        session = RelaySession(limits=SessionLimits(bytes_per_second=1000))
+        session.handle(Started(0.0))
+        assert session.client_frame(100, True, 0.0) is None
+        for _ in range(10):  # far beyond the 2,000-byte burst
+            assert session.client_frame(1000, False, 0.0) is None
+        assert session.client_frame(1, True, 0.0) is not None  # repaid in 8 s
+        assert session.client_frame(1, True, 8.2) is None
+
+    def test_an_admitted_message_is_not_charged_again(self) -> None:
+        session = RelaySession(limits=SessionLimits(messages_per_second=1))
+        session.handle(Started(0.0))
+        assert session.client_frame(len(APPEND), True, 0.0) is None
+        assert session.client_frame(len(APPEND), True, 0.0) is None  # burst of 2
+        for _ in range(5):
+            commands = session.client_message(APPEND, 0.0, admitted=True)
+            assert Applied("refuse", "rate_limit") not in commands
+        assert session.client_frame(len(APPEND), True, 0.0) is not None
+
+    def test_a_session_that_ended_refuses_silently(self) -> None:
+        session = RelaySession(limits=SessionLimits())
+        assert session.client_frame(10, True, 0.0) == []  # not started
+        session.handle(Started(0.0))
+        session.handle(ClientClosed(1000, ""))
+        assert session.client_frame(10, True, 1.0) == []
 
 
 class TestDuration:
@@ -104,11 +148,23 @@ class TestRate:
                 break
         assert closed_at == 2.2
 
-    def test_byte_rate_admits_one_message_as_large_as_allowed(self) -> None:
-        """The byte bucket's burst covers the largest message; the sustained rate still holds."""
+    def test_a_message_larger_than_the_burst_passes_once_then_the_debt_is_repaid(
+        self,
+    ) -> None:
+        """The byte bucket need not hold the largest message; the sustained rate still holds."""
         rate = InboundRate(
-            SessionLimits(bytes_per_second=1000, burst_bytes=100_000), now=0.0
+            SessionLimits(bytes_per_second=1000, burst_bytes=2000), now=0.0
         )
-        assert rate.check(100_000, now=0.0).allowed
+        assert rate.check(10_000, now=0.0).allowed  # 8,000 bytes in debt
         assert not rate.check(10, now=0.0).allowed
-        assert rate.check(10, now=0.1).allowed
+        assert not rate.check(10, now=7.9).allowed  # still in debt
+        assert rate.check(10, now=8.1).allowed
+        rate.charge(5000, now=8.1)  # a later fragment: charged whatever the balance
+        assert not rate.check(10, now=9.0).allowed
+
+    def test_the_byte_burst_defaults_to_two_seconds_of_the_rate(self) -> None:
+        rate = InboundRate(SessionLimits(bytes_per_second=1000), now=0.0)
+        assert rate.check(1500, now=0.0).allowed
+        assert rate.check(600, now=0.0).allowed  # 2,100 of 2,000: 100 in debt
+        assert not rate.check(1, now=0.0).allowed
+        assert rate.check(1, now=0.11).allowed
