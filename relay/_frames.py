@@ -199,14 +199,114 @@ class FrameReader:
         else:
             buffer = data
         frames: list[Frame] = []
+        position = 0
+        end = len(buffer)
+        needed = 2  # bytes the frame at ``position`` needs: its header first
+        budget_frames, budget_bytes = self._max_frames, self._max_bytes
         try:
-            position, needed = self._parse(buffer, frames)
+            while end - position >= 2:
+                if budget_frames <= 0 or budget_bytes <= 0:
+                    needed = 0  # more may be complete already: see `ready`
+                    break
+                first, second = buffer[position], buffer[position + 1]
+                fin = first & 0x80
+                if first & 0x70:
+                    raise ProtocolFailure(
+                        1002, "reserved bits set (no extension was negotiated)"
+                    )
+                opcode = first & 0x0F
+                masked = second & 0x80
+                if bool(masked) != self._expect_mask:
+                    raise ProtocolFailure(
+                        1002, "masking does not match the peer's role"
+                    )
+                length = second & 0x7F
+                header = 2
+                if length == 126:
+                    if end - position < 4:
+                        needed = 4
+                        break
+                    (length,) = _U16.unpack_from(buffer, position + 2)
+                    header = 4
+                    if length < 126:
+                        raise ProtocolFailure(
+                            1002, "payload length not minimally encoded"
+                        )
+                elif length == 127:
+                    if end - position < 10:
+                        needed = 10
+                        break
+                    (length,) = _U64.unpack_from(buffer, position + 2)
+                    header = 10
+                    if length >> 63:
+                        raise ProtocolFailure(
+                            1002, "payload length with its most significant bit set"
+                        )
+                    if length < 1 << 16:
+                        raise ProtocolFailure(
+                            1002, "payload length not minimally encoded"
+                        )
+                control = opcode in _CONTROL
+                if control:
+                    if length > 125 or not fin:
+                        raise ProtocolFailure(1002, "invalid control frame")
+                elif opcode not in _DATA:
+                    raise ProtocolFailure(1002, "unknown opcode")
+                elif opcode == CONTINUATION:
+                    if self._opcode is None:
+                        raise ProtocolFailure(1002, "continuation without a message")
+                elif self._opcode is not None:
+                    raise ProtocolFailure(1002, "new message inside a fragmented one")
+                if length + self._fragments_size > self._max_size:
+                    raise ProtocolFailure(1009, "message too big")
+                mask_at = position + header
+                payload_at = mask_at + (4 if masked else 0)
+                frame_end = payload_at + length
+                if not control and not (position == 0 and self._decided):
+                    # A data frame's header, seen for the first time: decide now,
+                    # before waiting for (or working on) its payload.
+                    admit = self.admit
+                    if opcode != CONTINUATION:
+                        keep = admit is None or admit(length, True)
+                    elif self._dropping:
+                        keep = False  # the rest of a refused message
+                    else:
+                        keep = True  # a message admitted is admitted whole
+                        if admit is not None:
+                            admit(length, False)
+                    if not keep:
+                        budget_frames -= 1
+                        self._drop(opcode, bool(fin), length)
+                        if frame_end > end:
+                            self._skip = frame_end - end
+                            position = end
+                            break
+                        position = frame_end
+                        continue
+                if frame_end > end:
+                    self._decided = not control
+                    needed = frame_end - position
+                    break
+                self._decided = False
+                payload = buffer[payload_at:frame_end]
+                if masked:
+                    payload = apply_mask(payload, buffer[mask_at:payload_at])
+                raw = (
+                    buffer[position:frame_end]
+                    if fin and opcode != CONTINUATION
+                    else None
+                )
+                position = frame_end
+                budget_frames -= 1
+                budget_bytes -= length
+                frame = self._assemble(opcode, bool(fin), payload, raw)
+                if frame is not None:
+                    frames.append(frame)
         except ProtocolFailure as failure:
             failure.frames = frames
             self._chunks = []
             self.ready = False
             raise
-        end = len(buffer)
         if position < end:
             self._chunks = [buffer[position:] if position else buffer]
             self._pending = end - position
@@ -217,98 +317,6 @@ class FrameReader:
             self._chunks = []
             self.ready = False
         return frames
-
-    def _parse(self, buffer: bytes, frames: list[Frame]) -> tuple[int, int]:
-        # Appends the frames in ``buffer`` to ``frames``; returns where parsing
-        # stopped and how many bytes the frame there needs in all (0: it may
-        # be complete, but the turn's bounds were reached).
-        position = 0
-        end = len(buffer)
-        needed = 2  # bytes the frame at ``position`` needs: its header first
-        budget_frames, budget_bytes = self._max_frames, self._max_bytes
-        while end - position >= 2:
-            if budget_frames <= 0 or budget_bytes <= 0:
-                return position, 0  # more may be complete already: see `ready`
-            first, second = buffer[position], buffer[position + 1]
-            fin = first & 0x80
-            if first & 0x70:
-                raise ProtocolFailure(
-                    1002, "reserved bits set (no extension was negotiated)"
-                )
-            opcode = first & 0x0F
-            masked = second & 0x80
-            if bool(masked) != self._expect_mask:
-                raise ProtocolFailure(1002, "masking does not match the peer's role")
-            length = second & 0x7F
-            header = 2
-            if length == 126:
-                if end - position < 4:
-                    return position, 4
-                (length,) = _U16.unpack_from(buffer, position + 2)
-                header = 4
-                if length < 126:
-                    raise ProtocolFailure(1002, "payload length not minimally encoded")
-            elif length == 127:
-                if end - position < 10:
-                    return position, 10
-                (length,) = _U64.unpack_from(buffer, position + 2)
-                header = 10
-                if length >> 63:
-                    raise ProtocolFailure(
-                        1002, "payload length with its most significant bit set"
-                    )
-                if length < 1 << 16:
-                    raise ProtocolFailure(1002, "payload length not minimally encoded")
-            if opcode in _CONTROL:
-                if length > 125 or not fin:
-                    raise ProtocolFailure(1002, "invalid control frame")
-            elif opcode not in _DATA:
-                raise ProtocolFailure(1002, "unknown opcode")
-            elif opcode == CONTINUATION:
-                if self._opcode is None:
-                    raise ProtocolFailure(1002, "continuation without a message")
-            elif self._opcode is not None:
-                raise ProtocolFailure(1002, "new message inside a fragmented one")
-            if length + self._fragments_size > self._max_size:
-                raise ProtocolFailure(1009, "message too big")
-            mask_at = position + header
-            payload_at = mask_at + (4 if masked else 0)
-            frame_end = payload_at + length
-            if opcode not in _CONTROL and not (position == 0 and self._decided):
-                # A data frame's header, seen for the first time: decide now,
-                # before waiting for (or working on) its payload.
-                admit = self.admit
-                if opcode != CONTINUATION:
-                    keep = admit is None or admit(length, True)
-                elif self._dropping:
-                    keep = False  # the rest of a refused message
-                else:
-                    keep = True  # a message admitted is admitted whole
-                    if admit is not None:
-                        admit(length, False)
-                if not keep:
-                    budget_frames -= 1
-                    self._drop(opcode, bool(fin), length)
-                    if frame_end > end:
-                        self._skip = frame_end - end
-                        return end, 2
-                    position = frame_end
-                    continue
-            if frame_end > end:
-                self._decided = opcode not in _CONTROL
-                return position, frame_end - position
-            self._decided = False
-            payload = buffer[payload_at:frame_end]
-            if masked:
-                payload = apply_mask(payload, buffer[mask_at:payload_at])
-            raw = buffer[position:frame_end] if fin and opcode != CONTINUATION else None
-            position = frame_end
-            budget_frames -= 1
-            budget_bytes -= length
-            frame = self._assemble(opcode, bool(fin), payload, raw)
-            if frame is not None:
-                frames.append(frame)
-        return position, needed
 
     def _drop(self, opcode: int, fin: bool, length: int) -> None:
         # A refused data frame: the message it belongs to is dropped whole,
