@@ -318,6 +318,11 @@ class FrameReader:
             self.ready = False
         return frames
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held for frames and messages not complete yet."""
+        return self._pending * bool(self._chunks) + sum(map(len, self._fragments))
+
     def _drop(self, opcode: int, fin: bool, length: int) -> None:
         # A refused data frame: the message it belongs to is dropped whole,
         # while the fragmentation rules (and the size limit) still hold.

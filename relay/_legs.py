@@ -35,6 +35,7 @@ from relay._frames import (
     close_payload,
     parse_close,
 )
+from relay.memory import LARGE_MESSAGE, trimmer
 from relay.sansio.quotas import TokenBucket
 
 
@@ -111,6 +112,7 @@ class Leg:
             max_bytes=BYTES_PER_TURN,
         )
         self._loop = asyncio.get_running_loop()
+        self._trimmer = trimmer()
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._close_timeout = close_timeout
@@ -257,6 +259,8 @@ class Leg:
 
     def _deliver(self, frame: Frame) -> None:
         payload = frame.payload
+        if len(payload) >= LARGE_MESSAGE:
+            self._trimmer.released(len(payload))  # its buffers are freed soon
         data: str | bytes = payload
         if frame.text is not None:
             data = frame.text  # reassembled: validated fragment by fragment
@@ -365,6 +369,7 @@ class Leg:
         if self.finished:
             return
         self.finished = True
+        self._trimmer.released(self._reader.buffered)
         for timer in (self._close_timer, self._ping_timer, self._pong_timer):
             if timer is not None:
                 timer.cancel()

@@ -109,10 +109,16 @@ def leg_flow(**changes: float | None) -> FlowSettings:
     )
 
 
-async def open_leg(url: str, settings: FlowSettings | None = None) -> Leg:
+async def open_leg(
+    url: str, settings: FlowSettings | None = None, *, max_message_bytes: int = 4096
+) -> Leg:
     settings = leg_flow() if settings is None else settings
     connection = await open_upstream(
-        url, [], connect_timeout=2 * SECOND, max_message_bytes=4096, flow=settings
+        url,
+        [],
+        connect_timeout=2 * SECOND,
+        max_message_bytes=max_message_bytes,
+        flow=settings,
     )
     return connection.leg
 
