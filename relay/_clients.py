@@ -185,7 +185,7 @@ def _limits(section: Section) -> ClientLimits:
         if node := section.get(key):
             kwargs[key] = node.as_int(minimum=1, maximum=maximum)
     for name, low, high in (
-        ("max_session_seconds", 1.0, 1800.0),
+        ("max_session_seconds", 1.0, 86400.0),
         ("idle_seconds", 1.0, 3600.0),
         ("messages_per_second", 1.0, 100_000.0),
     ):

@@ -179,8 +179,9 @@ class ClientLimits:
     """Concurrent sessions (across replicas with ``limits.backend: redis``)."""
     sessions_per_minute: int = 60
     """Session starts in any rolling minute."""
-    max_session_seconds: float = 1800.0
-    """Longest session; never later than just before Azure's own 30-minute cap."""
+    max_session_seconds: float = 3600.0
+    """Longest session. Never later than just before Azure's own cap: the
+    ``expires_at`` Azure states in ``session.created`` (60 minutes in 2026)."""
     idle_seconds: float = 120.0
     """A session with no client event for this long is closed."""
     messages_per_second: float = 200.0

@@ -22,6 +22,7 @@ driver aborted it) are queued and handled next, never nested.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol, assert_never
@@ -136,7 +137,7 @@ class SessionDriver:
 
     async def run(self) -> Ended:
         """Relay until both legs are closed; return how the session ended."""
-        self._feed(Started(self._loop.time()))
+        self._feed(Started(self._loop.time(), time.time()))
         self._started = True
         if self._drain_request is not None:
             self.drain(*self._drain_request)

@@ -90,8 +90,24 @@ UPSTREAM_RESULTS = (
 )
 # Handshakes include an upstream TLS + WebSocket handshake across regions.
 _HANDSHAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# Sessions last up to Azure's 30-minute cap; buckets reach 35 minutes.
-_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1500, 1800, 2100)
+# Sessions last up to Azure's cap (60 minutes in 2026); buckets reach 65 minutes.
+_DURATION_BUCKETS = (
+    1,
+    5,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1200,
+    1800,
+    2400,
+    3000,
+    3600,
+    3900,
+)
 
 
 class RelayMetrics:

@@ -427,8 +427,8 @@ def test_client_options() -> None:
             "clients[0].drain_notice: expected one of event, error, none",
         ),
         (
-            ("max_session_seconds: 1800", "max_session_seconds: 3600"),
-            "clients[0].limits.max_session_seconds: expected a number from 1.0 to 1800.0",
+            ("max_session_seconds: 1800", "max_session_seconds: 90000"),
+            "clients[0].limits.max_session_seconds: expected a number from 1.0 to 86400.0",
         ),
         (
             ("idle_seconds: 60", "idle_seconds: 60, burst: 9"),

@@ -24,9 +24,15 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """Both legs are open; the session begins at ``now`` (seconds, monotonic)."""
+    """Both legs are open; the session begins at ``now`` (seconds, monotonic).
+
+    ``wall`` is the wall clock at that moment (Unix seconds), so times the
+    upstream states in Unix seconds (``expires_at``) can be placed on the
+    monotonic clock; ``None`` if unknown (those times are then ignored).
+    """
 
     now: float
+    wall: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

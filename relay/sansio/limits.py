@@ -16,15 +16,21 @@ from relay.sansio.quotas import TokenBucket
 __all__ = [
     "AZURE_MARGIN",
     "AZURE_MAX_SESSION",
+    "EXPIRY_WINDOW",
     "InboundRate",
     "RateVerdict",
     "SessionLimits",
 ]
 
-AZURE_MAX_SESSION: Final = 1800.0
-"""Azure ends a realtime session after 30 minutes (protocol.md §5)."""
+AZURE_MAX_SESSION: Final = 3600.0
+"""Azure ends a realtime session after 60 minutes (its 2026 how-to). What the
+upstream states in ``session.created`` (``expires_at``) takes precedence: this
+is the cap until it is known, and if it never is."""
 AZURE_MARGIN: Final = 5.0
 """The relay ends sessions this long before Azure would: the client gets the relay's explanation."""
+EXPIRY_WINDOW: Final = (60.0, 86400.0)
+"""An ``expires_at`` this many seconds ahead (at least, at most) is believed;
+one outside (a skewed clock, a stale or absurd value) leaves the cap as it was."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +49,19 @@ class SessionLimits:
     rate_grace: float = 5.0
     """How long a client may stay over its rate before the session is closed."""
 
-    def session_end(self, started: float) -> float:
-        """When the session must end: its own cap, and never after Azure's minus a margin."""
-        cap = AZURE_MAX_SESSION - AZURE_MARGIN
-        seconds = (
-            cap
-            if self.max_session_seconds is None
-            else min(self.max_session_seconds, cap)
-        )
-        return started + seconds
+    def session_end(self, started: float, expires: float | None = None) -> float:
+        """When the session must end: its own cap, and a margin before Azure's.
+
+        ``expires`` is when the upstream said the session expires (monotonic
+        seconds, from ``expires_at``); without it Azure's documented cap
+        (:data:`AZURE_MAX_SESSION` from ``started``) is assumed.
+        """
+        azure = (
+            started + AZURE_MAX_SESSION if expires is None else expires
+        ) - AZURE_MARGIN
+        if self.max_session_seconds is None:
+            return azure
+        return min(started + self.max_session_seconds, azure)
 
 
 @dataclass(frozen=True, slots=True)

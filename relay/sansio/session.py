@@ -59,7 +59,7 @@ from relay.sansio.events import (
     UpstreamMessage,
 )
 from relay.sansio.fields import FIELDS, JSON, write
-from relay.sansio.limits import InboundRate, SessionLimits
+from relay.sansio.limits import EXPIRY_WINDOW, InboundRate, SessionLimits
 from relay.sansio.meter import Meter
 from relay.sansio.policy import EMPTY_POLICY, GOVERNED_EVENTS, Forward, Policy, judge
 from relay.sansio.wire import (
@@ -117,8 +117,11 @@ class RelaySession:
         self.family: Family = family
         self._init_timeout = init_timeout
         self._limits = limits
-        # Deadlines (monotonic seconds), set by Started.
+        # Deadlines (monotonic seconds), set by Started; the wall clock minus
+        # the monotonic one, to read the upstream's expires_at.
         self._end_at = float("inf")
+        self._started_at = 0.0
+        self._wall_offset: float | None = None
         self._last_client = 0.0
         self._rate: InboundRate | None = None
         self._drain_at: float | None = None
@@ -156,8 +159,8 @@ class RelaySession:
     def handle(self, event: Event) -> list[Command]:
         """Apply ``event`` and return the commands it causes."""
         match event:
-            case Started(now=now):
-                return self._start(now)
+            case Started(now=now, wall=wall):
+                return self._start(now, wall)
             case Tick(now=now):
                 return self._tick(now) if self._running else []
             case ClientMessage(data=data, now=now, admitted=admitted):
@@ -258,7 +261,13 @@ class RelaySession:
             if not self._greeted:
                 # Open from the start (no initial policy): the upstream's first
                 # event, session.created by the protocol, is the greeting.
-                return [*self._relay_upstream(data, now), *self._greet()]
+                created = _peek(data)
+                rearm = (
+                    self._expires(created, now)
+                    if created is not None and created.get("type") == "session.created"
+                    else []
+                )
+                return [*rearm, *self._relay_upstream(data, now), *self._greet()]
             return self._relay_upstream(data, now)
         if state is State.INITIALIZING:
             return self._initializing(data, now)
@@ -277,9 +286,11 @@ class RelaySession:
 
     # Initialization
 
-    def _start(self, now: float) -> list[Command]:
+    def _start(self, now: float, wall: float | None) -> list[Command]:
         if self.state is not State.INITIALIZING or self._rate is not None:
             return []
+        self._started_at = now
+        self._wall_offset = None if wall is None else wall - now
         self._end_at = self._limits.session_end(now)
         self._last_client = now
         self._rate = InboundRate(self._limits, now)
@@ -345,6 +356,32 @@ class RelaySession:
                 "grace_ms": round(grace * 1000),
             }
         )
+
+    def _expires(self, created: dict[str, JSON], now: float) -> list[Command]:
+        """Cap the session by the ``expires_at`` of the upstream's ``session.created``.
+
+        Azure's value is authoritative (its documented cap changed from 30 to
+        60 minutes in 2026); one outside :data:`EXPIRY_WINDOW` from now is
+        not believed and the documented cap stays. Returns the ``Wakeup`` for
+        a deadline that moved (none if it did not).
+        """
+        session = created.get("session")
+        expires_at = session.get("expires_at") if isinstance(session, dict) else None
+        if (
+            self._wall_offset is None
+            or isinstance(expires_at, bool)
+            or not isinstance(expires_at, int | float)
+        ):
+            return []
+        expires = expires_at - self._wall_offset
+        low, high = EXPIRY_WINDOW
+        if not low <= expires - now <= high:
+            return []
+        end = self._limits.session_end(self._started_at, expires)
+        if end == self._end_at:
+            return []
+        self._end_at = end
+        return [Wakeup(self._next_deadline())]
 
     def _next_deadline(self) -> float:
         deadlines = [self._end_at]
@@ -431,8 +468,10 @@ class RelaySession:
         if self._created is None and kind == "session.created":
             assert event is not None
             self._created = event
+            rearm = self._expires(event, now)
             session = self.policy.initial_session(self.family)
             return [
+                *rearm,
                 Send(
                     "upstream",
                     dump(
@@ -442,7 +481,7 @@ class RelaySession:
                             "session": session,
                         }
                     ),
-                )
+                ),
             ]
         if self._created is not None and kind == "session.updated":
             assert event is not None

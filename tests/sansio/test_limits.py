@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 
 from relay.sansio.commands import Applied, Close, Ended, Send, Wakeup
-from relay.sansio.events import ClientClosed, ClientMessage, Started, Tick
+from relay.sansio.events import (
+    ClientClosed,
+    ClientMessage,
+    Started,
+    Tick,
+    UpstreamMessage,
+)
 from relay.sansio.limits import (
     AZURE_MARGIN,
     AZURE_MAX_SESSION,
@@ -88,12 +94,92 @@ class TestDuration:
         ).done()
 
     def test_never_after_azures_own_cap(self) -> None:
-        """A longer (or no) configured cap still ends the session before Azure's 30 minutes."""
-        for limit in (None, 1800.0):
+        """A longer (or no) configured cap still ends the session before Azure's 60 minutes."""
+        assert AZURE_MAX_SESSION == 3600
+        for limit in (None, 3600.0, 7200.0):
             book = Playbook(
                 RelaySession(limits=SessionLimits(max_session_seconds=limit))
             )
             assert book.started == [Wakeup(AZURE_MAX_SESSION - AZURE_MARGIN)]
+
+
+WALL = 1_790_000_000.0  # Unix seconds at the session's start (monotonic 100)
+
+
+def created(expires_at: object) -> str:
+    return json.dumps(
+        {
+            "type": "session.created",
+            "event_id": "e1",
+            "session": {"id": "s", "expires_at": expires_at},
+        }
+    )
+
+
+class TestExpiresAt:
+    """Azure's ``expires_at`` in ``session.created`` is authoritative for the cap."""
+
+    def open_session(self, limits: SessionLimits, expires_at: object) -> list[object]:
+        session = RelaySession(limits=limits)
+        assert session.handle(Started(100.0, WALL)) == [
+            Wakeup(limits.session_end(100.0))
+        ]
+        self.session = session
+        return list(session.handle(UpstreamMessage(created(expires_at), 100.5)))
+
+    def test_the_upstreams_expiry_moves_the_cap(self) -> None:
+        """Later than the documented 60 minutes (Azure changed it once): believed."""
+        commands = self.open_session(SessionLimits(), WALL + 7200)
+        assert commands[0] == Wakeup(100.0 + 7200 - AZURE_MARGIN)
+        # A 45-minute session is not cut; the end comes 5 s before Azure's.
+        assert self.session.handle(Tick(100.0 + 45 * 60)) == [
+            Wakeup(100.0 + 7200 - AZURE_MARGIN)
+        ]
+        ending = self.session.handle(Tick(100.0 + 7200 - AZURE_MARGIN))
+        assert error_code(ending[0]) == "session_duration_limit_reached"
+
+    def test_an_earlier_expiry_ends_the_session_earlier(self) -> None:
+        commands = self.open_session(SessionLimits(), WALL + 1800)
+        assert commands[0] == Wakeup(100.0 + 1800 - AZURE_MARGIN)
+
+    def test_the_clients_own_cap_still_holds(self) -> None:
+        commands = self.open_session(
+            SessionLimits(max_session_seconds=600), WALL + 3600
+        )
+        assert not any(isinstance(c, Wakeup) for c in commands)  # 600 s is sooner
+
+    def test_a_45_minute_session_is_not_cut(self) -> None:
+        """The default client cap (60 minutes) and Azure's 60-minute expiry."""
+        commands = self.open_session(
+            SessionLimits(max_session_seconds=3600), WALL + 3600
+        )
+        assert not any(isinstance(c, Wakeup) for c in commands)  # as assumed
+        for minute in range(1, 46):
+            assert not any(
+                isinstance(c, Ended)
+                for c in self.session.handle(Tick(100.0 + 60 * minute))
+            )
+        assert self.session.state is not None
+        assert self.session.outcome is None
+
+    def test_unbelievable_expiries_leave_the_documented_cap(self) -> None:
+        for expires_at in (
+            WALL - 10,  # past
+            WALL + 30,  # sooner than a minute: a skewed clock
+            WALL + 10 * 86400,  # days ahead
+            True,
+            "soon",
+            None,
+            float("nan"),
+        ):
+            commands = self.open_session(SessionLimits(), expires_at)
+            assert not any(isinstance(c, Wakeup) for c in commands), expires_at
+
+    def test_without_the_wall_clock_expires_at_is_ignored(self) -> None:
+        session = RelaySession(limits=SessionLimits())
+        session.handle(Started(100.0))
+        commands = session.handle(UpstreamMessage(created(WALL + 7200), 100.5))
+        assert not any(isinstance(c, Wakeup) for c in commands)
 
 
 class TestIdle:

@@ -22,6 +22,7 @@ from relay.sansio.events import (
     UpstreamClosed,
     UpstreamMessage,
 )
+from relay.sansio.limits import AZURE_MARGIN, AZURE_MAX_SESSION
 from relay.sansio.policy import Policy
 from relay.sansio.session import INIT_EVENT_ID, RelaySession, State
 from tests.helpers.playbook import Playbook
@@ -206,7 +207,7 @@ class TestInitialization:
         assert state_of(book) is State.OPEN
         assert book.session.held_bytes == 0
         # The init deadline no longer matters: the next one is the duration cap.
-        (book >> Tick(200.0) << Wakeup(100.0 + 1795.0)).done()
+        (book >> Tick(200.0) << Wakeup(100.0 + AZURE_MAX_SESSION - AZURE_MARGIN)).done()
 
     def test_ga_initial_update_has_the_ga_shape(self) -> None:
         """In GA the update carries type realtime and the audio.input paths."""
