@@ -35,6 +35,7 @@ from relay._frames import (
     close_payload,
     parse_close,
 )
+from relay._sockets import send_queue, socket_fd
 from relay.memory import LARGE_MESSAGE, trimmer
 from relay.sansio.quotas import TokenBucket
 
@@ -104,6 +105,8 @@ class Leg:
     ) -> None:
         self._transport = transport
         transport.set_write_buffer_limits(high=write_limit)
+        # The socket, for what its kernel send queue holds (stall watchdog).
+        self._fd = socket_fd(transport)
         self._mask = not server
         self._reader = FrameReader(
             expect_mask=server,
@@ -306,6 +309,19 @@ class Leg:
         """
         if not self.close_sent:
             self._write(raw)
+
+    def pending_bytes(self) -> int:
+        """Bytes written to the leg that its peer has not taken yet, as far as visible.
+
+        The transport's buffer plus, where the platform tells, the kernel's
+        send queue: it goes down whenever the peer reads (the stall watchdog's
+        evidence of progress), even while the transport's buffer cannot move.
+        One system call; not for the per-frame path.
+        """
+        buffered = self._transport.get_write_buffer_size()
+        if self._transport.is_closing():
+            return buffered  # the socket may be gone: its number may be reused
+        return buffered + send_queue(self._fd)
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake; the peer has ``close_timeout`` to answer."""

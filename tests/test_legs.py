@@ -380,3 +380,48 @@ async def test_many_frames_in_one_read_are_handled_over_several_turns() -> None:
         leg.close(1000, "done")
         async with asyncio.timeout(2 * SECOND):
             await leg.done
+
+
+async def test_pending_bytes_see_the_peer_read_while_the_leg_stays_over_its_mark() -> (
+    None
+):
+    """A peer that reads shows as fewer pending bytes at once: the kernel's queue, not the transport's buffer, moved."""
+    loop = asyncio.get_running_loop()
+    peer: asyncio.Future[asyncio.StreamReader] = loop.create_future()
+    done = asyncio.Event()
+
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        writer.write(switching(request))
+        await writer.drain()
+        peer.set_result(reader)  # read by the test from now on
+        await done.wait()
+        writer.close()
+
+    # A small stream limit: the peer takes from its socket only what it reads.
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, limit=16 * 1024)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        leg = await open_leg(f"ws://127.0.0.1:{port}/")
+        Recorder().attach(leg)
+        reader = await peer
+        async with asyncio.timeout(5 * SECOND):
+            while leg.writable:
+                leg.send_text("A" * 60_000)
+                await asyncio.sleep(0)
+        before = leg.pending_bytes()
+        assert before > leg_flow().buffer_bytes
+        await reader.readexactly(256 * 1024)
+        async with asyncio.timeout(5 * SECOND):
+            while True:
+                if leg.pending_bytes() < before:
+                    break
+                await asyncio.sleep(0.01)  # polling the kernel's count, bounded
+        # Megabytes still wait in the kernel: its socket is not writable yet,
+        # so the transport's buffer has not moved and the leg is still over
+        # its mark. Only the kernel's queue could show the read.
+        assert not leg.writable
+        leg.abort()
+        done.set()
