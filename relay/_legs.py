@@ -128,8 +128,6 @@ class Leg:
         # Flow control.
         self.writable = True
         """False while the transport's buffer is over its high-water mark."""
-        self.blocked_since: float | None = None
-        """When the leg last stopped being writable (for stall detection)."""
         # Reading is paused while the driver asks (backpressure) or while
         # frames already received wait for a later turn (fairness).
         self._reading = True
@@ -249,14 +247,12 @@ class Leg:
     def pause_writing(self) -> None:
         """The transport's buffer went over its high-water mark."""
         self.writable = False
-        self.blocked_since = self._loop.time()
         if self._on_writable is not None:
             self._on_writable()
 
     def resume_writing(self) -> None:
         """The transport's buffer drained below its low-water mark."""
         self.writable = True
-        self.blocked_since = None
         if self._on_writable is not None:
             self._on_writable()
 

@@ -255,7 +255,9 @@ class FlowSettings:
     close_timeout: float = 1.0
     """Bound on delivering queued frames and the close frame to a closing leg."""
     stall_timeout: float = 10.0
-    """Seconds a leg may stay unable to take data before the session is closed."""
+    """Seconds a peer may take no data at all, its leg over the high-water mark,
+    before the session is closed; time the relay's own event loop was blocked
+    does not count (relay.sansio.stalls)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,18 @@ Backpressure is end to end: every leg's transport has a high-water mark of
 ``flow.buffer_bytes``. While either leg is over it, neither leg is read (a
 message read from one leg can produce writes to both), so TCP pushes back on
 whoever sends too fast. Client frames the core holds while the policy is
-being applied count against the same bound. A leg that stays over its mark
-for ``flow.stall_timeout`` (the peer stopped reading) is reported to the core
-as :class:`Stalled`, which ends the session; a watchdog timer checks once a
-second, so no timer is armed per frame.
+being applied count against the same bound.
+
+A leg over its mark whose peer takes nothing for ``flow.stall_timeout`` is
+reported to the core as :class:`Stalled`, which ends the session. That time
+is counted on the ``responsive`` clock, which stops while the relay's event
+loop is blocked (:mod:`relay.lag`): a relay that could not run does not blame
+its peers for not reading. Any progress of the peer (fewer bytes waiting for
+it, in the transport or the kernel) restarts the count, so a slow reader is
+not a stalled one (:mod:`relay.sansio.stalls`). A watchdog timer looks once a
+second (``min(1, stall_timeout / 2)``), so no timer is armed per frame: a
+stall is reported between ``stall_timeout`` and ``stall_timeout`` plus that
+period after the peer's last progress, on the responsive clock.
 
 Events caused while another is being handled (a leg that ends because the
 driver aborted it) are queued and handled next, never nested.
@@ -24,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, assert_never
 
@@ -55,12 +64,18 @@ from relay.sansio.events import (
     UpstreamMessage,
 )
 from relay.sansio.session import RelaySession
+from relay.sansio.stalls import StallWatch
 from relay.typing import Side
 
 
 __all__ = ["Observer", "SessionCounters", "SessionDriver"]
 
 log = structlog.get_logger("relay.session")
+
+
+def _loop_time(now: float) -> float:
+    return now
+
 
 _CRASHED = Ended("relay_error", 1011, "internal relay error")
 
@@ -102,7 +117,13 @@ _Queued = tuple[Event, "str | bytes | None", "bytes | None", "Side | None"]
 
 
 class SessionDriver:
-    """Relays between the client's leg and the upstream's leg of one session."""
+    """Relays between the client's leg and the upstream's leg of one session.
+
+    Args:
+        responsive: maps the loop's time to the stall watchdog's clock, which
+            stops while the loop is blocked (:meth:`relay.lag.LoopLagProbe.responsive`);
+            the loop's own time by default.
+    """
 
     def __init__(
         self,
@@ -112,6 +133,7 @@ class SessionDriver:
         *,
         flow: FlowSettings,
         observer: Observer,
+        responsive: Callable[[float], float] | None = None,
     ) -> None:
         self._client = client
         self._upstream = upstream
@@ -129,6 +151,11 @@ class SessionDriver:
         # The pending Wakeup, if any, and the stall watchdog.
         self._timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._responsive = responsive if responsive is not None else _loop_time
+        self._stalls: dict[Side, StallWatch] = {
+            "client": StallWatch(flow.stall_timeout),
+            "upstream": StallWatch(flow.stall_timeout),
+        }
         self.close_codes: dict[Side, int | None] = {"client": None, "upstream": None}
         """How each leg ended (code received first, or sent first)."""
         # A drain requested before the session started.
@@ -150,7 +177,8 @@ class SessionDriver:
         self._upstream.attach(
             self._upstream_message, self._upstream_closed, self._writable_changed
         )
-        self._update_reading()
+        # A leg may have gone over its mark before it was attached.
+        self._writable_changed()
         self._arm_watchdog()
         try:
             await self._ended
@@ -171,6 +199,10 @@ class SessionDriver:
                     timer.cancel()
         assert self.ended is not None
         return self.ended
+
+    def writable(self, side: Side) -> bool:
+        """Whether ``side``'s leg can take more now (it is under its high-water mark)."""
+        return (self._client if side == "client" else self._upstream).writable
 
     def drain(self, deadline: float, grace_seconds: float) -> None:
         """Tell the client the relay is draining; end the session by ``deadline``.
@@ -268,6 +300,17 @@ class SessionDriver:
         self._feed(UpstreamClosed(code, reason))
 
     def _writable_changed(self) -> None:
+        # A leg went over its mark or drained: (dis)arm its stall clock. Once
+        # per transition, never per frame.
+        at: float | None = None
+        for side, leg in self._legs():
+            watch = self._stalls[side]
+            if leg.writable:
+                watch.unblocked()
+            elif not watch.armed:
+                if at is None:
+                    at = self._responsive(self._loop.time())
+                watch.blocked(at)
         self._update_reading()
 
     def _update_reading(self) -> None:
@@ -400,11 +443,10 @@ class SessionDriver:
         self._watchdog = self._loop.call_later(interval, self._check_stalls)
 
     def _check_stalls(self) -> None:
-        now = self._loop.time()
+        at = self._responsive(self._loop.time())
         for side, leg in self._legs():
-            since = leg.blocked_since
-            if since is not None and now - since >= self._flow.stall_timeout:
-                leg.blocked_since = None  # reported once
+            watch = self._stalls[side]
+            if watch.armed and watch.look(at, leg.pending_bytes()):
                 self._observer.stalled(side)
                 log.warning(
                     "session.stalled",

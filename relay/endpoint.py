@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -76,7 +77,11 @@ async def deny(websocket: WebSocket, error: RelayError) -> None:
 
 
 class RealtimeEndpoint:
-    """Serves the realtime WebSocket paths for one configured relay."""
+    """Serves the realtime WebSocket paths for one configured relay.
+
+    ``responsive`` is the sessions' stall clock (see
+    :class:`~relay.driver.SessionDriver`); the loop's own time by default.
+    """
 
     def __init__(
         self,
@@ -86,8 +91,10 @@ class RealtimeEndpoint:
         metrics: RelayMetrics,
         gate: Gate,
         drain: Drain | None = None,
+        responsive: Callable[[float], float] | None = None,
     ) -> None:
         self._settings = settings
+        self._responsive = responsive
         self.upstreams = upstreams
         """Every deployment's upstreams; sessions start on one of them."""
         self._metrics = metrics
@@ -252,6 +259,7 @@ class RealtimeEndpoint:
                 session,
                 flow=self._settings.flow,
                 observer=observer,
+                responsive=self._responsive,
             )
             started = time.monotonic()
             self._metrics.sessions_active.inc()

@@ -16,11 +16,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from relay.config import ClientLimits, FlowSettings, load_settings
+from relay.metrics import DIRECTIONS
 from relay.simulator import AudioFormat, Simulator
 from relay.simulator.audio import response_audio
-from tests.helpers.clients import receive_event, send_event
+from tests.helpers.clients import connect_relay, receive_event, send_event
 from tests.helpers.processes import RelayProcess, relay_process
-from tests.helpers.servers import CLIENT_KEY, make_settings, relay_stack
+from tests.helpers.servers import CLIENT_KEY, Stack, make_settings, relay_stack
 from tests.helpers.timing import SECOND, within
 
 
@@ -172,3 +173,80 @@ async def test_an_upstream_that_stops_reading_is_a_stall() -> None:
         # The relay dropped its upstream leg (the deaf server, not reading, cannot
         # notice) and handles no connection any more.
         await stack.settle()
+
+
+# A stall is a peer that takes nothing, not a slow one (issue 13).
+LAG_FLOW = FlowSettings(buffer_bytes=256 * 1024, stall_timeout=1.0, close_timeout=1.0)
+
+
+def stalls(stack: Stack) -> float:
+    """Sessions ended as stalled so far, both directions."""
+    return sum(
+        stack.registry.get_sample_value(
+            "relay_backpressure_stalls_total", {"direction": direction}
+        )
+        or 0.0
+        for direction in DIRECTIONS
+    )
+
+
+async def wait_blocked(stack: Stack, sessions: int) -> None:
+    """Return once ``sessions`` sessions have their client leg over its mark."""
+    async with asyncio.timeout(10 * SECOND):
+        while True:
+            drivers = stack.relay.app.endpoint.drivers
+            if len(drivers) == sessions and not any(
+                driver.writable("client") for driver in drivers
+            ):
+                return
+            await asyncio.sleep(0.01)  # polling the relay's state, bounded
+
+
+def small_receive_buffer(stack: Stack) -> socket.socket:
+    """A socket to the relay that takes at most 16 KiB at a time from the kernel.
+
+    Its client then reads from the network a little at a time, as it
+    consumes messages, instead of in large bursts far apart.
+    """
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.connect(("127.0.0.1", stack.relay.port))
+    sock.setblocking(False)
+    return sock
+
+
+async def test_a_slow_but_steady_reader_is_not_stalled() -> None:
+    """A client that keeps reading, slower than Azure sends, stays connected though its leg is over its mark for many stall_timeouts."""
+    response_audio(120_000, AudioFormat.PCM16, "alloy")
+    async with (
+        relay_stack(
+            flow=LAG_FLOW, simulator_options={"response_audio_seconds": 120}
+        ) as stack,
+        connect_relay(
+            stack.ga_url(), sock=small_receive_buffer(stack), max_queue=1
+        ) as ws,
+    ):
+        loop = asyncio.get_running_loop()
+        assert (await receive_event(ws))["type"] == "session.created"
+        await send_event(ws, {"type": "response.create"})
+        await wait_blocked(stack, 1)
+        (driver,) = stack.relay.app.endpoint.drivers
+        # About 200 KB/s: a consumer that keeps up with real-time audio three
+        # times over, but not with the simulator's flood. Megabytes wait in
+        # the kernel for it, so its leg stays over its mark while it reads.
+        started = blocked_from = loop.time()
+        longest_block = 0.0
+        while loop.time() - started < 4 * LAG_FLOW.stall_timeout:
+            message = await receive_event(ws)
+            assert message["type"] != "response.done"
+            await asyncio.sleep(0.05)  # the consumer's own work, simulated
+            if driver.writable("client"):
+                blocked_from = loop.time()
+            longest_block = max(longest_block, loop.time() - blocked_from)
+        # Over its mark for longer than a watchdog counting from the block
+        # would have allowed: only its reading kept the session.
+        assert longest_block >= 2 * LAG_FLOW.stall_timeout
+        assert stalls(stack) == 0
+        assert ws.close_code is None
+        # Leave without reading the megabytes still on the way to the close frame.
+        ws.transport.abort()

@@ -86,7 +86,7 @@ class UpstreamClosed:
 
 @dataclass(frozen=True, slots=True)
 class Stalled:
-    """``side`` could not take data for ``flow.stall_timeout``: it stopped reading."""
+    """``side`` took no data for ``flow.stall_timeout`` the relay could run: it stopped reading."""
 
     side: Side
 
