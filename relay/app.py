@@ -29,6 +29,7 @@ from relay.endpoint import RAW_QUERY_KEY, RealtimeEndpoint, deny
 from relay.exceptions import NotFound
 from relay.gate import Gate
 from relay.jwt_auth import JwtVerifier
+from relay.lag import LoopLagProbe
 from relay.limits import LimitsBackend, MemoryBackend
 from relay.logs import guard_library_loggers
 from relay.metrics import RelayMetrics
@@ -176,7 +177,8 @@ def create_app(
         metrics_port: the port whose requests are served ``/metrics`` only.
 
     The application's lifespan starts and closes the credential providers,
-    the limits backend and the JWT verifier, injected or not.
+    the limits backend and the JWT verifier, injected or not, and the event
+    loop's lag probe (one per application, so one per process).
     """
     guard_library_loggers()
     metrics = RelayMetrics(registry if registry is not None else CollectorRegistry())
@@ -207,8 +209,14 @@ def create_app(
     )
     metrics.draining.set_function(lambda: float(drain.draining))
     gate = Gate(settings, limits=backend, verifier=verifier, drain=drain)
+    probe = LoopLagProbe(metrics.event_loop_lag.observe)
     endpoint = RealtimeEndpoint(
-        settings, upstreams=upstreams, metrics=metrics, gate=gate, drain=drain
+        settings,
+        upstreams=upstreams,
+        metrics=metrics,
+        gate=gate,
+        drain=drain,
+        responsive=probe.responsive,
     )
     ready = {"ready": False}
 
@@ -225,6 +233,8 @@ def create_app(
             deployments=sorted(settings.deployments),
             clients=len(settings.clients),
         )
+        # Started last, so a failed start leaves no task behind.
+        probe.start()
         try:
             yield
         finally:
@@ -234,6 +244,7 @@ def create_app(
                 await verifier.close()
             await backend.close()
             await upstreams.close()
+            await probe.close()
             log.info("relay.stopped")
 
     async def livez(_request: Request) -> Response:

@@ -90,6 +90,23 @@ UPSTREAM_RESULTS = (
 )
 # Handshakes include an upstream TLS + WebSocket handshake across regions.
 _HANDSHAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A loop that keeps up runs a due timer within a millisecond or two; 0.1 s of
+# lag is heard in a voice session; a blocked loop shows in the top buckets.
+_LOOP_LAG_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 # Sessions last up to Azure's cap (60 minutes in 2026); buckets reach 65 minutes.
 _DURATION_BUCKETS = (
     1,
@@ -245,6 +262,17 @@ class RelayMetrics:
             "relay_backpressure_stalls",
             "Sessions ended because a leg stopped reading, by the direction that stalled.",
             ["direction"],
+            registry=registry,
+        )
+        # A histogram of every probe (relay.lag, 10 a second), not a gauge of
+        # the latest: a scrape every 15-30 s would see one probe in hundreds
+        # and miss a block between scrapes, where the buckets keep it (and
+        # _sum / elapsed time is the share of time the loop lagged). One
+        # observe per probe, never per message.
+        self.event_loop_lag = Histogram(
+            "relay_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 0.1 s: the wait all sessions share.",
+            buckets=_LOOP_LAG_BUCKETS,
             registry=registry,
         )
         self.max_sessions = Gauge(

@@ -16,10 +16,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from relay.config import ClientLimits, FlowSettings, load_settings
+from relay.lag import PROBE_INTERVAL
 from relay.metrics import DIRECTIONS
 from relay.simulator import AudioFormat, Simulator
 from relay.simulator.audio import response_audio
 from tests.helpers.clients import connect_relay, receive_event, send_event
+from tests.helpers.loops import block_loop
 from tests.helpers.processes import RelayProcess, relay_process
 from tests.helpers.servers import CLIENT_KEY, Stack, make_settings, relay_stack
 from tests.helpers.timing import SECOND, within
@@ -175,8 +177,12 @@ async def test_an_upstream_that_stops_reading_is_a_stall() -> None:
         await stack.settle()
 
 
-# A stall is a peer that takes nothing, not a slow one (issue 13).
+# The relay's own loop blocked: a stall is the peer not reading while the
+# relay could run, not the time the relay could not (issue 13).
 LAG_FLOW = FlowSettings(buffer_bytes=256 * 1024, stall_timeout=1.0, close_timeout=1.0)
+BLOCK = 3 * LAG_FLOW.stall_timeout
+"""How long the test holds the relay's loop: a watchdog that counted it would
+report every blocked leg at its first look afterwards."""
 
 
 def stalls(stack: Stack) -> float:
@@ -213,6 +219,71 @@ def small_receive_buffer(stack: Stack) -> socket.socket:
     sock.connect(("127.0.0.1", stack.relay.port))
     sock.setblocking(False)
     return sock
+
+
+async def read_response(ws: ClientConnection) -> int:
+    """Read the client's events up to ``response.done``; return how many bytes."""
+    received = 0
+    async with asyncio.timeout(60 * SECOND):
+        while True:
+            message = await ws.recv()
+            received += len(message)
+            if json.loads(message)["type"] == "response.done":
+                return received
+
+
+async def test_a_relay_whose_loop_was_blocked_blames_no_reader() -> None:
+    """After its loop was blocked for 3x stall_timeout, the relay relays a client that reads again to the end, and drops one that never reads stall_timeout later, not at once."""
+    response_audio(120_000, AudioFormat.PCM16, "alloy")  # synthesized before any clock
+    async with (
+        relay_stack(
+            flow=LAG_FLOW, simulator_options={"response_audio_seconds": 120}
+        ) as stack,
+        connect_relay(stack.ga_url()) as reader,
+        connect_relay(stack.ga_url()) as deaf,
+    ):
+        loop = asyncio.get_running_loop()
+        for ws in (reader, deaf):
+            assert (await receive_event(ws))["type"] == "session.created"
+        # The relay's stall clocks start after this: the legs block later.
+        sent_at = loop.time()
+        for ws in (reader, deaf):
+            await send_event(ws, {"type": "response.create"})
+        # Neither client reads yet: both client legs go over their mark.
+        await wait_blocked(stack, 2)
+        assert stalls(stack) == 0
+        block_loop(BLOCK)
+        unblocked_at = loop.time()
+        stalled_at: float | None = None
+
+        async def watch_the_deaf_one() -> None:
+            nonlocal stalled_at
+            async with asyncio.timeout(
+                within(stall_noticed_within(LAG_FLOW), 5 * SECOND)
+            ):
+                while True:
+                    if stalls(stack):
+                        break
+                    await asyncio.sleep(0.02)  # sampling, not synchronisation
+            stalled_at = loop.time()
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(watch_the_deaf_one())
+            received = await read_response(reader)
+        # The reader got its whole response (7.7 MB of audio) and is still open.
+        assert received > 120 * 48_000
+        assert reader.close_code is None
+        # The deaf one alone was reported; not before stall_timeout of time the
+        # relay could run (the block, less one probe interval, did not count)...
+        assert stalled_at is not None
+        assert stalls(stack) == 1
+        assert stalled_at - sent_at >= LAG_FLOW.stall_timeout + BLOCK - PROBE_INTERVAL
+        # ... and within the promise once the relay could run again.
+        assert stalled_at - unblocked_at < within(
+            stall_noticed_within(LAG_FLOW), 2 * SECOND
+        )
+        # Its connection was dropped, which a client that never reads cannot notice.
+        deaf.transport.abort()
 
 
 async def test_a_slow_but_steady_reader_is_not_stalled() -> None:
