@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -455,3 +457,19 @@ def test_ga_only_values_are_left_out_of_preview_sessions_with_a_warning() -> Non
         "relay.yaml: policies.p.default.tools[1]: GA only, left out of preview-family sessions",
     ]
     assert preview_warnings(settings.source, [EMPTY_POLICY]) == []
+
+
+def test_the_documented_example_loads() -> None:
+    """docs/policy.md's first example is a valid configuration, as written."""
+    text = (Path(__file__).parent.parent / "docs" / "policy.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", text, re.DOTALL)
+    assert example is not None
+    documented = example.group(1)
+    for number in range(documented.count("<hex>")):
+        digest = hashlib.sha256(str(number).encode()).hexdigest()
+        documented = documented.replace("<hex>", digest, 1)
+    settings = parse(HEAD + documented)
+    policies = {client.id: client.policy for client in settings.clients}
+    assert policies["app-a"].on_violation_of("instructions") == "refuse"
+    assert policies["app-a"].on_violation_of("tools") == "strip"
+    assert policies["app-d"].allow_tools is not None

@@ -347,13 +347,16 @@ class _Judgement:
     ) -> None:
         self.policy = policy
         self.family: Family = family
+        # The client's event, rewritten in place.
         self.event = event
+        # The judged object's key in the event, and whether it is a response.
         self.key = key
         self.response = response
         # What was done, in order, each (action, target) once.
         self.actions: list[Action] = []
 
     def run(self) -> Forward | Refuse:
+        """Apply every rule in order; the verdict on the whole event."""
         container = self.event.get(self.key)
         if not isinstance(container, dict):
             return Refuse(

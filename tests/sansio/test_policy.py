@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from relay.sansio.policy import (
     Action,
@@ -1055,7 +1055,8 @@ def _alone(family: Family, event: dict[str, Any], name: str) -> dict[str, Any]:
     return {"type": event["type"], "response" if response else "session": container}
 
 
-@settings(max_examples=400)
+# Generation is cheap; on a loaded 2-core machine a single draw can still stall.
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(_CASES, st.sampled_from([STANDARD, STRIPPING]))
 def test_nothing_forwarded_violates_the_policy(
     case: tuple[Family, dict[str, Any]], policy: Policy
@@ -1073,7 +1074,7 @@ def test_nothing_forwarded_violates_the_policy(
         assert verdict.code in ("policy_violation", "invalid_value", "invalid_event")
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(_CASES)
 def test_strip_drops_exactly_what_refuse_refuses(
     case: tuple[Family, dict[str, Any]],
