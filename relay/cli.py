@@ -37,13 +37,14 @@ from urllib.parse import urlsplit
 import structlog
 
 from relay import __version__
+from relay._policies import preview_warnings
 from relay.config import ApiKeyAuth, Settings, load_settings
 from relay.exceptions import ConfigError
 from relay.logs import configure_logging
 from relay.server import RunningRelay, serve_forever
 
 
-__all__ = ["main"]
+__all__ = ["log_config_warnings", "main"]
 
 T = TypeVar("T")
 
@@ -113,6 +114,7 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(f"realtime-relay: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log)
+    log_config_warnings(settings)
     try:
         _run_async(_serve(settings, with_simulator=args.with_simulator))
     except (OSError, RuntimeError) as exc:
@@ -122,6 +124,16 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             print(f"realtime-relay: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def log_config_warnings(settings: Settings) -> None:
+    """Log what a valid configuration does that its author may not expect.
+
+    Today: the GA-only parts of policies, left out of preview-family sessions.
+    """
+    policies = (client.policy for client in settings.clients)
+    for line in preview_warnings(settings.source, policies):
+        log.warning("policy.ga_only", detail=line)
 
 
 def _run_async(coro: Coroutine[Any, Any, T]) -> T:

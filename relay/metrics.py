@@ -28,7 +28,7 @@ from relay.sansio.meter import EVENT_TYPES
 __all__ = ["DIRECTIONS", "UPSTREAM_RESULTS", "RelayMetrics"]
 
 DIRECTIONS = ("client_to_upstream", "upstream_to_client")
-POLICY_ACTIONS = ("overwrite", "clamp", "refuse")
+POLICY_ACTIONS = ("overwrite", "clamp", "strip", "refuse")
 HTTP_REFUSALS = ("request_timeout", "request_header_fields_too_large", "bad_request")
 """Why a request was refused before routing (relay._http, relay._protocol): 408, 431, 400 (or 405)."""
 REFUSAL_STATUSES = ("400", "401", "403", "404", "429", "500", "502", "503", "504")

@@ -64,6 +64,7 @@ clients:
   - {{id: app-a, key_sha256: "{hashlib.sha256(CLIENT_KEY.encode()).hexdigest()}", policy: guarded}}
 policies:
   guarded:
+    on_violation: refuse
     set: {{instructions: "{ORG_INSTRUCTIONS}"}}
     deny: [instructions]
     hide: [instructions]

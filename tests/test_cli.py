@@ -13,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
-from relay.cli import main
+from relay.cli import log_config_warnings, main
+from relay.config import parse_settings
 from tests.helpers.clients import connect_relay, receive_event
 from tests.helpers.timing import SECOND
 
@@ -82,6 +84,38 @@ def test_hash_key(
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEV_CONFIG = EXAMPLES / "dev.yaml"
+
+
+def test_ga_only_policy_values_are_announced() -> None:
+    """The start-up log names each GA-only part a policy leaves out of preview sessions."""
+    key = hashlib.sha256(b"k").hexdigest()
+    settings = parse_settings(
+        "upstream: {endpoint: https://r.openai.azure.com, auth: {type: entra}}\n"
+        "deployments: {gpt-realtime: }\n"
+        f'clients: [{{id: a, key_sha256: "{key}", policy: p}}]\n'
+        "policies: {p: {set: {turn_detection: {type: server_vad, idle_timeout_ms: 6000}}}}\n",
+        source="relay.yaml",
+        environ={},
+    )
+    with capture_logs() as logs:
+        log_config_warnings(settings)
+    assert logs == [
+        {
+            "event": "policy.ga_only",
+            "log_level": "warning",
+            "detail": "relay.yaml: policies.p.set.turn_detection.idle_timeout_ms: "
+            "GA only, left out of preview-family sessions",
+        }
+    ]
+    with capture_logs() as logs:
+        log_config_warnings(
+            parse_settings(
+                DEV_CONFIG.read_text(),
+                source="dev.yaml",
+                environ={"AZURE_OPENAI_API_KEY": "x"},
+            )
+        )
+    assert logs == []
 
 
 def _free_port() -> int:

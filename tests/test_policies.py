@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import textwrap
+from pathlib import Path
 
 import pytest
 
+from relay._policies import preview_warnings
 from relay.config import parse_settings
 from relay.exceptions import ConfigError
-from relay.sansio.policy import EMPTY_POLICY
+from relay.sansio.policy import EMPTY_POLICY, McpServer, ToolAllowList
 
 
 HEX_A = hashlib.sha256(b"a").hexdigest()
@@ -186,6 +189,123 @@ def _with_rules(rules: str) -> str:
             "default: {temperature: 1.1}\nrange: {temperature: [0.6, 0.9]}",
             "policies.p: a set/default value of temperature is outside its range",
         ),
+        # on_violation, at the policy and per rule
+        (
+            "on_violation: drop",
+            "policies.p.on_violation: expected one of refuse, strip, got string 'drop'",
+        ),
+        (
+            "on_violation: true",
+            "policies.p.on_violation: expected one of refuse, strip",
+        ),
+        (
+            "deny: [{field: tools, on_violation: ignore}]",
+            "policies.p.deny[0].on_violation: expected one of refuse, strip",
+        ),
+        (
+            "deny: [{on_violation: refuse}]",
+            "policies.p.deny[0].field: missing, expected a governed field",
+        ),
+        (
+            "deny: [{field: colour, on_violation: refuse}]",
+            "policies.p.deny[0].field: expected a governed field",
+        ),
+        (
+            "deny: [{field: [tools], on_violation: refuse}]",
+            "policies.p.deny[0].field: expected a governed field",
+        ),
+        (
+            "deny: [{field: tools, when: always}]",
+            "policies.p.deny[0].when: unknown key",
+        ),
+        (
+            "allow: {voice: {values: [alloy], on_violation: sometimes}}",
+            "policies.p.allow.voice.on_violation: expected one of refuse, strip",
+        ),
+        (
+            "allow: {voice: {on_violation: refuse}}",
+            "policies.p.allow.voice.values: missing, expected the rule's values",
+        ),
+        (
+            "allow: {voice: {values: [alloy], extra: 1}}",
+            "policies.p.allow.voice.extra: unknown key",
+        ),
+        (
+            "allow: {voice: {values: []}}",
+            "policies.p.allow.voice.values: expected a non-empty list",
+        ),
+        (
+            "range: {temperature: {bounds: [0.6], on_violation: refuse}}",
+            "policies.p.range.temperature.bounds: expected [min, max]",
+        ),
+        (
+            "range: {temperature: {on_violation: refuse}}",
+            "policies.p.range.temperature.bounds: missing",
+        ),
+        (
+            "range: {temperature: {bounds: [0.6, 0.9], on_violation: 3}}",
+            "policies.p.range.temperature.on_violation: expected one of refuse, strip, got number 3",
+        ),
+        # tool allow-lists
+        ("allow: {tools: get_weather}", "policies.p.allow.tools: expected a list"),
+        (
+            "allow: {tools: ['get weather']}",
+            "policies.p.allow.tools[0]: expected a function tool's name",
+        ),
+        (
+            "allow: {tools: [42]}",
+            "policies.p.allow.tools[0]: expected a function tool's name",
+        ),
+        (
+            "allow: {tools: [{server_label: docs}]}",
+            "policies.p.allow.tools[0]: expected exactly one of server_url and connector_id",
+        ),
+        (
+            "allow: {tools: [{server_label: docs, server_url: 'https://a', connector_id: c}]}",
+            "policies.p.allow.tools[0]: expected exactly one of server_url and connector_id",
+        ),
+        (
+            "allow: {tools: [{server_url: 'https://a'}]}",
+            "policies.p.allow.tools[0].server_label: missing",
+        ),
+        (
+            "allow: {tools: [{server_label: docs, server_url: 'http://a'}]}",
+            "policies.p.allow.tools[0].server_url: expected an https:// URL",
+        ),
+        (
+            "allow: {tools: [{server_label: docs, server_url: 'https://a', headers: {}}]}",
+            "policies.p.allow.tools[0].headers: unknown key",
+        ),
+        (
+            "allow: {tools: {values: [f], on_violation: never}}",
+            "policies.p.allow.tools.on_violation: expected one of refuse, strip",
+        ),
+        # rules that could never apply
+        (
+            "deny: [tools]\nallow: {tools: [get_weather]}",
+            "policies.p.allow.tools: tools is denied, so this rule could never apply",
+        ),
+        (
+            "deny: [turn_detection]\nallow: {turn_detection.type: [server_vad]}",
+            "policies.p.allow.turn_detection.type: turn_detection is denied",
+        ),
+        (
+            "deny: [temperature]\nrange: {temperature: [0.6, 0.9]}",
+            "policies.p.range.temperature: temperature is denied",
+        ),
+        # GA-only fields are checked too, and in GA form against the rules
+        (
+            "set: {reasoning: {effort: max}}",
+            "policies.p.set.reasoning: expected null or {effort: minimal|low|medium|high|xhigh}",
+        ),
+        (
+            "set: {truncation: sometimes}",
+            "policies.p.set.truncation: expected auto, disabled",
+        ),
+        (
+            "set: {reasoning: {effort: high}}\nallow: {reasoning.effort: [low]}",
+            "its set/default values break its own rules: reasoning.effort must be one of: low",
+        ),
     ],
 )
 def test_invalid_rules_name_the_policy_and_the_field(rules: str, message: str) -> None:
@@ -227,3 +347,129 @@ def test_denied_fields_may_still_be_set_by_the_relay() -> None:
     assert settings.clients[0].policy.initial_session("preview") == {
         "instructions": "Be brief."
     }
+
+
+def test_rule_forms_and_on_violation() -> None:
+    """Short and long forms mix; each long form records its rule's own on_violation."""
+    policy = (
+        parse(
+            _with_rules(
+                """
+            on_violation: refuse
+            deny: [instructions, {field: tools, on_violation: strip}]
+            allow:
+              voice: [alloy, verse]
+              tool_choice: {values: [auto, none], on_violation: strip}
+            range:
+              temperature: {bounds: [0.6, 0.9]}
+              max_response_output_tokens: {bounds: [1, 1024], on_violation: strip}
+            """
+            )
+        )
+        .clients[0]
+        .policy
+    )
+    assert policy.deny == {"instructions", "tools"}
+    assert policy.allow == {
+        "voice": frozenset({"alloy", "verse"}),
+        "tool_choice": frozenset({"auto", "none"}),
+    }
+    assert policy.range == {
+        "temperature": (0.6, 0.9),
+        "max_response_output_tokens": (1, 1024),
+    }
+    assert [
+        (target, policy.on_violation_of(target))
+        for target in ("instructions", "tools", "voice", "tool_choice", "temperature")
+    ] == [
+        ("instructions", "refuse"),
+        ("tools", "strip"),
+        ("voice", "refuse"),
+        ("tool_choice", "strip"),
+        ("temperature", "refuse"),
+    ]
+    assert policy.on_violation_of("max_response_output_tokens") == "strip"
+
+
+def test_strip_is_the_default() -> None:
+    """A policy that says nothing strips (docs/policy.md explains why)."""
+    policy = parse(_with_rules("deny: [tools]")).clients[0].policy
+    assert policy.on_violation == "strip"
+    assert policy.on_violation_of("tools") == "strip"
+
+
+def test_tool_allow_list() -> None:
+    """Function tools by name, MCP servers by label and address."""
+    policy = (
+        parse(
+            _with_rules(
+                """
+            allow:
+              tools:
+                - get_weather
+                - book_table
+                - {server_label: docs, server_url: "https://mcp.example.com/docs"}
+                - {server_label: mail, connector_id: connector_gmail}
+            """
+            )
+        )
+        .clients[0]
+        .policy
+    )
+    assert policy.allow_tools == ToolAllowList(
+        frozenset({"get_weather", "book_table"}),
+        frozenset(
+            {
+                McpServer("docs", server_url="https://mcp.example.com/docs"),
+                McpServer("mail", connector_id="connector_gmail"),
+            }
+        ),
+    )
+    assert policy.allow == {}
+    assert "tools" in policy.targets()
+
+
+def test_ga_only_values_are_left_out_of_preview_sessions_with_a_warning() -> None:
+    """A GA-only part loads; preview sessions do not get it, and the start-up log says so."""
+    settings = parse(
+        _with_rules(
+            """
+            set:
+              turn_detection: {type: server_vad, threshold: 0.6, idle_timeout_ms: 6000}
+              truncation: disabled
+            default:
+              voice: marin
+              tools:
+                - {type: function, name: lookup}
+                - {type: mcp, server_label: docs, server_url: "https://mcp.example.com"}
+            """
+        )
+    )
+    policy = settings.clients[0].policy
+    assert policy.initial_session("preview") == {
+        "turn_detection": {"type": "server_vad", "threshold": 0.6},
+        "tools": [{"type": "function", "name": "lookup"}],
+    }
+    assert preview_warnings(settings.source, [policy, policy]) == [
+        "relay.yaml: policies.p.set.turn_detection.idle_timeout_ms: GA only, left out of preview-family sessions",
+        "relay.yaml: policies.p.set.truncation: GA only, left out of preview-family sessions",
+        "relay.yaml: policies.p.default.voice: GA only, left out of preview-family sessions",
+        "relay.yaml: policies.p.default.tools[1]: GA only, left out of preview-family sessions",
+    ]
+    assert preview_warnings(settings.source, [EMPTY_POLICY]) == []
+
+
+def test_the_documented_example_loads() -> None:
+    """docs/policy.md's first example is a valid configuration, as written."""
+    text = (Path(__file__).parent.parent / "docs" / "policy.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", text, re.DOTALL)
+    assert example is not None
+    documented = example.group(1)
+    for number in range(documented.count("<hex>")):
+        digest = hashlib.sha256(str(number).encode()).hexdigest()
+        documented = documented.replace("<hex>", digest, 1)
+    settings = parse(HEAD + documented)
+    policies = {client.id: client.policy for client in settings.clients}
+    assert policies["app-a"].on_violation_of("instructions") == "refuse"
+    assert policies["app-a"].on_violation_of("tools") == "strip"
+    assert policies["app-d"].allow_tools is not None

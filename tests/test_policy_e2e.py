@@ -26,7 +26,12 @@ from tests.helpers.servers import (
 from tests.helpers.timing import SECOND, within
 
 
-KEY_A, KEY_B, KEY_C = "key-of-app-a", "key-of-app-b", "key-of-app-c"
+KEY_A, KEY_B, KEY_C, KEY_D = (
+    "key-of-app-a",
+    "key-of-app-b",
+    "key-of-app-c",
+    "key-of-app-d",
+)
 TURN = {
     "type": "server_vad",
     "threshold": 0.6,
@@ -35,7 +40,8 @@ TURN = {
     "create_response": True,
     "interrupt_response": True,
 }
-# The policy issue's configuration, as written (plus a third client for failures).
+# The policy issue's configuration, refusing violations as it did (plus clients
+# for a failure and for a GA-only value).
 CONFIG = f"""
 upstream: {{endpoint: http://127.0.0.1:9, auth: {{type: entra}}}}
 deployments: {{{DEPLOYMENT}: {{}}, {GA_DEPLOYMENT}: {{}}}}
@@ -43,8 +49,10 @@ clients:
   - {{id: app-a, key_sha256: "{hashlib.sha256(KEY_A.encode()).hexdigest()}", policy: standard}}
   - {{id: app-b, key_sha256: "{hashlib.sha256(KEY_B.encode()).hexdigest()}", policy: eager}}
   - {{id: app-c, key_sha256: "{hashlib.sha256(KEY_C.encode()).hexdigest()}", policy: impossible}}
+  - {{id: app-d, key_sha256: "{hashlib.sha256(KEY_D.encode()).hexdigest()}", policy: idle}}
 policies:
   standard:
+    on_violation: refuse
     set:        # forced into every session; a client's different value is overwritten
       input_audio_noise_reduction: {{type: near_field}}
       turn_detection: {{type: server_vad, threshold: 0.6, prefix_padding_ms: 300, silence_duration_ms: 500, create_response: true, interrupt_response: true}}
@@ -61,8 +69,11 @@ policies:
       input_audio_noise_reduction: {{type: far_field}}
       turn_detection: {{type: semantic_vad, eagerness: high, create_response: true, interrupt_response: true}}
   impossible:
-    set:
-      voice: marin   # a GA-only voice: the preview upstream refuses it
+    set:   # a transcription model the deployment does not have: the upstream refuses it
+      input_audio_transcription: {{model: no-such-transcriber}}
+  idle:
+    set:   # idle_timeout_ms is GA only: preview sessions get the rest
+      turn_detection: {{type: server_vad, threshold: 0.6, idle_timeout_ms: 6000}}
 """
 CLIENTS = parse_settings(CONFIG, source="policy.yaml", environ={}).clients
 
@@ -265,6 +276,27 @@ async def test_a_policy_the_upstream_refuses_fails_the_session_clearly() -> None
     await stack.settle()
 
 
+@pytest.mark.parametrize("family", ["preview", "ga"])
+async def test_a_ga_only_value_never_reaches_a_preview_upstream(family: str) -> None:
+    """idle_timeout_ms in a set turn_detection: preview sessions open without it, GA with it."""
+    async with (
+        policy_stack() as stack,
+        connect_relay(url(stack, family), key=KEY_D) as ws,
+    ):
+        created = await receive_event(ws)
+        assert created["type"] == "session.created"
+        detection = turn(created["session"], family)
+        assert detection["threshold"] == 0.6
+        if family == "ga":
+            assert detection["idle_timeout_ms"] == 6000
+        else:
+            assert "idle_timeout_ms" not in detection
+            [init] = stack.simulator.stats.events_of_type("session.update")
+            assert init["session"] == {
+                "turn_detection": {"type": "server_vad", "threshold": 0.6}
+            }
+
+
 async def test_an_upstream_that_never_confirms_is_bounded() -> None:
     """No session.updated within limits.policy_timeout: error event and close 1011."""
     limits = LimitsSettings(policy_timeout=0.3)
@@ -406,7 +438,10 @@ async def test_the_same_refused_event_repeated_rapidly() -> None:
                 {
                     "type": "session.update",
                     "event_id": f"t{number}",
-                    "session": {"type": "realtime", "tools": []},
+                    "session": {
+                        "type": "realtime",
+                        "tools": [{"type": "function", "name": "f"}],
+                    },
                 },
             )
         async with asyncio.timeout(10 * SECOND):

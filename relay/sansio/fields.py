@@ -24,14 +24,20 @@ from relay.typing import Family
 
 
 __all__ = [
+    "ABSENT",
     "ALLOW_TARGETS",
     "CLIENT_EVENT_TYPES",
     "FIELDS",
+    "GA_ONLY_VOICES",
     "RANGE_TARGETS",
+    "STRIP_SUB_KEY",
+    "UPSTREAM_DEFAULTS",
     "VOICES",
     "Field",
+    "for_family",
     "is_number",
     "read",
+    "remove",
     "same",
     "schema_error",
     "write",
@@ -50,7 +56,8 @@ PREVIEW_VOICES: Final = (
     "shimmer",
     "verse",
 )
-VOICES: Final = (*PREVIEW_VOICES, "marin", "cedar")
+GA_ONLY_VOICES: Final = ("marin", "cedar")
+VOICES: Final = (*PREVIEW_VOICES, *GA_ONLY_VOICES)
 """Voices of the reference: the preview list, plus GA's marin and cedar."""
 AUDIO_FORMATS: Final = ("pcm16", "g711_ulaw", "g711_alaw")
 _GA_FORMATS: Final[Mapping[str, Mapping[str, JSON]]] = {
@@ -62,6 +69,7 @@ EAGERNESS: Final = ("low", "medium", "high", "auto")
 NOISE_REDUCTION: Final = ("near_field", "far_field")
 TOOL_CHOICES: Final = ("auto", "none", "required")
 MAX_TOKENS: Final = 4096
+REASONING_EFFORTS: Final = ("minimal", "low", "medium", "high", "xhigh")
 
 CLIENT_EVENT_TYPES: Final = frozenset(
     {
@@ -235,6 +243,39 @@ def _max_tokens(value: JSON) -> str | None:
     return f'an integer from 1 to {MAX_TOKENS} or "inf"'
 
 
+def _reasoning(value: JSON) -> str | None:
+    expected = "null or {effort: " + "|".join(REASONING_EFFORTS) + "}"
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or not set(value) <= {"effort"}
+        or ("effort" in value and value["effort"] not in REASONING_EFFORTS)
+    ):
+        return expected
+    return None
+
+
+def _truncation(value: JSON) -> str | None:
+    expected = "auto, disabled or {type: retention_ratio, retention_ratio: 0..1, token_limits: {post_instructions}}"
+    if value in ("auto", "disabled"):
+        return None
+    if not isinstance(value, dict) or value.get("type") != "retention_ratio":
+        return expected
+    if not set(value) <= {"type", "retention_ratio", "token_limits"}:
+        return expected
+    ratio: JSON = value.get("retention_ratio")
+    if not is_number(ratio) or not 0 <= ratio <= 1:
+        return expected
+    limits = value.get("token_limits", {})
+    if not isinstance(limits, dict) or not set(limits) <= {"post_instructions"}:
+        return expected
+    post = limits.get("post_instructions", 0)
+    if not (isinstance(post, int) and not isinstance(post, bool) and post >= 0):
+        return expected
+    return None
+
+
 # --- Family translation of values ------------------------------------------------
 
 
@@ -288,6 +329,8 @@ class Field:
     """Path inside a GA ``response.create`` ``response``."""
     to_ga: Callable[[JSON], JSON] = _identity
     from_ga: Callable[[JSON], JSON] = _identity
+    preview: bool = True
+    """Whether the field exists in the preview family (GA-only fields do not)."""
 
 
 FIELDS: Final[Mapping[str, Field]] = {
@@ -361,9 +404,19 @@ FIELDS: Final[Mapping[str, Field]] = {
             ("max_response_output_tokens", "max_output_tokens"),
             ("max_output_tokens",),
         ),
+        # GA only (protocol.md §3.2, the openai SDK's GA session types): never
+        # sent to a preview upstream.
+        Field(
+            "reasoning",
+            _reasoning,
+            ("reasoning",),
+            ga_response_path=("reasoning",),
+            preview=False,
+        ),
+        Field("truncation", _truncation, ("truncation",), preview=False),
     )
 }
-"""Every governed field, by preview name."""
+"""Every governed field, by preview name (GA's name for GA-only fields)."""
 
 ALLOW_TARGETS: Final[Mapping[str, Callable[[JSON], str | None]]] = {
     "voice": _one_of(VOICES),
@@ -377,11 +430,27 @@ ALLOW_TARGETS: Final[Mapping[str, Callable[[JSON], str | None]]] = {
     "input_audio_noise_reduction.type": _one_of((*NOISE_REDUCTION, "none")),
     "input_audio_transcription.model": _string,
     "input_audio_transcription.language": _string,
+    "reasoning.effort": _one_of(REASONING_EFFORTS),
 }
 """Targets of ``allow`` rules and the check of each allowed value.
 
 ``modalities`` is allowed per element: every requested modality must be listed.
 """
+
+STRIP_SUB_KEY: Final = frozenset(
+    {"turn_detection.eagerness", "input_audio_transcription.language"}
+)
+"""Allow targets whose offending sub-key alone is stripped (the object stays valid
+without it); stripping any other target removes the whole field."""
+
+UPSTREAM_DEFAULTS: Final[Mapping[str, JSON]] = {
+    "tools": [],
+    "tool_choice": "auto",
+    "input_audio_noise_reduction": None,
+    "max_response_output_tokens": "inf",
+}
+"""Documented session defaults of both families (protocol.md §3.1, §3.2): the
+value a field keeps when neither the relay nor the client has set it."""
 
 RANGE_TARGETS: Final[Mapping[str, tuple[float, float, bool]]] = {
     "temperature": (0.6, 1.2, False),
@@ -399,16 +468,26 @@ def schema_error(name: str, value: JSON) -> str | None:
     return FIELDS[name].check(value)
 
 
-_ABSENT: Final = object()
+ABSENT: Final = object()
+"""Marks a value that is not there (a field a family lacks, a missing key)."""
 
 
 def _get(obj: Mapping[str, JSON], path: tuple[str, ...]) -> JSON:
     current: JSON = obj
     for key in path:
         if not isinstance(current, dict) or key not in current:
-            return _ABSENT
+            return ABSENT
         current = current[key]
     return current
+
+
+def _paths(field: Field, family: Family, *, response: bool) -> list[tuple[str, ...]]:
+    if family == "preview":
+        if response:
+            return [(key,) for key in field.preview_response_keys]
+        return [(field.name,)] if field.preview else []
+    path = field.ga_response_path if response else field.ga_path
+    return [path] if path is not None else []
 
 
 def read(
@@ -418,22 +497,14 @@ def read(
 
     ``container`` is a ``session`` object, or a ``response`` object when
     ``response`` is true. Returns ``(wire path, value)`` pairs: usually zero or
-    one, two when a preview response carries both max-token spellings.
+    one, two when a preview response carries both max-token spellings. Where
+    the family's form is the preview form (every field but the formats and
+    modalities), the value is the very object in ``container``.
     """
-    paths: list[tuple[str, ...]]
-    if family == "preview":
-        paths = (
-            [(key,) for key in field.preview_response_keys]
-            if response
-            else [(field.name,)]
-        )
-    else:
-        path = field.ga_response_path if response else field.ga_path
-        paths = [path] if path is not None else []
     found: list[tuple[str, JSON]] = []
-    for path in paths:
+    for path in _paths(field, family, response=response):
         value = _get(container, path)
-        if value is not _ABSENT:
+        if value is not ABSENT:
             found.append(
                 (".".join(path), value if family == "preview" else field.from_ga(value))
             )
@@ -453,17 +524,15 @@ def write(
     In a preview response, every max-token spelling present is overwritten
     (the canonical one when none is).
     """
+    paths = _paths(field, family, response=response)
+    if not paths:
+        return False
     if family == "preview":
-        keys = field.preview_response_keys if response else (field.name,)
-        if not keys:
-            return False
-        present = [key for key in keys if key in container]
-        for key in present or keys[:1]:
+        present = [path for path in paths if path[0] in container]
+        for (key,) in present or paths[:1]:
             container[key] = value
         return True
-    path = field.ga_response_path if response else field.ga_path
-    if path is None:
-        return False
+    [path] = paths
     target = container
     for key in path[:-1]:
         child = target.get(key)
@@ -473,3 +542,53 @@ def write(
         target = child
     target[path[-1]] = field.to_ga(value)
     return True
+
+
+def remove(
+    container: dict[str, JSON], field: Field, family: Family, *, response: bool
+) -> None:
+    """Take every occurrence of ``field`` out of ``container``.
+
+    GA objects the removal leaves empty (``audio.input`` holding only the
+    removed field) go too, so what is forwarded is what the client sent minus
+    the field, not a new empty object.
+    """
+    for path in _paths(field, family, response=response):
+        parents: list[dict[str, JSON]] = [container]
+        for key in path[:-1]:
+            child = parents[-1].get(key)
+            if not isinstance(child, dict):
+                break
+            parents.append(child)
+        else:
+            if parents[-1].pop(path[-1], ABSENT) is ABSENT:
+                continue
+            for depth in range(len(parents) - 1, 0, -1):
+                if parents[depth]:
+                    break
+                del parents[depth - 1][path[depth - 1]]
+
+
+def for_family(name: str, value: JSON, family: Family) -> JSON:
+    """``value`` (preview form) as a session of ``family`` may receive it, or :data:`ABSENT`.
+
+    What a relay's own ``set``/``default`` value may carry that a preview
+    upstream refuses is taken out for preview sessions: a GA-only field as a
+    whole, ``idle_timeout_ms`` in ``turn_detection``, MCP tools, an MCP
+    ``tool_choice``, and the GA-only voices. A field GA lacks (``temperature``)
+    is absent in GA.
+    """
+    field = FIELDS[name]
+    if family == "ga":
+        return value if field.ga_path is not None else ABSENT
+    if not field.preview:
+        return ABSENT
+    if name == "voice" and value in GA_ONLY_VOICES:
+        return ABSENT
+    if name == "turn_detection" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "idle_timeout_ms"}
+    if name == "tools" and isinstance(value, list):
+        return [t for t in value if isinstance(t, dict) and t.get("type") == "function"]
+    if name == "tool_choice" and isinstance(value, dict) and value.get("type") == "mcp":
+        return ABSENT
+    return value

@@ -5,34 +5,84 @@ A :class:`Policy` is written with preview field names (see
 
 * ``set`` — forced into every session; a client's different value is overwritten;
 * ``default`` — applied at session start only; the client may change it;
-* ``allow`` — enum allow-lists; a value outside refuses the whole event;
+* ``allow`` — enum allow-lists, and an allow-list of tools (function tools by
+  name, GA MCP servers by label *and* address);
 * ``range`` — numeric bounds; a value outside is clamped to the bound;
-* ``deny`` — fields the client may not set at all; refuses the whole event;
+* ``deny`` — fields the client may not change;
 * ``events`` — allow/deny lists of client event types;
 * ``hide`` — ``instructions``/``tools`` the client did not set are blanked in
   the ``session.created``/``session.updated`` the client receives.
+
+**A value that changes nothing is never a violation.** A denied field the
+client sends with the value the session already has — the ``set`` value, the
+``default`` one (the client could never change it), or the documented upstream
+default (:data:`~relay.sansio.fields.UPSTREAM_DEFAULTS`: ``tools: []``,
+``tool_choice: "auto"``, ...) — passes untouched, and so does a
+``tool_choice`` of ``auto`` or ``none`` when no tool can be in the session.
+Agent frameworks send such defaults in every update.
+
+**A violation either refuses or strips.** Each ``allow``, ``range`` (a value
+that is not a number) and ``deny`` rule has an ``on_violation`` (the policy's
+own, unless the rule overrides it): ``refuse`` answers the whole event with an
+``error`` and forwards nothing; ``strip`` takes the offending field out (for a
+tool allow-list, the offending tools) and forwards the rest. Event type rules,
+a ``system`` message item and the documented corrections (a boolean noise
+reduction or eagerness) always refuse: nothing sensible would be left.
 
 The rules apply to ``session.update`` (and OpenAI's
 ``transcription_session.update``), to the per-response overrides of
 ``response.create`` (including an out-of-band ``input``), and to
 ``conversation.item.create``: a ``system`` message is an instruction, so it is
-refused when ``instructions`` is denied, as is GA's stored ``prompt``.
+a violation of an ``instructions`` deny, as is GA's stored ``prompt``.
 
-Order of evaluation: event type lists, ``deny``, the documented corrections
-(no boolean noise reduction or eagerness), ``set``, ``allow``, ``range``.
+Order of evaluation: event type lists, ``deny``, the documented corrections,
+``set``, ``allow`` (then the tool allow-list), ``range``.
+
+The relay's own values reach each family only in the form it accepts
+(:func:`~relay.sansio.fields.for_family`): GA-only parts are never sent to a
+preview upstream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from functools import partial
+from typing import Final, Literal
 
-from relay.sansio.fields import FIELDS, JSON, is_number, read, same, write
+from relay.sansio.fields import (
+    ABSENT,
+    FIELDS,
+    JSON,
+    STRIP_SUB_KEY,
+    UPSTREAM_DEFAULTS,
+    for_family,
+    is_number,
+    read,
+    remove,
+    same,
+    write,
+)
 from relay.typing import Family
 
 
-__all__ = ["EMPTY_POLICY", "Action", "Forward", "Policy", "Refuse", "judge"]
+__all__ = [
+    "EMPTY_POLICY",
+    "Action",
+    "Forward",
+    "McpServer",
+    "OnViolation",
+    "Policy",
+    "Refuse",
+    "ToolAllowList",
+    "judge",
+]
+
+OnViolation = Literal["refuse", "strip"]
+"""What a rule does with a client value it does not accept."""
+
+DEFAULT_ON_VIOLATION: Final[OnViolation] = "strip"
+"""Frameworks send whole configurations: refusing one loses all of it (docs/policy.md)."""
 
 GOVERNED_EVENTS: Final = frozenset(
     {
@@ -43,6 +93,65 @@ GOVERNED_EVENTS: Final = frozenset(
     }
 )
 """Client event types whose content the policy inspects (and the relay re-serializes)."""
+
+_MCP_ADDRESS_KEYS: Final = ("server_url", "connector_id", "tunnel_id")
+
+
+@dataclass(frozen=True, slots=True)
+class McpServer:
+    """An approved GA MCP server: its label and where it points.
+
+    The label is a name the client chooses, so an approval names the address
+    too (exactly one of ``server_url`` and ``connector_id``): an MCP tool
+    matches when its label and all its address keys are the same.
+    """
+
+    server_label: str
+    server_url: str | None = None
+    connector_id: str | None = None
+
+    def matches(self, tool: Mapping[str, JSON]) -> bool:
+        """Whether the ``mcp`` tool object ``tool`` points at this server."""
+        mine = {"server_url": self.server_url, "connector_id": self.connector_id}
+        return tool.get("server_label") == self.server_label and all(
+            tool.get(key) == mine.get(key) for key in _MCP_ADDRESS_KEYS
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolAllowList:
+    """The tools clients may configure: function tools by name, MCP servers."""
+
+    functions: frozenset[str] = frozenset()
+    mcp_servers: frozenset[McpServer] = frozenset()
+
+    def admits(self, tool: JSON) -> bool:
+        """Whether one entry of a ``tools`` list is approved."""
+        if not isinstance(tool, dict):
+            return False
+        if tool.get("type") == "function":
+            return tool.get("name") in self.functions
+        if tool.get("type") == "mcp":
+            return any(server.matches(tool) for server in self.mcp_servers)
+        return False
+
+    def admits_choice(self, choice: JSON) -> bool:
+        """Whether a ``tool_choice`` names only approved tools (modes always pass)."""
+        if isinstance(choice, str):
+            return True
+        if not isinstance(choice, dict):
+            return False
+        if choice.get("type") == "function":
+            # GA's flat shape, or Azure's preview {function: {name}}.
+            nested = choice.get("function")
+            name = (
+                nested.get("name") if isinstance(nested, dict) else choice.get("name")
+            )
+            return name in self.functions
+        if choice.get("type") == "mcp":
+            label = choice.get("server_label")
+            return any(server.server_label == label for server in self.mcp_servers)
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,23 +167,65 @@ class Policy:
     events_allow: frozenset[str] | None = None
     events_deny: frozenset[str] = frozenset()
     hide: frozenset[str] = frozenset()
+    allow_tools: ToolAllowList | None = None
+    """``allow: {tools: [...]}``: only these tools; ``None``: no tool allow-list."""
+    on_violation: OnViolation = DEFAULT_ON_VIOLATION
+    """What the policy's rules do with a violation, unless a rule says otherwise."""
+    rule_on_violation: Mapping[str, OnViolation] = field(default_factory=dict)
+    """Per-rule overrides, by rule target (``voice``, ``turn_detection.type``, ``tools``)."""
+
+    def on_violation_of(self, target: str) -> OnViolation:
+        """What the rule on ``target`` does with a violation."""
+        return self.rule_on_violation.get(target, self.on_violation)
 
     def initial_session(self, family: Family) -> dict[str, JSON] | None:
         """The ``session`` of the relay's own first ``session.update``, or ``None``.
 
         It carries the ``default`` values overlaid with the ``set`` ones, in the
-        family's shape (GA requires ``type: realtime``). ``None`` when the
-        policy has nothing to apply in this family.
+        family's shape (GA requires ``type: realtime``) and without what the
+        family does not accept. ``None`` when the policy has nothing to apply
+        in this family.
         """
         values = {**self.default, **self.set}
         session: dict[str, JSON] = {}
         for name, value in values.items():
-            write(session, FIELDS[name], family, _copy(value), response=False)
+            rendered = for_family(name, value, family)
+            if rendered is not ABSENT:
+                write(session, FIELDS[name], family, _copy(rendered), response=False)
         if not session:
             return None
         if family == "ga":
             session = {"type": "realtime", **session}
         return session
+
+    def unchanged(self, name: str, family: Family) -> list[JSON]:
+        """Values of field ``name`` that leave a session of this policy as it is.
+
+        Meaningful for a field the client cannot change (a denied one): the
+        session holds the ``set`` value, else the ``default`` one, else the
+        documented upstream default. A ``tool_choice`` of ``auto`` or ``none``
+        also changes nothing when no tool can be in the session.
+        """
+        values: list[JSON] = []
+        for source in (self.set, self.default):
+            if name in source:
+                pinned = for_family(name, source[name], family)
+                if pinned is not ABSENT:
+                    values.append(pinned)
+                break
+        else:
+            if name in UPSTREAM_DEFAULTS:
+                values.append(UPSTREAM_DEFAULTS[name])
+        if name == "tool_choice" and not self._tools_possible(family):
+            values.extend(mode for mode in ("auto", "none") if mode not in values)
+        return values
+
+    def _tools_possible(self, family: Family) -> bool:
+        if "tools" not in self.deny:
+            return True  # the client may set some
+        return any(
+            value not in (ABSENT, []) for value in self.unchanged("tools", family)
+        )
 
     def targets(self) -> list[str]:
         """Every field or sub-field a rule of this policy names (metric labels)."""
@@ -86,6 +237,8 @@ class Policy:
             *self.deny,
             *self.hide,
         }
+        if self.allow_tools is not None:
+            names.add("tools")
         return sorted(names)
 
 
@@ -95,7 +248,7 @@ EMPTY_POLICY: Final = Policy("default")
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """One thing the policy did: ``overwrite``, ``clamp`` or ``refuse`` of ``field``."""
+    """One thing the policy did: ``overwrite``, ``clamp``, ``strip`` or ``refuse`` of ``field``."""
 
     action: str
     field: str
@@ -153,133 +306,302 @@ def judge(policy: Policy, family: Family, event: dict[str, JSON]) -> Forward | R
         )
     try:
         if kind in ("session.update", "transcription_session.update"):
-            return _container(policy, family, event, "session", response=False)
+            return _Judgement(policy, family, event, "session", response=False).run()
         if kind == "response.create":
             if event.get("response") is None:
                 return Forward(event)
-            return _container(policy, family, event, "response", response=True)
-        if kind == "conversation.item.create":
-            _no_system_message(policy, event.get("item"), "item")
+            return _Judgement(policy, family, event, "response", response=True).run()
+        if kind == "conversation.item.create" and "instructions" in policy.deny:
+            item = event.get("item")
+            items = item if isinstance(item, list) else [item]
+            for index, candidate in enumerate(items):
+                if _is_system(candidate):
+                    # The event is the item: stripping it would leave nothing.
+                    where = (
+                        f"item[{index}].role" if isinstance(item, list) else "item.role"
+                    )
+                    raise _Refused(
+                        "policy_violation", _SYSTEM_MESSAGE, where, "instructions"
+                    )
     except _Refused as refused:
         return refused.refusal
     return Forward(event)
 
 
-def _container(
-    policy: Policy, family: Family, event: dict[str, JSON], key: str, *, response: bool
-) -> Forward | Refuse:
-    container = event.get(key)
-    if not isinstance(container, dict):
-        return Refuse("invalid_event", f"{event['type']} needs a {key!r} object", key)
-    actions: list[Action] = []
-    _deny(policy, family, container, key, response=response)
-    _corrections(family, container, key, response=response)
-    _set(policy, family, container, actions, response=response)
-    _allow(policy, family, container, key, response=response)
-    _range(policy, family, container, key, actions, response=response)
-    if response:
-        _no_system_message(policy, container.get("input"), f"{key}.input")
-    client_set = frozenset(
-        name
-        for name in policy.hide
-        if name not in policy.set
-        and read(container, FIELDS[name], family, response=response)
-    )
-    return Forward(event, tuple(actions), client_set)
+_SYSTEM_MESSAGE: Final = (
+    "system messages are instructions, which clients of this relay may not set"
+)
 
 
-def _deny(
-    policy: Policy,
-    family: Family,
-    container: dict[str, JSON],
-    key: str,
-    *,
-    response: bool,
-) -> None:
-    for name in sorted(policy.deny):
-        for path, _ in read(container, FIELDS[name], family, response=response):
-            raise _Refused(
-                "policy_violation",
-                f"{name} may not be set by clients of this relay",
-                f"{key}.{path}",
-                name,
+class _Judgement:
+    """One container (``session`` or ``response``) judged against a policy."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        family: Family,
+        event: dict[str, JSON],
+        key: str,
+        *,
+        response: bool,
+    ) -> None:
+        self.policy = policy
+        self.family: Family = family
+        # The client's event, rewritten in place.
+        self.event = event
+        # The judged object's key in the event, and whether it is a response.
+        self.key = key
+        self.response = response
+        # What was done, in order, each (action, target) once.
+        self.actions: list[Action] = []
+
+    def run(self) -> Forward | Refuse:
+        """Apply every rule in order; the verdict on the whole event."""
+        container = self.event.get(self.key)
+        if not isinstance(container, dict):
+            return Refuse(
+                "invalid_event",
+                f"{self.event['type']} needs a {self.key!r} object",
+                self.key,
             )
-    # GA's stored prompt can carry instructions (and tools): it is one.
-    if family == "ga" and "instructions" in policy.deny and "prompt" in container:
-        raise _Refused(
-            "policy_violation",
-            "prompt may not be set by clients of this relay",
-            f"{key}.prompt",
-            "instructions",
+        self._deny(container)
+        self._corrections(container)
+        self._set(container)
+        self._allow(container)
+        self._tools(container)
+        self._range(container)
+        if self.response:
+            self._system_input(container)
+        client_set = frozenset(
+            name
+            for name in self.policy.hide
+            if name not in self.policy.set and self._read(container, name)
+        )
+        return Forward(self.event, tuple(self.actions), client_set)
+
+    # Helpers
+
+    def _read(self, container: dict[str, JSON], name: str) -> list[tuple[str, JSON]]:
+        return read(container, FIELDS[name], self.family, response=self.response)
+
+    def _remove(self, container: dict[str, JSON], name: str) -> Callable[[], object]:
+        return partial(
+            remove, container, FIELDS[name], self.family, response=self.response
         )
 
+    def _act(self, action: str, target: str) -> None:
+        if Action(action, target) not in self.actions:
+            self.actions.append(Action(action, target))
 
-def _corrections(
-    family: Family, container: dict[str, JSON], key: str, *, response: bool
-) -> None:
-    # The May 2025 reference typed these as booleans by mistake (protocol.md §6);
-    # clients that copied it are told, whatever the policy.
-    for path, value in read(
-        container, FIELDS["input_audio_noise_reduction"], family, response=response
-    ):
-        if isinstance(value, bool):
-            raise _Refused(
-                "invalid_value",
-                "input_audio_noise_reduction is null or {type: near_field|far_field}, not a boolean",
-                f"{key}.{path}",
-                "input_audio_noise_reduction",
-            )
-    for path, value in read(
-        container, FIELDS["turn_detection"], family, response=response
-    ):
-        if isinstance(value, dict) and isinstance(value.get("eagerness"), bool):
-            raise _Refused(
-                "invalid_value",
-                "eagerness is one of low, medium, high, auto, not a boolean",
-                f"{key}.{path}.eagerness",
-                "turn_detection.eagerness",
-            )
+    def _violation(
+        self, target: str, message: str, param: str, strip: Callable[[], object]
+    ) -> None:
+        """Refuse the event, or strip the offending value, as the rule on ``target`` says."""
+        if self.policy.on_violation_of(target) == "refuse":
+            raise _Refused("policy_violation", message, param, target)
+        strip()
+        self._act("strip", target)
 
+    # Rules, in order
 
-def _set(
-    policy: Policy,
-    family: Family,
-    container: dict[str, JSON],
-    actions: list[Action],
-    *,
-    response: bool,
-) -> None:
-    for name, forced in policy.set.items():
-        target = FIELDS[name]
-        if any(
-            not same(value, forced)
-            for _, value in read(container, target, family, response=response)
+    def _deny(self, container: dict[str, JSON]) -> None:
+        for name in sorted(self.policy.deny):
+            unchanged = self.policy.unchanged(name, self.family)
+            for path, value in self._read(container, name):
+                if any(same(value, pinned) for pinned in unchanged):
+                    continue
+                self._violation(
+                    name,
+                    f"{name} may not be set by clients of this relay",
+                    f"{self.key}.{path}",
+                    self._remove(container, name),
+                )
+                break
+        # GA's stored prompt can carry instructions (and tools): it is one.
+        if (
+            self.family == "ga"
+            and "instructions" in self.policy.deny
+            and "prompt" in container
         ):
-            write(container, target, family, _copy(forced), response=response)
-            actions.append(Action("overwrite", name))
+            self._violation(
+                "instructions",
+                "prompt may not be set by clients of this relay",
+                f"{self.key}.prompt",
+                partial(container.pop, "prompt"),
+            )
 
+    def _corrections(self, container: dict[str, JSON]) -> None:
+        # The May 2025 reference typed these as booleans by mistake (protocol.md
+        # §6); clients that copied it are told, whatever the policy.
+        for path, value in self._read(container, "input_audio_noise_reduction"):
+            if isinstance(value, bool):
+                raise _Refused(
+                    "invalid_value",
+                    "input_audio_noise_reduction is null or {type: near_field|far_field}, not a boolean",
+                    f"{self.key}.{path}",
+                    "input_audio_noise_reduction",
+                )
+        for path, value in self._read(container, "turn_detection"):
+            if isinstance(value, dict) and isinstance(value.get("eagerness"), bool):
+                raise _Refused(
+                    "invalid_value",
+                    "eagerness is one of low, medium, high, auto, not a boolean",
+                    f"{self.key}.{path}.eagerness",
+                    "turn_detection.eagerness",
+                )
 
-def _allow(
-    policy: Policy,
-    family: Family,
-    container: dict[str, JSON],
-    key: str,
-    *,
-    response: bool,
-) -> None:
-    for target, allowed in policy.allow.items():
-        name, _, sub = target.partition(".")
-        for path, value in read(container, FIELDS[name], family, response=response):
-            for candidate in _candidates(name, sub, value):
-                if not isinstance(candidate, str) or candidate not in allowed:
-                    param = f"{key}.{path}" + (f".{sub}" if sub else "")
-                    listed = ", ".join(sorted(allowed))
-                    raise _Refused(
-                        "policy_violation",
-                        f"{target} must be one of: {listed}",
-                        param,
+    def _set(self, container: dict[str, JSON]) -> None:
+        for name, forced in self.policy.set.items():
+            rendered = for_family(name, forced, self.family)
+            if rendered is ABSENT:
+                continue  # not this family's: the client's value stands
+            if any(
+                not same(value, rendered) for _, value in self._read(container, name)
+            ):
+                write(
+                    container,
+                    FIELDS[name],
+                    self.family,
+                    _copy(rendered),
+                    response=self.response,
+                )
+                self._act("overwrite", name)
+
+    def _allow(self, container: dict[str, JSON]) -> None:
+        for target, allowed in self.policy.allow.items():
+            name, _, sub = target.partition(".")
+            for path, value in self._read(container, name):
+                if all(
+                    isinstance(candidate, str) and candidate in allowed
+                    for candidate in _candidates(name, sub, value)
+                ):
+                    continue
+                strip = self._remove(container, name)
+                if target in STRIP_SUB_KEY and isinstance(value, dict):
+                    # ``value`` is the client's own object (read's contract).
+                    strip = partial(value.pop, sub)
+                self._violation(
+                    target,
+                    f"{target} must be one of: {', '.join(sorted(allowed))}",
+                    f"{self.key}.{path}" + (f".{sub}" if sub else ""),
+                    strip,
+                )
+                break
+
+    def _tools(self, container: dict[str, JSON]) -> None:
+        approved = self.policy.allow_tools
+        if approved is None:
+            return
+        for path, value in self._read(container, "tools"):
+            if not isinstance(value, list):
+                self._violation(
+                    "tools",
+                    "tools must be a list of approved tools",
+                    f"{self.key}.{path}",
+                    self._remove(container, "tools"),
+                )
+                break
+            refused = [i for i, tool in enumerate(value) if not approved.admits(tool)]
+            if refused:
+                first = value[refused[0]]
+                label = _tool_label(first)
+                self._violation(
+                    "tools",
+                    f"tool {label} is not approved for clients of this relay",
+                    f"{self.key}.{path}[{refused[0]}]",
+                    # ``value`` is the client's own list (read's contract).
+                    partial(_keep, value, approved.admits),
+                )
+        for path, value in self._read(container, "tool_choice"):
+            if not approved.admits_choice(value):
+                self._violation(
+                    "tools",
+                    "tool_choice names a tool that is not approved for clients of this relay",
+                    f"{self.key}.{path}",
+                    self._remove(container, "tool_choice"),
+                )
+                break
+
+    def _range(self, container: dict[str, JSON]) -> None:
+        for target, (low, high) in self.policy.range.items():
+            name, _, sub = target.partition(".")
+            field_spec = FIELDS[name]
+            for path, value in self._read(container, name):
+                if sub:
+                    if not isinstance(value, dict) or sub not in value:
+                        continue
+                    number = value[sub]
+                else:
+                    number = value
+                if number == "inf" and name == "max_response_output_tokens":
+                    clamped: JSON = int(high)
+                elif is_number(number):
+                    clamped = min(max(number, low), high)
+                    if clamped == number:
+                        continue
+                    if isinstance(number, int) and float(clamped).is_integer():
+                        clamped = int(clamped)
+                else:
+                    strip = self._remove(container, name)
+                    if sub:
+                        strip = partial(value.pop, sub)
+                    self._violation(
                         target,
+                        f"{target} must be a number from {low} to {high}",
+                        f"{self.key}.{path}" + (f".{sub}" if sub else ""),
+                        strip,
                     )
+                    break
+                if sub:
+                    value[sub] = clamped
+                else:
+                    write(
+                        container,
+                        field_spec,
+                        self.family,
+                        clamped,
+                        response=self.response,
+                    )
+                self._act("clamp", target)
+
+    def _system_input(self, container: dict[str, JSON]) -> None:
+        if "instructions" not in self.policy.deny:
+            return
+        items = container.get("input")
+        if isinstance(items, dict) and items.get("role") == "system":
+            self._violation(
+                "instructions",
+                _SYSTEM_MESSAGE,
+                f"{self.key}.input.role",
+                lambda: container.pop("input"),
+            )
+        elif isinstance(items, list):
+            for index, item in enumerate(items):
+                if isinstance(item, dict) and item.get("role") == "system":
+                    self._violation(
+                        "instructions",
+                        _SYSTEM_MESSAGE,
+                        f"{self.key}.input[{index}].role",
+                        partial(_keep, items, lambda item: not _is_system(item)),
+                    )
+                    break
+
+
+def _keep(items: list[JSON], admitted: Callable[[JSON], bool]) -> None:
+    """Keep, in place, only the ``admitted`` entries of ``items``."""
+    items[:] = [item for item in items if admitted(item)]
+
+
+def _is_system(item: JSON) -> bool:
+    return isinstance(item, dict) and item.get("role") == "system"
+
+
+def _tool_label(tool: JSON) -> str:
+    if isinstance(tool, dict):
+        for key in ("name", "server_label"):
+            if isinstance(tool.get(key), str):
+                return repr(tool[key])[:66]
+    return "(unnamed)"
 
 
 def _candidates(name: str, sub: str, value: JSON) -> list[JSON]:
@@ -293,62 +615,3 @@ def _candidates(name: str, sub: str, value: JSON) -> list[JSON]:
     if not isinstance(value, dict):
         return [value]  # not an object at all: never an allowed value
     return [value[sub]] if sub in value else []
-
-
-def _range(
-    policy: Policy,
-    family: Family,
-    container: dict[str, JSON],
-    key: str,
-    actions: list[Action],
-    *,
-    response: bool,
-) -> None:
-    for target, (low, high) in policy.range.items():
-        name, _, sub = target.partition(".")
-        field_spec = FIELDS[name]
-        for path, value in read(container, field_spec, family, response=response):
-            if sub:
-                if not isinstance(value, dict) or sub not in value:
-                    continue
-                number = value[sub]
-            else:
-                number = value
-            if number == "inf" and name == "max_response_output_tokens":
-                clamped: JSON = int(high)
-            elif is_number(number):
-                clamped = min(max(number, low), high)
-                if clamped == number:
-                    continue
-                if isinstance(number, int) and float(clamped).is_integer():
-                    clamped = int(clamped)
-            else:
-                param = f"{key}.{path}" + (f".{sub}" if sub else "")
-                raise _Refused(
-                    "policy_violation",
-                    f"{target} must be a number from {low} to {high}",
-                    param,
-                    target,
-                )
-            if sub:
-                value[sub] = clamped
-            else:
-                write(container, field_spec, family, clamped, response=response)
-            actions.append(Action("clamp", target))
-
-
-def _no_system_message(policy: Policy, items: JSON, param: str) -> None:
-    if "instructions" not in policy.deny:
-        return
-    candidates = items if isinstance(items, list) else [items]
-    for index, item in enumerate(candidates):
-        if isinstance(item, dict) and item.get("role") == "system":
-            where = (
-                f"{param}[{index}].role" if isinstance(items, list) else f"{param}.role"
-            )
-            raise _Refused(
-                "policy_violation",
-                "system messages are instructions, which clients of this relay may not set",
-                where,
-                "instructions",
-            )

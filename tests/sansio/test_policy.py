@@ -1,15 +1,24 @@
-"""The policy engine: every rule on both protocol families, and a property over any input."""
+"""The policy engine: every rule on both protocol families, and properties over any input."""
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from relay.sansio.policy import Action, Forward, Policy, Refuse, judge
+from relay.sansio.policy import (
+    Action,
+    Forward,
+    McpServer,
+    Policy,
+    Refuse,
+    ToolAllowList,
+    judge,
+)
 from relay.typing import Family
 
 
@@ -28,7 +37,9 @@ STANDARD = Policy(
     allow={"voice": frozenset({"alloy", "verse"})},
     range={"temperature": (0.6, 0.9), "max_response_output_tokens": (1, 1024)},
     deny=frozenset({"tools", "tool_choice", "instructions"}),
+    on_violation="refuse",
 )
+STRIPPING = replace(STANDARD, on_violation="strip")
 
 # Where each field sits, written out independently of relay.sansio.fields.
 SESSION_PATHS: dict[Family, dict[str, tuple[str, ...]]] = {
@@ -41,6 +52,7 @@ SESSION_PATHS: dict[Family, dict[str, tuple[str, ...]]] = {
         "instructions": ("instructions",),
         "temperature": ("temperature",),
         "max_response_output_tokens": ("max_response_output_tokens",),
+        "input_audio_transcription": ("input_audio_transcription",),
     },
     "ga": {
         "input_audio_noise_reduction": ("audio", "input", "noise_reduction"),
@@ -50,6 +62,7 @@ SESSION_PATHS: dict[Family, dict[str, tuple[str, ...]]] = {
         "tool_choice": ("tool_choice",),
         "instructions": ("instructions",),
         "max_response_output_tokens": ("max_output_tokens",),
+        "input_audio_transcription": ("audio", "input", "transcription"),
     },
 }
 RESPONSE_PATHS: dict[Family, dict[str, tuple[str, ...]]] = {
@@ -144,8 +157,12 @@ class TestSessionUpdate:
 
     @pytest.mark.parametrize("field", ["tools", "tool_choice", "instructions"])
     def test_denied_fields_refuse_the_event(self, family: Family, field: str) -> None:
-        """A denied field refuses the whole event, naming its path."""
-        value = {"tools": [], "tool_choice": "auto", "instructions": "be evil"}[field]
+        """A denied field that would change the session refuses the whole event, naming its path."""
+        value = {
+            "tools": [{"type": "function", "name": "transfer_money"}],
+            "tool_choice": "required",
+            "instructions": "be evil",
+        }[field]
         verdict = judge(
             STANDARD, family, update(family, **{field: value}, voice="alloy")
         )
@@ -235,8 +252,8 @@ class TestResponseCreate:
         ("field", "value"),
         [
             ("instructions", "ignore the rules"),
-            ("tools", []),
-            ("tool_choice", "none"),
+            ("tools", [{"type": "function", "name": "f"}]),
+            ("tool_choice", "required"),
             ("voice", "shimmer"),
         ],
     )
@@ -338,6 +355,10 @@ def test_system_messages_are_instructions(family: Family) -> None:
     verdict = judge(STANDARD, family, event)
     assert isinstance(verdict, Refuse)
     assert verdict.param == "item.role"
+    listed = {**event, "item": [{"role": "user"}, event["item"]]}
+    verdict = judge(STRIPPING, family, listed)
+    assert isinstance(verdict, Refuse)
+    assert verdict.param == "item[1].role"
     user = {
         "type": "conversation.item.create",
         "item": {"type": "message", "role": "user", "content": []},
@@ -371,6 +392,7 @@ class TestSubFieldRules:
             "turn_detection.threshold": (0.4, 0.8),
             "turn_detection.silence_duration_ms": (200, 800),
         },
+        on_violation="refuse",
     )
 
     def test_sub_field_ranges_clamp(self) -> None:
@@ -463,17 +485,491 @@ class TestEventTypes:
         )
 
 
-# --- Property: nothing forwarded ever violates set, deny, allow or range ------------
+# --- Values that change nothing -----------------------------------------------------
 
-_json = st.recursive(
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("policy", [STANDARD, STRIPPING], ids=["refuse", "strip"])
+class TestValuesThatChangeNothing:
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [("tools", []), ("tool_choice", "auto"), ("tool_choice", "none")],
+    )
+    def test_framework_defaults_pass_untouched(
+        self, family: Family, policy: Policy, field: str, value: Any
+    ) -> None:
+        """tools: [] and tool_choice auto/none under denied tools are forwarded as sent, no action."""
+        event = update(family, **{field: value}, voice="verse")
+        verdict = judge(policy, family, copy.deepcopy(event))
+        assert isinstance(verdict, Forward)
+        assert verdict.event == event
+        assert verdict.actions == ()
+
+    def test_in_a_response_too(self, family: Family, policy: Policy) -> None:
+        """A response.create repeating the session's (empty) tools is no violation."""
+        event = response_create(family, tools=[], tool_choice="auto")
+        verdict = judge(policy, family, copy.deepcopy(event))
+        assert isinstance(verdict, Forward)
+        assert verdict.event == event
+
+    def test_required_changes_something(self, family: Family, policy: Policy) -> None:
+        """tool_choice required is a violation however empty the tools."""
+        verdict = judge(policy, family, update(family, tool_choice="required"))
+        assert isinstance(verdict, Refuse if policy is STANDARD else Forward)
+        assert (
+            Action("refuse" if policy is STANDARD else "strip", "tool_choice")
+            in verdict.actions
+        )
+
+
+LOOKUP: dict[str, Any] = {"type": "function", "name": "lookup", "parameters": {}}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+class TestPinnedValues:
+    ORG = Policy(
+        "org",
+        set={"instructions": "Be brief.", "tools": [LOOKUP]},
+        default={"voice": "verse"},
+        deny=frozenset({"instructions", "tools", "tool_choice", "voice"}),
+        on_violation="refuse",
+    )
+
+    def test_the_set_value_passes_a_deny(self, family: Family) -> None:
+        """A denied field equal to what the policy sets changes nothing."""
+        verdict = judge(
+            self.ORG,
+            family,
+            update(family, instructions="Be brief.", tools=[dict(LOOKUP)]),
+        )
+        assert isinstance(verdict, Forward)
+        assert verdict.actions == ()
+
+    def test_the_default_of_a_denied_field_is_pinned(self, family: Family) -> None:
+        """The client cannot have changed a denied default: repeating it is no change."""
+        assert isinstance(
+            judge(self.ORG, family, update(family, voice="verse")), Forward
+        )
+        assert isinstance(
+            judge(self.ORG, family, update(family, voice="alloy")), Refuse
+        )
+
+    def test_emptying_set_tools_is_a_change(self, family: Family) -> None:
+        """With the organisation's tools in the session, tools: [] would remove them."""
+        assert isinstance(judge(self.ORG, family, update(family, tools=[])), Refuse)
+
+    def test_none_is_a_change_when_tools_exist(self, family: Family) -> None:
+        """tool_choice none is only harmless while no tool can be in the session."""
+        assert isinstance(
+            judge(self.ORG, family, update(family, tool_choice="none")), Refuse
+        )
+        assert isinstance(
+            judge(self.ORG, family, update(family, tool_choice="auto")), Forward
+        )
+
+    def test_unchanged_values(self, family: Family) -> None:
+        """What each denied field may repeat: set, then default, then the upstream default."""
+        assert self.ORG.unchanged("instructions", family) == ["Be brief."]
+        assert self.ORG.unchanged("voice", family) == ["verse"]
+        assert self.ORG.unchanged("tool_choice", family) == ["auto"]
+        assert STANDARD.unchanged("tool_choice", family) == ["auto", "none"]
+        assert STANDARD.unchanged("instructions", family) == []
+
+
+# --- Strip ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+class TestStrip:
+    def test_denied_fields_go_and_the_rest_is_forwarded(self, family: Family) -> None:
+        """A framework's whole update minus the denied tools: its voice and VAD settings stand."""
+        tools = [{"type": "function", "name": "get_weather", "parameters": {}}]
+        event = update(
+            family,
+            tools=tools,
+            voice="verse",
+            instructions="Be a pirate.",
+            turn_detection=dict(TURN),
+        )
+        verdict = judge(STRIPPING, family, event)
+        assert isinstance(verdict, Forward)
+        session = verdict.event["session"]
+        assert "tools" not in session
+        assert "instructions" not in session
+        assert get(session, SESSION_PATHS[family]["voice"]) == "verse"
+        assert get(session, SESSION_PATHS[family]["turn_detection"]) == TURN
+        assert verdict.actions == (
+            Action("strip", "instructions"),
+            Action("strip", "tools"),
+        )
+
+    def test_emptied_ga_objects_go_with_the_field(self, family: Family) -> None:
+        """Stripping the only field of audio.input leaves no empty audio object behind."""
+        policy = Policy("p", deny=frozenset({"input_audio_noise_reduction"}))
+        verdict = judge(
+            policy,
+            family,
+            update(family, input_audio_noise_reduction={"type": "far_field"}),
+        )
+        assert isinstance(verdict, Forward)
+        assert verdict.event["session"] == (
+            {"type": "realtime"} if family == "ga" else {}
+        )
+
+    def test_an_update_stripped_empty_is_still_forwarded(self, family: Family) -> None:
+        """The client still gets the session.updated it waits for."""
+        verdict = judge(STRIPPING, family, update(family, instructions="x"))
+        assert isinstance(verdict, Forward)
+        assert verdict.event["session"] == (
+            {"type": "realtime"} if family == "ga" else {}
+        )
+
+    def test_a_voice_outside_the_list_is_stripped(self, family: Family) -> None:
+        """The session keeps its voice; the client's other fields pass."""
+        verdict = judge(
+            STRIPPING,
+            family,
+            update(family, voice="shimmer", temperature=0.7)
+            if family == "preview"
+            else update(family, voice="shimmer", max_response_output_tokens=10),
+        )
+        assert isinstance(verdict, Forward)
+        assert verdict.actions == (Action("strip", "voice"),)
+        assert len(verdict.event["session"]) == (1 if family == "preview" else 2)
+
+    def test_response_overrides_are_stripped(self, family: Family) -> None:
+        """A response.create keeps its other overrides and out-of-band input."""
+        event = response_create(family, instructions="leak", voice="verse")
+        event["response"]["conversation"] = "none"
+        verdict = judge(STRIPPING, family, event)
+        assert isinstance(verdict, Forward)
+        assert "instructions" not in verdict.event["response"]
+        assert verdict.event["response"]["conversation"] == "none"
+
+    def test_system_items_leave_the_out_of_band_input(self, family: Family) -> None:
+        """Only the system message goes; the user's items stay in order."""
+        user = {"type": "message", "role": "user", "content": []}
+        event = {
+            "type": "response.create",
+            "response": {
+                "input": [
+                    {"type": "message", "role": "system", "content": []},
+                    user,
+                    {"type": "message", "role": "system", "content": []},
+                ]
+            },
+        }
+        verdict = judge(STRIPPING, family, event)
+        assert isinstance(verdict, Forward)
+        assert verdict.event["response"]["input"] == [user]
+        assert verdict.actions == (Action("strip", "instructions"),)
+
+    def test_a_system_item_is_refused_whatever_the_mode(self, family: Family) -> None:
+        """conversation.item.create is the item: nothing would be left to forward."""
+        event = {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "system", "content": []},
+        }
+        assert isinstance(judge(STRIPPING, family, event), Refuse)
+
+    def test_non_numbers_in_a_range_are_stripped(self, family: Family) -> None:
+        """A limit that cannot be clamped goes; a sub-field goes alone."""
+        policy = Policy("p", range={"turn_detection.threshold": (0.2, 0.8)})
+        event = update(family, turn_detection={"type": "server_vad", "threshold": "hi"})
+        verdict = judge(policy, family, event)
+        assert isinstance(verdict, Forward)
+        assert get(
+            verdict.event["session"], SESSION_PATHS[family]["turn_detection"]
+        ) == {"type": "server_vad"}
+        verdict = judge(
+            STRIPPING, family, update(family, max_response_output_tokens="x")
+        )
+        assert isinstance(verdict, Forward)
+        assert verdict.actions == (Action("strip", "max_response_output_tokens"),)
+
+
+class TestStripUnits:
+    POLICY = Policy(
+        "sub",
+        allow={
+            "turn_detection.type": frozenset({"server_vad", "semantic_vad"}),
+            "turn_detection.eagerness": frozenset({"low"}),
+            "input_audio_transcription.language": frozenset({"en"}),
+        },
+    )
+
+    def test_an_optional_sub_key_goes_alone(self) -> None:
+        """A disallowed eagerness is stripped; the semantic VAD settings stay."""
+        verdict = judge(
+            self.POLICY,
+            "ga",
+            update(
+                "ga",
+                turn_detection={"type": "semantic_vad", "eagerness": "high"},
+                input_audio_transcription={"model": "whisper-1", "language": "fr"},
+            ),
+        )
+        assert isinstance(verdict, Forward)
+        audio_input = verdict.event["session"]["audio"]["input"]
+        assert audio_input["turn_detection"] == {"type": "semantic_vad"}
+        assert audio_input["transcription"] == {"model": "whisper-1"}
+
+    def test_a_type_takes_its_object_with_it(self) -> None:
+        """Turning detection off (type none) is stripped as a whole."""
+        verdict = judge(self.POLICY, "preview", update("preview", turn_detection=None))
+        assert isinstance(verdict, Forward)
+        assert verdict.event["session"] == {}
+
+
+class TestPerRuleOnViolation:
+    def test_a_rule_can_refuse_in_a_stripping_policy(self) -> None:
+        """voice refuses, the rest strips."""
+        policy = replace(STRIPPING, rule_on_violation={"voice": "refuse"})
+        assert isinstance(judge(policy, "ga", update("ga", voice="shimmer")), Refuse)
+        verdict = judge(policy, "ga", update("ga", instructions="x"))
+        assert isinstance(verdict, Forward)
+
+    def test_a_rule_can_strip_in_a_refusing_policy(self) -> None:
+        """tools strips, instructions still refuse."""
+        policy = replace(STANDARD, rule_on_violation={"tools": "strip"})
+        tools = [{"type": "function", "name": "f"}]
+        verdict = judge(
+            policy, "preview", update("preview", tools=tools, voice="verse")
+        )
+        assert isinstance(verdict, Forward)
+        assert verdict.event["session"] == {"voice": "verse"}
+        assert isinstance(
+            judge(policy, "preview", update("preview", instructions="x")), Refuse
+        )
+
+
+# --- Tool allow-lists -----------------------------------------------------------------
+
+DOCS = {
+    "type": "mcp",
+    "server_label": "docs",
+    "server_url": "https://mcp.example.com/docs",
+    "require_approval": "never",
+}
+TOOLS = Policy(
+    "tools",
+    allow_tools=ToolAllowList(
+        frozenset({"get_weather"}),
+        frozenset({McpServer("docs", server_url="https://mcp.example.com/docs")}),
+    ),
+)
+
+
+def fn(name: str) -> dict[str, Any]:
+    return {"type": "function", "name": name, "parameters": {"type": "object"}}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+class TestToolAllowList:
+    def test_listed_function_tools_pass(self, family: Family) -> None:
+        """An approved tool is forwarded as sent."""
+        event = update(family, tools=[fn("get_weather")], tool_choice="required")
+        verdict = judge(TOOLS, family, copy.deepcopy(event))
+        assert isinstance(verdict, Forward)
+        assert verdict.event == event
+
+    def test_only_the_unlisted_tools_are_stripped(self, family: Family) -> None:
+        """The approved tool stays, in place."""
+        verdict = judge(
+            TOOLS, family, update(family, tools=[fn("wire_money"), fn("get_weather")])
+        )
+        assert isinstance(verdict, Forward)
+        assert verdict.event["session"]["tools"] == [fn("get_weather")]
+        assert verdict.actions == (Action("strip", "tools"),)
+
+    def test_refusal_names_the_first_unlisted_tool(self, family: Family) -> None:
+        """With on_violation refuse, the param points at the tool."""
+        policy = replace(TOOLS, on_violation="refuse")
+        verdict = judge(
+            policy, family, update(family, tools=[fn("get_weather"), fn("wire_money")])
+        )
+        assert isinstance(verdict, Refuse)
+        assert verdict.param == "session.tools[1]"
+        assert "'wire_money'" in verdict.message
+
+    @pytest.mark.parametrize(
+        "choice",
+        [
+            {"type": "function", "name": "wire_money"},
+            {"type": "function", "function": {"name": "wire_money"}},
+            {"type": "mcp", "server_label": "other"},
+            ["auto"],
+        ],
+    )
+    def test_tool_choice_must_name_a_listed_tool(
+        self, family: Family, choice: Any
+    ) -> None:
+        """A forced tool outside the list goes; modes and listed tools stay."""
+        verdict = judge(TOOLS, family, update(family, tool_choice=choice))
+        assert isinstance(verdict, Forward)
+        assert "tool_choice" not in verdict.event["session"]
+        for fine in (
+            "none",
+            {"type": "function", "name": "get_weather"},
+            {"type": "function", "function": {"name": "get_weather"}},
+            {"type": "mcp", "server_label": "docs"},
+        ):
+            kept = judge(TOOLS, family, update(family, tool_choice=fine))
+            assert isinstance(kept, Forward)
+            assert kept.actions == ()
+
+    def test_not_a_list(self, family: Family) -> None:
+        """tools that are not a list cannot be approved."""
+        verdict = judge(TOOLS, family, update(family, tools={"type": "function"}))
+        assert isinstance(verdict, Forward)
+        assert "tools" not in verdict.event["session"]
+
+
+class TestMcpApproval:
+    def test_an_approved_server(self) -> None:
+        """Label and address both match."""
+        assert TOOLS.allow_tools is not None
+        assert TOOLS.allow_tools.admits(DOCS)
+
+    @pytest.mark.parametrize(
+        "changes",
+        [
+            {"server_url": "https://evil.example.com/docs"},
+            {"server_label": "wiki"},
+            {"server_url": None, "connector_id": "connector_gmail"},
+            {"tunnel_id": "tunnel_1"},
+        ],
+    )
+    def test_the_label_alone_is_not_an_approval(self, changes: dict[str, Any]) -> None:
+        """Another address under an approved label (or another label) is not approved."""
+        tool = {k: v for k, v in {**DOCS, **changes}.items() if v is not None}
+        assert TOOLS.allow_tools is not None
+        assert not TOOLS.allow_tools.admits(tool)
+
+    def test_connectors(self) -> None:
+        """A connector is approved by its id."""
+        approved = ToolAllowList(
+            mcp_servers=frozenset({McpServer("mail", connector_id="connector_gmail")})
+        )
+        tool = {
+            "type": "mcp",
+            "server_label": "mail",
+            "connector_id": "connector_gmail",
+        }
+        assert approved.admits(tool)
+        assert not approved.admits({**tool, "server_url": "https://x.example"})
+        assert not approved.admits({"type": "web_search"})
+        assert not approved.admits("get_weather")
+        assert not approved.admits_choice(5)
+
+
+# --- Fields rendered per family --------------------------------------------------------
+
+GA_ONLY = Policy(
+    "ga-only",
+    set={
+        "turn_detection": {"type": "server_vad", "idle_timeout_ms": 6000},
+        "truncation": "disabled",
+    },
+    default={
+        "voice": "marin",
+        "reasoning": {"effort": "low"},
+        "tools": [fn("lookup"), DOCS],
+        "tool_choice": {"type": "mcp", "server_label": "docs"},
+    },
+)
+
+
+class TestPerFamily:
+    def test_preview_initial_session_has_no_ga_only_parts(self) -> None:
+        """idle_timeout_ms, truncation, reasoning, MCP tools and choice, marin: all left out."""
+        assert GA_ONLY.initial_session("preview") == {
+            "turn_detection": {"type": "server_vad"},
+            "tools": [fn("lookup")],
+        }
+
+    def test_ga_initial_session_has_everything(self) -> None:
+        """GA gets the policy as written."""
+        assert GA_ONLY.initial_session("ga") == {
+            "type": "realtime",
+            "audio": {
+                "input": {
+                    "turn_detection": {"type": "server_vad", "idle_timeout_ms": 6000}
+                },
+                "output": {"voice": "marin"},
+            },
+            "truncation": "disabled",
+            "reasoning": {"effort": "low"},
+            "tools": [fn("lookup"), DOCS],
+            "tool_choice": {"type": "mcp", "server_label": "docs"},
+        }
+
+    def test_a_preview_client_update_gets_the_preview_form(self) -> None:
+        """The set turn_detection overwrites a client's one without idle_timeout_ms."""
+        verdict = judge(
+            GA_ONLY,
+            "preview",
+            update(
+                "preview",
+                turn_detection={"type": "server_vad", "idle_timeout_ms": 9000},
+            ),
+        )
+        assert isinstance(verdict, Forward)
+        assert verdict.event["session"]["turn_detection"] == {"type": "server_vad"}
+        same = judge(
+            GA_ONLY, "preview", update("preview", turn_detection={"type": "server_vad"})
+        )
+        assert isinstance(same, Forward)
+        assert same.actions == ()
+
+    def test_ga_only_fields_are_not_governed_on_preview(self) -> None:
+        """A preview session has no truncation or reasoning for a rule to act on."""
+        policy = Policy(
+            "p", deny=frozenset({"truncation", "reasoning"}), on_violation="refuse"
+        )
+        event = {"type": "session.update", "session": {"truncation": "auto"}}
+        assert isinstance(judge(policy, "preview", event), Forward)
+        ga = {
+            "type": "session.update",
+            "session": {"type": "realtime", "truncation": "auto"},
+        }
+        assert isinstance(judge(policy, "ga", ga), Refuse)
+
+    def test_reasoning_effort_in_a_ga_response(self) -> None:
+        """A per-response reasoning effort obeys its allow-list."""
+        policy = Policy("p", allow={"reasoning.effort": frozenset({"low"})})
+        event = {
+            "type": "response.create",
+            "response": {"reasoning": {"effort": "xhigh"}, "instructions": "x"},
+        }
+        verdict = judge(policy, "ga", event)
+        assert isinstance(verdict, Forward)
+        assert verdict.event["response"] == {"instructions": "x"}
+
+
+# --- Properties over any input ----------------------------------------------------------
+
+_json: st.SearchStrategy[Any] = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(10**20), 10**20)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8)
     | st.sampled_from(
-        ["inf", "alloy", "verse", "shimmer", "near_field", "server_vad", "semantic_vad"]
-    ),
+        [
+            "inf",
+            "alloy",
+            "verse",
+            "shimmer",
+            "near_field",
+            "server_vad",
+            "semantic_vad",
+            "auto",
+            "none",
+            "required",
+        ]
+    )
+    | st.just([]),
     lambda children: (
         st.lists(children, max_size=3)
         | st.dictionaries(
@@ -500,6 +996,13 @@ def client_events(draw: st.DrawFn, family: Family) -> dict[str, Any]:
     return {"type": kind, key: container}
 
 
+_CASES = st.sampled_from(FAMILIES).flatmap(
+    lambda family: st.tuples(st.just(family), client_events(family))
+)
+# What STANDARD's denied fields may repeat (written out, not asked of the engine).
+_UNCHANGED: dict[str, list[Any]] = {"tools": [[]], "tool_choice": ["auto", "none"]}
+
+
 def _violations(policy: Policy, family: Family, event: dict[str, Any]) -> list[str]:
     response = event["type"] == "response.create"
     paths = RESPONSE_PATHS[family] if response else SESSION_PATHS[family]
@@ -510,8 +1013,8 @@ def _violations(policy: Policy, family: Family, event: dict[str, Any]) -> list[s
             value = get(container, path)
         except (KeyError, TypeError):
             continue
-        if name in policy.deny:
-            problems.append(f"denied {name} forwarded")
+        if name in policy.deny and value not in _UNCHANGED.get(name, []):
+            problems.append(f"denied {name}={value!r} forwarded")
         if name in policy.set and value != policy.set[name]:
             problems.append(f"{name} differs from its set value")
         if name in policy.allow and value not in policy.allow[name]:
@@ -528,19 +1031,73 @@ def _violations(policy: Policy, family: Family, event: dict[str, Any]) -> list[s
     return problems
 
 
-@settings(max_examples=400)
-@given(
-    st.sampled_from(FAMILIES).flatmap(
-        lambda family: st.tuples(st.just(family), client_events(family))
-    )
-)
+def _fields(family: Family, event: dict[str, Any]) -> dict[str, Any]:
+    """The governed fields present in an event, by name."""
+    response = event["type"] == "response.create"
+    paths = RESPONSE_PATHS[family] if response else SESSION_PATHS[family]
+    container = event["response" if response else "session"]
+    found = {}
+    for name, path in paths.items():
+        try:
+            found[name] = get(container, path)
+        except (KeyError, TypeError):
+            continue
+    return found
+
+
+def _alone(family: Family, event: dict[str, Any], name: str) -> dict[str, Any]:
+    response = event["type"] == "response.create"
+    paths = RESPONSE_PATHS[family] if response else SESSION_PATHS[family]
+    value = copy.deepcopy(_fields(family, event)[name])
+    container = nest(paths[name], value)
+    if family == "ga" and not response:
+        container = {"type": "realtime", **container}
+    return {"type": event["type"], "response" if response else "session": container}
+
+
+# Generation is cheap; on a loaded 2-core machine a single draw can still stall.
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(_CASES, st.sampled_from([STANDARD, STRIPPING]))
 def test_nothing_forwarded_violates_the_policy(
-    case: tuple[Family, dict[str, Any]],
+    case: tuple[Family, dict[str, Any]], policy: Policy
 ) -> None:
-    """For any client session.update/response.create, a forwarded event obeys every rule."""
+    """For any client session.update/response.create, a forwarded event obeys every rule, and is final."""
     family, event = case
-    verdict = judge(STANDARD, family, copy.deepcopy(event))
+    verdict = judge(policy, family, copy.deepcopy(event))
     if isinstance(verdict, Forward):
-        assert _violations(STANDARD, family, verdict.event) == []
+        assert _violations(policy, family, verdict.event) == []
+        again = judge(policy, family, copy.deepcopy(verdict.event))
+        assert isinstance(again, Forward)
+        assert again.event == verdict.event
+        assert again.actions == ()
     else:
         assert verdict.code in ("policy_violation", "invalid_value", "invalid_event")
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(_CASES)
+def test_strip_drops_exactly_what_refuse_refuses(
+    case: tuple[Family, dict[str, Any]],
+) -> None:
+    """Nothing the policy allows is dropped: a field is stripped iff, sent alone, it is refused.
+
+    Unknown keys always survive, and a stripping policy refuses only what no
+    mode could forward (the documented corrections, a malformed event).
+    """
+    family, event = case
+    stripped = judge(STRIPPING, family, copy.deepcopy(event))
+    refused = judge(STANDARD, family, copy.deepcopy(event))
+    if isinstance(stripped, Refuse):
+        assert stripped.code in ("invalid_value", "invalid_event")
+        assert isinstance(refused, Refuse)
+        return
+    assert isinstance(refused, Refuse) == any(
+        action.action == "strip" for action in stripped.actions
+    )
+    kept = _fields(family, stripped.event)
+    for name in _fields(family, event):
+        alone = judge(STANDARD, family, _alone(family, event, name))
+        assert (name in kept) == isinstance(alone, Forward), name
+    key = "response" if event["type"] == "response.create" else "session"
+    if "extra" in event[key]:
+        assert stripped.event[key]["extra"] == event[key]["extra"]

@@ -74,6 +74,7 @@ STANDARD = Policy(
     default={"voice": "alloy"},
     deny=frozenset({"tools"}),
     hide=frozenset({"instructions"}),
+    on_violation="refuse",
 )
 CREATED = json.dumps(
     {
@@ -229,7 +230,7 @@ class TestInitialization:
         book = Playbook(RelaySession(STANDARD, "preview"))
         book._pending.clear()
         book >> ClientMessage(
-            '{"type":"session.update","event_id":"c1","session":{"tools":[]}}'
+            '{"type":"session.update","event_id":"c1","session":{"tools":[{"type":"function","name":"f"}]}}'
         )
         book >> UpstreamMessage(CREATED)
         book._pending.clear()
@@ -308,6 +309,31 @@ class TestInitialization:
         book = Playbook(RelaySession(Policy("empty", deny=frozenset({"tools"})), "ga"))
         book.done()
         assert state_of(book) is State.OPEN
+
+
+class TestStripping:
+    def test_the_rest_goes_upstream_and_the_client_gets_no_error(self) -> None:
+        """A stripped field is a fact for metrics and logs; the client sees only Azure's answer."""
+        book = Playbook(RelaySession(Policy("p", deny=frozenset({"tools"})), "ga"))
+        book >> ClientMessage(
+            '{"type":"session.update","event_id":"c1","session":{"type":"realtime",'
+            '"tools":[{"type":"function","name":"f"}],"instructions":"Be brief."}}'
+        )
+        (
+            book
+            << Applied("strip", "tools")
+            << Send(
+                "upstream",
+                '{"type":"session.update","event_id":"c1","session":{"type":"realtime",'
+                '"instructions":"Be brief."}}',
+            )
+        ).done()
+
+    def test_framework_defaults_pass_as_sent(self) -> None:
+        """tools: [] under denied tools is not even a rewrite."""
+        book = Playbook(RelaySession(Policy("p", deny=frozenset({"tools"})), "ga"))
+        frame = '{"type":"session.update","session":{"type":"realtime","tools":[]}}'
+        (book >> ClientMessage(frame) << Send("upstream", frame)).done()
 
 
 class TestHiding:
