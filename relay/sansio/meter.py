@@ -15,12 +15,12 @@ session's format is used).
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Final
 
 from relay.sansio.commands import FirstAudio, Metered, TokensUsed
 from relay.sansio.fields import FIELDS, JSON, read
+from relay.sansio.wire import parse_upstream
 from relay.typing import Family
 
 
@@ -117,11 +117,7 @@ def upstream_type(data: str) -> str | None:
 
 
 def _parse(data: str) -> dict[str, JSON] | None:
-    try:
-        value = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
+    return parse_upstream(data)
 
 
 def _base64_bytes(length: int, tail: str) -> int:

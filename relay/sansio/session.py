@@ -30,7 +30,6 @@ duplicate close can never crash a session; they produce no commands.
 from __future__ import annotations
 
 import enum
-import json
 from collections import deque
 from typing import Final, assert_never
 
@@ -67,6 +66,7 @@ from relay.sansio.wire import (
     dump,
     error_event,
     parse_event,
+    parse_upstream,
     plain_append,
 )
 from relay.typing import DrainNotice, Family, Side
@@ -668,9 +668,5 @@ def _expired(data: str) -> bool:
 
 
 def _peek(data: str | bytes) -> dict[str, JSON] | None:
-    """The upstream event as an object, if it is one (upstream frames are trusted)."""
-    try:
-        event = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    return event if isinstance(event, dict) else None
+    """The upstream event as an object, if it is one within the bounds of :func:`parse_upstream`."""
+    return parse_upstream(data)

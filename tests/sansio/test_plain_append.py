@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from relay.sansio import wire
 from relay.sansio.events import Started, UpstreamMessage
 from relay.sansio.policy import Policy
 from relay.sansio.session import RelaySession, State
@@ -137,8 +138,34 @@ def test_invalid_documents_still_get_their_error() -> None:
 
 @pytest.mark.parametrize("member", ['"audio":', '"type":"x","audio":', '"x":'])
 def test_deep_nesting_is_a_full_parse_that_refuses_it(member: str) -> None:
-    """A thousand nested arrays in an append-looking event: no RecursionError escapes."""
-    text = "{" + member + "[" * 100_000 + "]" * 100_000 + "}"
-    assert plain_append(text) is None
-    with pytest.raises(InvalidEvent, match="nested too deeply"):
-        parse_event(text)
+    """Nested arrays in an append-looking event: refused, no RecursionError escapes."""
+    for levels, reason in [(1000, "nested too deeply"), (100_000, "too many values")]:
+        text = "{" + member + "[" * levels + "]" * levels + "}"
+        assert plain_append(text) is None
+        with pytest.raises(InvalidEvent, match=reason):
+            parse_event(text)
+
+
+class _NoParse:
+    def raw_decode(self, text: str) -> object:
+        raise AssertionError("parsed")
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        ',"x":[' + ",".join(["0"] * 100_000) + "]",
+        ',"x":{}',
+        "".join(f',"k{n}":0' for n in range(5)),
+    ],
+    ids=["array", "object", "many-members"],
+)
+def test_large_lookalikes_are_refused_before_parsing(
+    tail: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An array, an object or more than 6 members: not plain, whatever the size, unparsed."""
+    monkeypatch.setattr(wire, "_DECODER", _NoParse())
+    assert (
+        plain_append('{"type":"input_audio_buffer.append","audio":"A"' + tail + "}")
+        is None
+    )
