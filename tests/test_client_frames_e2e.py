@@ -13,6 +13,7 @@ import json
 import os
 import random
 import struct
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from relay._frames import BINARY, CLOSE, PING, PONG, TEXT, build_frame, close_payload
 from relay.config import ClientLimits
 from tests.helpers.clients import connect_relay, receive_event
+from tests.helpers.events import flat
 from tests.helpers.servers import CLIENT_KEY, Stack, clients_with, relay_stack
 from tests.helpers.timing import SECOND
 
@@ -224,6 +226,35 @@ async def test_deep_nesting_is_an_invalid_event_not_a_crash() -> None:
         assert not stack.registry.get_sample_value(
             "relay_close_codes_total", {"side": "client", "code": "1011"}
         )
+
+
+async def test_a_million_values_is_an_invalid_event_not_a_stall() -> None:
+    """A million numbers, then 600,000 empty objects, within the default limits: error events, quickly."""
+    # An event type the relay forwards as received: only the bound stops them.
+    kind = "input_audio_buffer.clear"
+    attacks = [flat("0", 1_000_000, kind), flat("{}", 600_000, kind)]
+    async with relay_stack() as stack:
+        async with connect_relay(stack.ga_url()) as ws:
+            await receive_event(ws)
+            for attack in attacks:
+                # CPU time, not wall time (a speed the relay promises no
+                # figure for): the relay and the simulator run in this
+                # process; before the bound, each message cost them 0.8 and
+                # 1.5 s, parsed twice and refused by the simulator; the check
+                # costs about 11 ms.
+                started = time.process_time()
+                await ws.send(attack)
+                error = await receive_event(ws)
+                spent = time.process_time() - started
+                assert error["type"] == "error"
+                assert error["error"]["code"] == "invalid_event"
+                assert "too many values" in error["error"]["message"]
+                assert spent < 0.2
+            await ws.send('{"type": "input_audio_buffer.clear"}')
+            assert (await receive_event(ws))["type"] == "input_audio_buffer.cleared"
+        await stack.settle()
+        assert ws.close_code == 1000
+        assert not stack.simulator.stats.events_of_type("session.update")
 
 
 async def test_a_ping_flood_ends_that_session_with_1008_only() -> None:

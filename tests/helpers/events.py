@@ -133,9 +133,9 @@ def function_output(size: int) -> str:
     )
 
 
-def flat(unit: str, count: int) -> str:
-    """An event whose ``x`` is an array of ``count`` copies of the JSON text ``unit``."""
-    return '{"type":"session.update","x":[' + ",".join([unit] * count) + "]}"
+def flat(unit: str, count: int, kind: str = "session.update") -> str:
+    """A ``kind`` event whose ``x`` is an array of ``count`` copies of the JSON text ``unit``."""
+    return f'{{"type":"{kind}","x":[' + ",".join([unit] * count) + "]}"
 
 
 def keys(count: int) -> str:
