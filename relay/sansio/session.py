@@ -604,10 +604,18 @@ class RelaySession:
         if "session.created" not in data and "session.updated" not in data:
             return data
         event = _peek(data)
-        if event is None or event.get("type") not in (
-            "session.created",
-            "session.updated",
-        ):
+        if event is None:
+            # Unreadable (past the bounds, or not JSON): it could hold what
+            # the policy hides, so it is not passed on.
+            return error_event(
+                self._event_id(),
+                code="upstream_event_withheld",
+                message="an upstream event could not be read and was withheld",
+                param=None,
+                client_event_id=None,
+                error_type="server_error",
+            )
+        if event.get("type") not in ("session.created", "session.updated"):
             return data
         return dump(event) if self._hide(event) else data
 

@@ -25,6 +25,7 @@ from relay.sansio.events import (
 from relay.sansio.limits import AZURE_MARGIN, AZURE_MAX_SESSION
 from relay.sansio.policy import Policy
 from relay.sansio.session import INIT_EVENT_ID, RelaySession, State
+from relay.sansio.wire import UPSTREAM_MAX_VALUES
 from tests.helpers.playbook import Playbook
 
 
@@ -359,6 +360,23 @@ class TestHiding:
             "instructions": "org secret",
             "tools": [],
         }
+
+    def test_an_unreadable_session_event_is_withheld_when_fields_are_hidden(
+        self,
+    ) -> None:
+        """Too complex to read, it could carry the hidden instructions: not passed on."""
+        book = Playbook(
+            RelaySession(Policy("p", hide=frozenset({"instructions"})), "preview")
+        )
+        padding = ",".join(["0"] * (UPSTREAM_MAX_VALUES + 1))
+        updated = (
+            '{"type":"session.updated","event_id":"e",'
+            f'"session":{{"instructions":"org secret","x":[{padding}]}}}}'
+        )
+        book >> UpstreamMessage(updated)
+        error = sent(book._pending.pop(0))
+        assert error["error"]["code"] == "upstream_event_withheld"
+        assert "org secret" not in json.dumps(error)
 
     def test_audio_frames_are_not_parsed_for_hiding(self) -> None:
         """Frames that cannot be session events pass as they are."""
