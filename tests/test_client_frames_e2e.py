@@ -257,6 +257,21 @@ async def test_a_million_values_is_an_invalid_event_not_a_stall() -> None:
         assert not stack.simulator.stats.events_of_type("session.update")
 
 
+async def test_a_lone_surrogate_escape_is_relayed_not_a_crash() -> None:
+    """A "\\ud800" escape in an event the relay re-serializes: written back as sent, no 1011."""
+    update = '{"type":"session.update","session":{"type":"realtime","instructions":"a\\ud800"}}'
+    async with relay_stack() as stack:
+        async with connect_relay(stack.ga_url()) as ws:
+            await receive_event(ws)
+            await ws.send(update)
+            updated = await receive_event(ws)
+            assert updated["session"]["instructions"] == "a\ud800"
+            await ws.send('{"type": "input_audio_buffer.clear"}')
+            assert (await receive_event(ws))["type"] == "input_audio_buffer.cleared"
+        await stack.settle()
+        assert ws.close_code == 1000
+
+
 async def test_a_ping_flood_ends_that_session_with_1008_only() -> None:
     """10,000 pings in one write: that session is closed with 1008 and counted; another carries on."""
     async with relay_stack() as stack:
