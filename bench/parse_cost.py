@@ -162,9 +162,12 @@ def parsers() -> None:
         cases["msgspec.json.Decoder().decode"] = lambda: decoder.decode(event)
     except ImportError:
         pass
-    print(f"{len(event)}-character append event, best of 9 x 20,000:")
+    print(f"{len(event)}-character append event, CPU time, best of 9 x 20,000:")
     for name, case in cases.items():
-        best = min(timeit.repeat(case, number=20_000, repeat=9)) / 20_000 * 1e6
+        best = min(
+            timeit.repeat(case, timer=time.process_time, number=20_000, repeat=9)
+        )
+        best = best / 20_000 * 1e6
         print(f"  {name:40s} {best:5.2f} us")
 
 
