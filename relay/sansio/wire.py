@@ -286,8 +286,8 @@ def plain_append(text: str) -> str | None:
 
     The plain form: a JSON object whose members are ``type`` (equal to
     ``input_audio_buffer.append``), ``audio`` and optionally ``event_id``,
-    each once, with string values, and no backslash anywhere in ``text``.
-    For such a text :func:`parse_event` returns exactly these members, and no
+    each once, with string values, and no backslash, ``[`` or second ``{``
+    anywhere in ``text`` (base64 has none). For such a text :func:`parse_event` returns exactly these members, and no
     JSON parser can read anything else: without escapes every ``"`` delimits
     a string, so a document of ``n`` string members has exactly ``4 n`` of
     them, and any other member (a duplicate key among them) would add more.
