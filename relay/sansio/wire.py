@@ -49,7 +49,7 @@ import json
 import math
 import sys
 from itertools import accumulate
-from json.decoder import scanstring  # type: ignore[attr-defined]
+from json.decoder import scanstring  # type: ignore[attr-defined]  # not in typeshed
 from typing import Any, Final
 
 from relay.sansio.fields import JSON
