@@ -10,6 +10,7 @@ and a crash is a close 1011 for the client).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,14 @@ STRICT = Policy(
     deny=frozenset({"tools"}),
     hide=frozenset({"instructions"}),
     events_deny=frozenset({"conversation.item.delete"}),
+    on_violation="strip",
 )
-POLICIES = {"empty": EMPTY_POLICY, "dev": DEV_POLICY, "strict": STRICT}
+POLICIES = {
+    "empty": EMPTY_POLICY,
+    "dev": DEV_POLICY,
+    "strict": STRICT,
+    "strict-refusing": replace(STRICT, on_violation="refuse"),
+}
 
 AUDIO = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=="
 VALID: list[dict[str, object]] = [
