@@ -58,7 +58,12 @@ class RelayApp:
         metrics: the relay's metrics (on the registry given to :func:`create_app`).
         metrics_port: port of the metrics listener, or ``None`` when requests on
             every port go to the main application (tests without a metrics socket).
+        health_on_metrics_port: ``/livez`` and ``/readyz`` are served on the
+            metrics port too: set when the main listener requires client
+            certificates (mutual TLS), which Kubernetes probes cannot present.
     """
+
+    health_on_metrics_port = False
 
     def __init__(
         self,
@@ -109,6 +114,12 @@ class RelayApp:
             await self._metrics_app(scope, receive, send)
         elif scope["type"] == "http" and scope["path"] == "/internal/drain":
             await self._drain_endpoint(scope, receive, send)
+        elif (
+            scope["type"] == "http"
+            and scope["path"] in ("/livez", "/readyz")
+            and self.health_on_metrics_port
+        ):
+            await self.main(scope, receive, send)
         elif scope["type"] == "http":
             await Response("not found\n", status_code=404, media_type="text/plain")(
                 scope, receive, send
@@ -295,10 +306,13 @@ def create_app(
         *(Route(path, upgrade_required) for path in REALTIME_PATHS),
         WebSocketRoute("/{path:path}", not_found),
     ]
-    return RelayApp(
+    app = RelayApp(
         Starlette(routes=routes, lifespan=lifespan),
         endpoint,
         metrics,
         metrics_port,
         drain,
     )
+    tls = settings.listen.tls
+    app.health_on_metrics_port = tls is not None and tls.client_ca_file is not None
+    return app

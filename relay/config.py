@@ -45,6 +45,7 @@ __all__ = [
     "LogSettings",
     "MetricsSettings",
     "Settings",
+    "TlsSettings",
     "UpstreamSettings",
     "UpstreamTarget",
     "load_settings",
@@ -56,11 +57,33 @@ ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS on the main listener (``listen.tls``); the files are loaded by :mod:`relay.tls`.
+
+    Parsing only checks the shape: whether the files exist, load and match is
+    checked at start-up (:func:`relay.tls.check_tls`), before the relay listens.
+    """
+
+    cert_file: str
+    """PEM certificate chain, the server's certificate first."""
+    key_file: str
+    """PEM private key of that certificate (unencrypted)."""
+    client_ca_file: str | None = None
+    """PEM CA certificates; when set, every client must present a certificate
+    they issued (mutual TLS), in addition to the relay's key or JWT auth."""
+    reload_interval: float = 5.0
+    """Seconds between checks of the files; changed files are loaded for new
+    handshakes (certificate rotation), established sessions are untouched."""
+
+
+@dataclass(frozen=True, slots=True)
 class ListenSettings:
-    """Where the WebSocket and health endpoints listen."""
+    """Where the WebSocket and health endpoints listen, and whether over TLS."""
 
     host: str = "127.0.0.1"
     port: int = 8080
+    tls: TlsSettings | None = None
+    """``None``: plain ``ws://``; otherwise the listener speaks only TLS (``wss://``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,8 +429,25 @@ def _listen(section: Section) -> ListenSettings:
         kwargs["host"] = host.as_str()
     if port := section.get("port"):
         kwargs["port"] = port.as_int(minimum=0, maximum=65535)
+    if tls := section.get("tls"):
+        kwargs["tls"] = _tls(tls.as_section())
     section.finish()
     return ListenSettings(**kwargs)
+
+
+def _tls(section: Section) -> TlsSettings:
+    kwargs: dict[str, Any] = {
+        "cert_file": section.require(
+            "cert_file", "a path to a PEM certificate chain"
+        ).as_str(),
+        "key_file": section.require("key_file", "a path to a PEM private key").as_str(),
+    }
+    if node := section.get("client_ca_file"):
+        kwargs["client_ca_file"] = node.as_str()
+    if node := section.get("reload_interval"):
+        kwargs["reload_interval"] = node.as_float(minimum=1, maximum=3600)
+    section.finish()
+    return TlsSettings(**kwargs)
 
 
 def _metrics(section: Section, listen: ListenSettings) -> MetricsSettings:

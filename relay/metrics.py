@@ -25,7 +25,7 @@ from relay.sansio.fields import CLIENT_EVENT_TYPES as _CLIENT_EVENT_TYPES
 from relay.sansio.meter import EVENT_TYPES
 
 
-__all__ = ["DIRECTIONS", "UPSTREAM_RESULTS", "RelayMetrics"]
+__all__ = ["DIRECTIONS", "UPSTREAM_RESULTS", "RelayMetrics", "TlsMetrics"]
 
 DIRECTIONS = ("client_to_upstream", "upstream_to_client")
 POLICY_ACTIONS = ("overwrite", "clamp", "strip", "refuse")
@@ -539,3 +539,36 @@ class SessionMetrics:
     def first_audio(self, seconds: float) -> None:
         """Observe one first-audio latency."""
         self._metrics.first_audio.observe(seconds)
+
+
+class TlsMetrics:
+    """The TLS listener's certificate and its reloads (``listen.tls``).
+
+    Registered only when the relay serves TLS, so a relay without it exports
+    no expiry an alert could mistake for an expired certificate.
+    """
+
+    RESULTS = ("success", "failure")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.certificate_expiry = Gauge(
+            "relay_tls_certificate_expiry_timestamp_seconds",
+            "Expiry (Unix time) of the certificate new TLS handshakes are answered with.",
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "relay_tls_reloads",
+            "Changes of the certificate files: loaded (success), or refused with the previous pair kept (failure).",
+            ["result"],
+            registry=registry,
+        )
+        for result in self.RESULTS:
+            self.reloads.labels(result)
+
+    def served(self, not_after: float) -> None:
+        """New handshakes now get a certificate expiring at ``not_after``."""
+        self.certificate_expiry.set(not_after)
+
+    def reloaded(self, result: str) -> None:
+        """Count one reload attempt (``success`` or ``failure``)."""
+        self.reloads.labels(result).inc()

@@ -4,6 +4,10 @@ The WebSocket/health listener and the metrics listener are two sockets served
 by the same :class:`uvicorn.Server`; :class:`~relay.app.RelayApp` tells them
 apart by the local port. Binding the sockets here (rather than letting uvicorn
 bind) means port 0 works for tests and the real ports are known before serving.
+
+With ``listen.tls`` the main listener speaks TLS only (:mod:`relay.tls`) and
+the metrics listener stays plain HTTP: uvicorn applies one TLS context to every
+socket it serves, so :class:`RelayServer` serves the TLS socket itself.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-from collections.abc import AsyncIterator, Callable
+import ssl
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -24,12 +29,15 @@ from relay._protocol import ws_protocol
 from relay.app import RelayApp, create_app
 from relay.config import Settings
 from relay.drain import Drain
+from relay.metrics import TlsMetrics
+from relay.tls import ListenerTls, ReloadResult
 from relay.typing import TokenProvider
 
 
 __all__ = [
     "RelayServer",
     "RunningRelay",
+    "TlsSocket",
     "bind",
     "running_relay",
     "serve_forever",
@@ -78,6 +86,18 @@ def uvicorn_config(app: RelayApp, settings: Settings) -> uvicorn.Config:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class TlsSocket:
+    """A listening socket :class:`RelayServer` serves over TLS only."""
+
+    sock: socket.socket
+    context: ssl.SSLContext
+    handshake_timeout: float
+    """Bound on the TLS handshake, from the connection (uvicorn's timers start after it)."""
+    shutdown_timeout: float
+    """Bound on the TLS closing exchange (close_notify) of a closing connection."""
+
+
 class RelayServer(uvicorn.Server):
     """uvicorn's server, draining on SIGTERM/SIGINT and exiting 0.
 
@@ -89,11 +109,21 @@ class RelayServer(uvicorn.Server):
     uvicorn also records a caught signal and raises it again once shut down, so
     the process would die *by* SIGTERM (exit status -15) after a graceful stop.
     The relay exits 0 instead: a requested stop is not a failure.
+
+    Sockets listed in ``tls`` are served over TLS with their own context (pass
+    them in ``serve(sockets=...)`` too, so uvicorn closes them at shutdown).
     """
 
-    def __init__(self, config: uvicorn.Config, *, drain: Drain | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        drain: Drain | None = None,
+        tls: Sequence[TlsSocket] = (),
+    ) -> None:
         super().__init__(config)
         self._drain = drain
+        self._tls = tuple(tls)
         if drain is not None:
             drain.on_drained = self._drained
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,10 +133,38 @@ class RelayServer(uvicorn.Server):
         self.stopped_event = asyncio.Event()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        """Start as uvicorn does, then announce it."""
+        """Start as uvicorn does (TLS sockets apart), then announce it."""
         self._loop = asyncio.get_running_loop()
-        await super().startup(sockets=sockets)
+        tls_sockets = {listener.sock for listener in self._tls}
+        plain = [sock for sock in sockets or [] if sock not in tls_sockets]
+        await super().startup(sockets=plain if sockets is not None else None)
+        for listener in self._tls:
+            self.servers.append(await self._serve_tls(listener))
         self.started_event.set()
+
+    async def _serve_tls(self, listener: TlsSocket) -> asyncio.Server:
+        config = self.config
+
+        # What uvicorn's startup does for its own sockets, with this context.
+        def create_protocol(
+            _loop: asyncio.AbstractEventLoop | None = None,
+        ) -> asyncio.Protocol:
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+            return protocol
+
+        return await asyncio.get_running_loop().create_server(
+            create_protocol,
+            sock=listener.sock,
+            ssl=listener.context,
+            backlog=config.backlog,
+            ssl_handshake_timeout=listener.handshake_timeout,
+            ssl_shutdown_timeout=listener.shutdown_timeout,
+        )
 
     def _drained(self) -> None:
         self.should_exit = True
@@ -139,6 +197,13 @@ class RunningRelay:
     server: RelayServer
     port: int
     metrics_port: int
+    tls: ListenerTls | None = None
+    """The main listener's TLS (``listen.tls``), ``None`` when it is plain."""
+
+    @property
+    def scheme(self) -> str:
+        """``wss`` or ``ws``: what WebSocket clients of the main listener use."""
+        return "wss" if self.tls is not None else "ws"
 
 
 def _prepare(
@@ -146,7 +211,13 @@ def _prepare(
     *,
     registry: CollectorRegistry | None,
     provider: TokenProvider | None,
-) -> tuple[RelayApp, RelayServer, list[socket.socket]]:
+) -> tuple[RelayApp, RelayServer, list[socket.socket], ListenerTls | None]:
+    # Certificate files are checked before anything listens.
+    tls = (
+        ListenerTls(settings.listen.tls, source=settings.source)
+        if settings.listen.tls is not None
+        else None
+    )
     main_socket = bind(settings.listen.host, settings.listen.port)
     try:
         metrics_socket = bind(settings.metrics.host, settings.metrics.port)
@@ -157,11 +228,35 @@ def _prepare(
     app = create_app(
         settings, registry=registry, provider=provider, metrics_port=metrics_port
     )
+    tls_sockets: tuple[TlsSocket, ...] = ()
+    if tls is not None:
+        tls_sockets = (
+            TlsSocket(
+                main_socket,
+                tls.context,
+                # A client that never finishes its handshake is a slowloris
+                # too: the same bound as on a request head.
+                handshake_timeout=settings.limits.header_timeout,
+                shutdown_timeout=settings.flow.close_timeout,
+            ),
+        )
     return (
         app,
-        RelayServer(uvicorn_config(app, settings), drain=app.drain),
+        RelayServer(uvicorn_config(app, settings), drain=app.drain, tls=tls_sockets),
         [main_socket, metrics_socket],
+        tls,
     )
+
+
+async def _watch_tls(tls: ListenerTls, metrics: TlsMetrics) -> None:
+    metrics.served(tls.certificate.not_after)
+
+    def on_check(tls: ListenerTls, result: ReloadResult) -> None:
+        if result != "unchanged":
+            metrics.reloaded(result)
+            metrics.served(tls.certificate.not_after)
+
+    await tls.watch(on_check)
 
 
 async def _serve(server: RelayServer, sockets: list[socket.socket]) -> None:
@@ -202,21 +297,32 @@ async def running_relay(
         RuntimeError: the relay failed to start (e.g. its lifespan failed).
         OSError: a listener could not be bound.
     """
-    app, server, sockets = _prepare(settings, registry=registry, provider=provider)
+    app, server, sockets, tls = _prepare(settings, registry=registry, provider=provider)
     ports = [sock.getsockname()[1] for sock in sockets]
     async with asyncio.TaskGroup() as group:
+        watching = (
+            group.create_task(
+                _watch_tls(tls, TlsMetrics(app.metrics.registry)), name="tls-reload"
+            )
+            if tls is not None
+            else None
+        )
         serving = group.create_task(_serve(server, sockets), name="uvicorn")
         serving.add_done_callback(lambda _task: server.stopped_event.set())
         started = group.create_task(server.started_event.wait(), name="uvicorn-started")
         await asyncio.wait([serving, started], return_when=asyncio.FIRST_COMPLETED)
         if not started.done():
             started.cancel()
+            if watching is not None:
+                watching.cancel()
             await serving  # re-raises the start-up failure
             raise RuntimeError("the relay stopped during start-up")
         try:
-            yield RunningRelay(app, server, ports[0], ports[1])
+            yield RunningRelay(app, server, ports[0], ports[1], tls)
         finally:
             # Shut down gracefully even when the block failed, instead of
             # letting the task group cancel uvicorn mid-lifespan.
             server.should_exit = True
             await serving
+            if watching is not None:
+                watching.cancel()  # the task group waits for it

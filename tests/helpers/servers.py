@@ -113,8 +113,8 @@ class Stack:
 
     @property
     def ws(self) -> str:
-        """Base WebSocket URL of the relay."""
-        return f"ws://127.0.0.1:{self.relay.port}"
+        """Base WebSocket URL of the relay (``wss://`` with ``listen.tls``)."""
+        return f"{self.relay.scheme}://127.0.0.1:{self.relay.port}"
 
     async def settle(self) -> None:
         """Wait until the relay handles no connection and the simulator has none open."""
