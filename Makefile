@@ -61,8 +61,11 @@ $(STAMP): $(LOCKED) pyproject.toml
 endif
 
 ## run: the relay on 127.0.0.1:8080 with the built-in Azure simulator as upstream
+##      (TLS=1: wss:// and https:// instead, with a development CA kept in .dev-tls/)
+TLS ?=
 run: $(STAMP)
-	$(BIN)/realtime-relay run --config examples/dev.yaml --with-simulator
+	$(BIN)/realtime-relay run --config examples/dev.yaml --with-simulator \
+	  $(if $(filter 1 yes true,$(TLS)),--dev-tls .dev-tls)
 
 ## demo: one scripted voice session through a fresh simulator + relay, with a trace
 demo: $(STAMP)
@@ -122,4 +125,4 @@ lock:
 
 clean:
 	rm -rf .venv .venv-latest .venv-lock .mypy_cache .ruff_cache .pytest_cache \
-	  .hypothesis bench/out
+	  .hypothesis bench/out .dev-tls

@@ -4,7 +4,9 @@ Subcommands:
 
 * ``run`` — serve the relay from a configuration file (``--config`` or
   ``RELAY_CONFIG``); ``--with-simulator`` also starts the built-in Azure
-  simulator at the configured upstream address, for local development.
+  simulator at the configured upstream address, and ``--dev-tls`` serves TLS
+  with a certificate from a local development CA (:mod:`relay.devtls`), both
+  for local development.
 * ``simulate`` — only the Azure Realtime simulator.
 * ``demo`` — one scripted voice session through a fresh simulator and relay.
 * ``hash-key`` — print the SHA-256 of a client key read from stdin, for ``key_sha256``.
@@ -31,6 +33,8 @@ import ipaddress
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -38,10 +42,12 @@ import structlog
 
 from relay import __version__
 from relay._policies import preview_warnings
-from relay.config import ApiKeyAuth, Settings, load_settings
+from relay.config import ApiKeyAuth, Settings, TlsSettings, load_settings
+from relay.devtls import DEV_HOSTS, DevTls, ensure_dev_tls, trust_hints
 from relay.exceptions import ConfigError
 from relay.logs import configure_logging
 from relay.server import RunningRelay, serve_forever
+from relay.tls import server_context
 
 
 __all__ = ["log_config_warnings", "main"]
@@ -80,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also start the built-in Azure simulator at the configured (loopback) upstream endpoint",
     )
+    run.add_argument(
+        "--dev-tls",
+        metavar="DIR",
+        nargs="?",
+        const=".dev-tls",
+        help="serve TLS with a certificate for localhost from a development CA "
+        "kept in DIR (default: .dev-tls; made if missing); loopback listen.host only",
+    )
     run.set_defaults(handler=_run)
 
     simulate = commands.add_parser("simulate", help="run the Azure Realtime simulator")
@@ -110,13 +124,21 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         settings = load_settings(path, environ)
         if args.with_simulator:
             _check_simulator_endpoint(settings)
+        dev_tls = None
+        if args.dev_tls is not None:
+            settings, dev_tls = _with_dev_tls(settings, Path(args.dev_tls))
+        if settings.listen.tls is not None:
+            # Loaded again to serve; checked here so a bad file exits with 2.
+            server_context(settings.listen.tls, source=settings.source)
     except ConfigError as exc:
         print(f"realtime-relay: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log)
     log_config_warnings(settings)
     try:
-        _run_async(_serve(settings, with_simulator=args.with_simulator))
+        _run_async(
+            _serve(settings, with_simulator=args.with_simulator, dev_tls=dev_tls)
+        )
     except (OSError, RuntimeError) as exc:
         if settings.log.format == "json":
             log.error("relay.cannot_serve", error=str(exc))
@@ -167,11 +189,36 @@ def _check_simulator_endpoint(settings: Settings) -> None:
         )
 
 
-async def _serve(settings: Settings, *, with_simulator: bool) -> None:
+def _with_dev_tls(settings: Settings, directory: Path) -> tuple[Settings, DevTls]:
+    host = settings.listen.host
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ConfigError(
+            f"{settings.source}: listen.host: expected a loopback address with --dev-tls "
+            f"(its certificate is for {', '.join(DEV_HOSTS)} only), got {host!r}"
+        )
+    try:
+        dev_tls = ensure_dev_tls(directory)
+    except OSError as exc:
+        raise ConfigError(
+            f"--dev-tls: cannot write the development CA in {str(directory)!r}: {exc}"
+        ) from None
+    tls = TlsSettings(cert_file=str(dev_tls.cert_file), key_file=str(dev_tls.key_file))
+    return replace(settings, listen=replace(settings.listen, tls=tls)), dev_tls
+
+
+async def _serve(
+    settings: Settings, *, with_simulator: bool, dev_tls: DevTls | None = None
+) -> None:
     async with _maybe_simulator(settings, enabled=with_simulator):
         await serve_forever(
             settings,
-            on_started=lambda relay: _announce(settings, relay, with_simulator),
+            on_started=lambda relay: _announce(
+                settings, relay, with_simulator, dev_tls
+            ),
         )
 
 
@@ -195,10 +242,16 @@ async def _maybe_simulator(settings: Settings, *, enabled: bool) -> AsyncIterato
         yield
 
 
-def _announce(settings: Settings, relay: RunningRelay, with_simulator: bool) -> None:
+def _announce(
+    settings: Settings,
+    relay: RunningRelay,
+    with_simulator: bool,
+    dev_tls: DevTls | None = None,
+) -> None:
     """Say where the relay serves: one ``relay.serving`` event, or a banner on ``console``."""
     host = settings.listen.host
-    base = f"ws://{host}:{relay.port}"
+    base = f"{relay.scheme}://{host}:{relay.port}"
+    http = "https" if relay.tls is not None else "http"
     deployment = next(iter(settings.deployments))
     endpoints = sorted(
         {
@@ -207,7 +260,7 @@ def _announce(settings: Settings, relay: RunningRelay, with_simulator: bool) -> 
             for target in settings.upstream_targets(name)
         }
     )
-    health = f"http://{host}:{relay.port}/readyz"
+    health = f"{http}://{host}:{relay.port}/readyz"
     metrics = f"http://{settings.metrics.host}:{relay.metrics_port}/metrics"
     preview = (
         f"{base}/openai/realtime?api-version=2025-04-01-preview&deployment={deployment}"
@@ -226,6 +279,8 @@ def _announce(settings: Settings, relay: RunningRelay, with_simulator: bool) -> 
             ga_url=ga,
             upstreams=endpoints,
             simulator=with_simulator,
+            tls=relay.tls is not None,
+            dev_ca_file=str(dev_tls.ca_file) if dev_tls is not None else None,
         )
         return
     upstream = "the built-in simulator at " if with_simulator else ""
@@ -235,10 +290,17 @@ def _announce(settings: Settings, relay: RunningRelay, with_simulator: bool) -> 
         f"  preview: {preview}",
         f"  GA:      {ga}",
         "  authenticate with the header `api-key: <client key>` (or Authorization: Bearer <client key>)",
-        f'  openai SDK: AsyncAzureOpenAI(azure_endpoint="http://{host}:{relay.port}", api_key=KEY,',
+        f'  openai SDK: AsyncAzureOpenAI(azure_endpoint="{http}://{host}:{relay.port}", api_key=KEY,',
         f'              api_version="2025-04-01-preview", websocket_base_url="{base}/openai")',
         f'              .beta.realtime.connect(model="{deployment}")',
     ]
+    if dev_tls is not None:
+        made = "made just now" if dev_tls.created else "kept from an earlier run"
+        lines.append(
+            f"  TLS: a certificate for {', '.join(DEV_HOSTS)} from the development CA "
+            f"{dev_tls.ca_file} ({made}); trust that CA in clients:"
+        )
+        lines.extend(f"    {hint}" for hint in trust_hints(dev_tls.ca_file))
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 

@@ -8,6 +8,7 @@ import io
 import os
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from structlog.testing import capture_logs
 from relay.cli import log_config_warnings, main
 from relay.config import parse_settings
 from tests.helpers.clients import connect_relay, receive_event
+from tests.helpers.processes import relay_process
 from tests.helpers.timing import SECOND
 
 
@@ -205,3 +207,80 @@ async def test_run_with_simulator_serves_and_stops_cleanly_on_sigterm(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_dev_tls_needs_a_loopback_listener(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dev-tls refuses a listener its localhost certificate cannot name, and writes nothing."""
+    path = tmp_path / "dev.yaml"
+    path.write_text(DEV_CONFIG.read_text().replace("host: 127.0.0.1", "host: 0.0.0.0"))
+    directory = tmp_path / ".dev-tls"
+    env = {"AZURE_OPENAI_API_KEY": "k"}
+    assert main(["run", "--config", str(path), "--dev-tls", str(directory)], env) == 2
+    assert "listen.host: expected a loopback address with --dev-tls" in (
+        capsys.readouterr().err
+    )
+    assert not directory.exists()
+
+
+def test_unusable_tls_files_exit_before_listening(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A listen.tls file that does not load is a configuration error (exit 2) naming the key."""
+    path = tmp_path / "relay.yaml"
+    missing = tmp_path / "absent.crt"
+    path.write_text(
+        DEV_CONFIG.read_text().replace(
+            "listen: {host: 127.0.0.1, port: 8080}",
+            f"listen: {{host: 127.0.0.1, port: 8080, tls: {{cert_file: {missing},"
+            f" key_file: {missing}}}}}",
+        )
+    )
+    env = {"AZURE_OPENAI_API_KEY": "k"}
+    assert main(["run", "--config", str(path)], env) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"realtime-relay: {path}: listen.tls.cert_file: cannot read")
+
+
+async def test_run_with_dev_tls_serves_wss_and_says_how_to_trust_it(
+    tmp_path: Path,
+) -> None:
+    """`make run TLS=1`: a dev CA is made, wss:// sessions and https:// health work with it, and the banner says how to trust it."""
+    relay_port, metrics_port, simulator_port = _free_port(), _free_port(), _free_port()
+    text = DEV_CONFIG.read_text()
+    for old, new in (
+        ("8080", str(relay_port)),
+        ("9464", str(metrics_port)),
+        ("9000", str(simulator_port)),
+    ):
+        text = text.replace(old, new)
+    path = tmp_path / "dev.yaml"
+    path.write_text(text)
+    directory = tmp_path / ".dev-tls"
+    env = {"AZURE_OPENAI_API_KEY": "dev-upstream-key"}
+    args = ["--with-simulator", "--dev-tls", str(directory)]
+    async with relay_process(path, env, args=args) as relay:
+        ca_file = directory / "ca.pem"
+        async with relay.printed:
+            await relay.printed.wait_for(
+                lambda: b"curl --cacert" in b"".join(relay.output)
+            )
+        banner = b"".join(relay.output).decode()
+        assert f"is serving on wss://127.0.0.1:{relay_port}" in banner
+        assert f"health:  https://127.0.0.1:{relay_port}/readyz" in banner
+        assert f"NODE_EXTRA_CA_CERTS={ca_file}" in banner
+        trusted = ssl.create_default_context(cafile=ca_file)
+        async with httpx.AsyncClient(verify=trusted) as http:
+            ready = await http.get(f"https://localhost:{relay_port}/readyz")
+            assert ready.status_code == 200
+        async with httpx.AsyncClient() as http:
+            # Plain HTTP to the TLS port gets no HTTP answer (uvloop's TLS here).
+            with pytest.raises(httpx.TransportError):
+                await http.get(f"http://127.0.0.1:{relay_port}/readyz")
+            scrape = await http.get(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert "relay_tls_certificate_expiry_timestamp_seconds " in scrape.text
+        url = f"wss://127.0.0.1:{relay_port}/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-4o-realtime-preview"
+        async with connect_relay(url, key="relay-dev-key", ssl=trusted) as ws:
+            assert (await receive_event(ws))["type"] == "session.created"
+        assert await relay.stop() == 0

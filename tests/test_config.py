@@ -97,6 +97,27 @@ log: {format: console, level: debug}
     assert settings.log.level == "debug"
 
 
+def test_listen_tls() -> None:
+    """listen.tls names the files; parsing does not read them (start-up does)."""
+    assert parse(MINIMAL).listen.tls is None
+    settings = parse(
+        MINIMAL
+        + "listen: {tls: {cert_file: /tls/tls.crt, key_file: /tls/tls.key,"
+        + " client_ca_file: /ca/ca.crt, reload_interval: 30}}"
+    )
+    tls = settings.listen.tls
+    assert tls is not None
+    assert (tls.cert_file, tls.key_file, tls.client_ca_file) == (
+        "/tls/tls.crt",
+        "/tls/tls.key",
+        "/ca/ca.crt",
+    )
+    assert tls.reload_interval == 30
+    default = parse(MINIMAL + "listen: {tls: {cert_file: c, key_file: k}}").listen.tls
+    assert default is not None
+    assert (default.client_ca_file, default.reload_interval) == (None, 5.0)
+
+
 def test_key_lists_for_rotation() -> None:
     """A client may list several key digests."""
     other = hashlib.sha256(b"other").hexdigest()
@@ -122,6 +143,24 @@ def test_key_lists_for_rotation() -> None:
             "listen.port: expected an integer from 0 to 65535, got boolean true",
         ),
         (MINIMAL + "listen: {prot: 1}", "listen.prot: unknown key"),
+        (
+            MINIMAL + "listen: {tls: {key_file: k.pem}}",
+            "listen.tls.cert_file: missing, expected a path to a PEM certificate chain",
+        ),
+        (
+            MINIMAL + "listen: {tls: {cert_file: c.pem}}",
+            "listen.tls.key_file: missing, expected a path to a PEM private key",
+        ),
+        (
+            MINIMAL + "listen: {tls: {cert_file: c.pem, key_file: k.pem, ca_file: x}}",
+            "listen.tls.ca_file: unknown key",
+        ),
+        (
+            MINIMAL
+            + "listen: {tls: {cert_file: c.pem, key_file: k.pem, reload_interval: 0}}",
+            "listen.tls.reload_interval: expected a number from 1 to 3600",
+        ),
+        (MINIMAL + "listen: {tls: yes}", "listen.tls: expected a mapping"),
         (
             MINIMAL + "listen: {port: 9464}",
             "metrics.port: expected a port other than listen.port",

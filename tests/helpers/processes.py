@@ -18,7 +18,7 @@ from tests.helpers.timing import SECOND
 
 
 # The console banner; with log.format json the ports are fields of relay.serving.
-_SERVING = re.compile(rb"is serving on ws://[^:]+:(\d+)")
+_SERVING = re.compile(rb"is serving on wss?://[^:]+:(\d+)")
 _METRICS = re.compile(rb"metrics: http://[^:]+:(\d+)/metrics")
 
 

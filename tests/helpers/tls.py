@@ -7,6 +7,8 @@ import datetime
 import itertools
 import os
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +151,17 @@ async def served_certificate(
         writer.close()
         async with asyncio.timeout(10 * SECOND):
             await writer.wait_closed()
+
+
+@asynccontextmanager
+async def tls_server(context: ssl.SSLContext) -> AsyncIterator[int]:
+    """A TLS server on 127.0.0.1 that answers nothing; yields its port."""
+
+    async def close(
+        _reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(close, "127.0.0.1", 0, ssl=context)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
