@@ -21,6 +21,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.config import ListenSettings
 from relay.simulator.audio import silence_pcm16, speech_like_pcm16
 from tests.helpers.clients import (
     append_event,
@@ -31,6 +32,7 @@ from tests.helpers.clients import (
 )
 from tests.helpers.servers import relay_stack
 from tests.helpers.timing import SECOND
+from tests.helpers.tls import SecretMount, TestCa
 
 
 MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
@@ -399,8 +401,8 @@ def test_kustomization_ships_the_rule_and_the_dashboard_configmap() -> None:
     assert generator["options"]["disableNameSuffixHash"] is True
 
 
-async def test_metric_names_exist_in_a_live_scrape() -> None:
-    """Every relay_*, process_* and python_gc_* name the rules or the dashboard use is exported by a relay that relayed a turn."""
+async def test_metric_names_exist_in_a_live_scrape(tmp_path: Path) -> None:
+    """Every relay_*, process_* and python_gc_* name the rules or the dashboard use is exported by a relay that relayed a turn (or, for relay_tls_*, by one with listen.tls)."""
     referenced = referenced_metric_names()
     assert "relay_sessions_active" in referenced
     async with relay_stack() as stack:
@@ -415,7 +417,18 @@ async def test_metric_names_exist_in_a_live_scrape() -> None:
                 f"http://127.0.0.1:{stack.relay.metrics_port}/metrics"
             )
     assert response.status_code == 200
-    missing = sorted(set(referenced) - exposed_names(response.text))
+    ca = TestCa(tmp_path)
+    mount = SecretMount(tmp_path / "secret", ca.pair())
+    listen = ListenSettings(host="127.0.0.1", port=0, tls=mount.settings())
+    async with (
+        relay_stack(listen=listen) as stack,
+        httpx.AsyncClient(timeout=10 * SECOND) as http,
+    ):
+        with_tls = await http.get(
+            f"http://127.0.0.1:{stack.relay.metrics_port}/metrics"
+        )
+    exposed = exposed_names(response.text) | exposed_names(with_tls.text)
+    missing = sorted(set(referenced) - exposed)
     assert not missing, "metric names missing from a live scrape:\n" + "\n".join(
         f"  {name}  (used by {', '.join(sorted(referenced[name]))})" for name in missing
     )
