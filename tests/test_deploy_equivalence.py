@@ -9,7 +9,9 @@ compared after removing only what legitimately differs:
   app.kubernetes.io/version) and kustomize's namespace (Helm sets it at install);
 * how a configuration change rolls the pods: kustomize's hash suffix on the
   ConfigMap's name against Helm's checksum/config annotation;
-* text formatting: relay.yaml and the dashboard are compared as data.
+* text formatting: relay.yaml and the dashboard are compared as data;
+* the order of the pod's volumes and volume mounts (kustomize's patches
+  prepend theirs).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import difflib
 import json
 import re
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
@@ -30,6 +33,11 @@ from tests.helpers.deploy import (
     chart_values,
     kustomize,
     render_chart,
+)
+from tests.test_deploy_kustomize import (
+    MUTUAL_TLS_CONFIG,
+    TLS_CONFIG,
+    overlay_builder,
 )
 
 
@@ -45,9 +53,22 @@ BASE_EQUIVALENT_VALUES: Final = {
     "grafanaDashboard": {"enabled": True},
 }
 
-PAIRS: Final = {
+TLS_SECRET: Final = {"secretName": "realtime-relay-tls"}
+MUTUAL_TLS: Final = {**TLS_SECRET, "clientCASecretName": "realtime-relay-client-ca"}
+
+PAIRS: Final[dict[str, tuple[Path | tuple[str, ...], dict[str, Any]]]] = {
     "base": (DEPLOY / "base", BASE_EQUIVALENT_VALUES),
     "example": (DEPLOY / "overlays" / "example", chart_values("example")),
+    # Overlays of the base with the TLS components, built in a temporary directory.
+    "tls": (("tls",), {**BASE_EQUIVALENT_VALUES, "tls": TLS_SECRET}),
+    "mutual-tls": (
+        ("tls", "mutual-tls"),
+        {**BASE_EQUIVALENT_VALUES, "tls": MUTUAL_TLS},
+    ),
+}
+OVERLAY_CONFIGS: Final = {
+    ("tls",): TLS_CONFIG,
+    ("tls", "mutual-tls"): MUTUAL_TLS_CONFIG,
 }
 
 
@@ -85,6 +106,12 @@ def normalise(obj: Manifest) -> Manifest:
                 volume["configMap"]["name"] = strip_generated(
                     volume["configMap"]["name"]
                 )
+        # A strategic merge patch puts its list items first; their order means nothing.
+        spec = template["spec"]
+        spec["volumes"] = sorted(spec.get("volumes", []), key=lambda v: v["name"])
+        for container in spec["containers"]:
+            mounts = container.get("volumeMounts", [])
+            container["volumeMounts"] = sorted(mounts, key=lambda m: m["mountPath"])
     return obj
 
 
@@ -114,12 +141,17 @@ def diff(left: Any, right: Any) -> str:
 
 @pytest.fixture(scope="module", params=sorted(PAIRS))
 def pair(
-    request: pytest.FixtureRequest,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[dict[tuple[str, str], Manifest], dict[tuple[str, str], Manifest]]:
     """One pair: the kustomize build's objects and the chart's, normalised."""
-    directory, values = PAIRS[request.param]
+    source, values = PAIRS[request.param]
+    if isinstance(source, tuple):
+        build = overlay_builder(tmp_path_factory)
+        plain = build(*source, relay_yaml=OVERLAY_CONFIGS[source])
+    else:
+        plain = kustomize(source)
     return (
-        by_kind_and_name(kustomize(directory).objects),
+        by_kind_and_name(plain.objects),
         by_kind_and_name(render_chart(values).objects),
     )
 

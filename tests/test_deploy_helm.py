@@ -83,6 +83,8 @@ def test_matrix_covers_the_features_the_issue_names() -> None:
         "ingress",
         "httproute",
         "example",
+        "tls",
+        "mutual-tls",
     } <= set(MATRIX)
 
 
@@ -134,7 +136,10 @@ def test_rendered_pod_is_hardened_and_drained(rendered: Rendered) -> None:
 def test_rendered_configuration_loads_in_the_relay(rendered: Rendered) -> None:
     """The ConfigMap's relay.yaml is a configuration the relay accepts, with the key variables the pod provides."""
     data, settings = relay_settings(rendered.objects)
-    assert data["listen"] == {"host": "0.0.0.0", "port": 8080}
+    assert {key: data["listen"][key] for key in ("host", "port")} == {
+        "host": "0.0.0.0",
+        "port": 8080,
+    }
     assert data["metrics"] == {"host": "0.0.0.0", "port": 9464}
     assert settings.clients
 
@@ -418,6 +423,10 @@ BAD_VALUES: Mapping[str, dict[str, Any]] = {
     "an unknown service type": {"service": {"type": "ExternalName"}},
     "a port out of range": {"ports": {"http": 70000}},
     "a bad scrape interval": {"serviceMonitor": {"interval": "30 seconds"}},
+    "a TLS reload faster than a second": {
+        "tls": {"secretName": "tls", "reloadInterval": 0.1}
+    },
+    "a misspelt TLS key": {"tls": {"secret": "tls"}},
 }
 
 
@@ -492,3 +501,54 @@ def test_yamllint_check_reports_findings() -> None:
     problems = yamllint_problems("a: 1 \na: 2\n", rendered=True, name="x.yaml")
     assert any("trailing-spaces" in p for p in problems)
     assert any("key-duplicates" in p for p in problems)
+
+
+def test_tls_mounts_the_secret_and_probes_over_https() -> None:
+    """tls.secretName: listen.tls names the files of the Secret mounted whole (read-only, key readable by the group only), the probes use HTTPS, NOTES say wss://."""
+    rendered = render_chart(chart_values("tls"))
+    _data, settings = relay_settings(rendered.objects)
+    tls = settings.listen.tls
+    assert tls is not None
+    assert (tls.cert_file, tls.key_file, tls.client_ca_file) == (
+        "/etc/realtime-relay-tls/tls.crt",
+        "/etc/realtime-relay-tls/tls.key",
+        None,
+    )
+    pod = find(rendered.objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert volume["secret"] == {
+        "secretName": "realtime-relay-tls",
+        "defaultMode": 0o440,
+    }
+    relay = container(rendered.objects)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert relay[probe]["httpGet"]["scheme"] == "HTTPS"
+        assert relay[probe]["httpGet"]["port"] == "http"
+    assert relay["lifecycle"]["preStop"]["httpGet"]["port"] == "metrics"
+    assert (
+        "wss://realtime-relay.realtime-relay.svc:8080/" in rendered.texts["NOTES.txt"]
+    )
+    plain = render_chart(None)
+    assert "tls" not in {
+        v["name"]
+        for v in find(plain.objects, "Deployment")["spec"]["template"]["spec"][
+            "volumes"
+        ]
+    }
+    assert "scheme" not in container(plain.objects)["readinessProbe"]["httpGet"]
+
+
+def test_mutual_tls_moves_the_probes_to_the_metrics_port() -> None:
+    """tls.clientCASecretName: the CA file of that Secret is listen.tls.client_ca_file, and the probes (no client certificate) go to the metrics port."""
+    rendered = render_chart(chart_values("mutual-tls"))
+    _data, settings = relay_settings(rendered.objects)
+    assert settings.listen.tls is not None
+    assert settings.listen.tls.client_ca_file == "/etc/realtime-relay-client-ca/ca.crt"
+    relay = container(rendered.objects)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert relay[probe]["httpGet"]["port"] == "metrics"
+        assert "scheme" not in relay[probe]["httpGet"]
+    with pytest.raises(
+        helm.HelmRenderError, match=r"clientCASecretName needs tls\.secretName"
+    ):
+        render_chart({"tls": {"clientCASecretName": "ca"}})

@@ -44,6 +44,24 @@ API_KEY_CONFIG = (
     )
 )
 
+TLS_LISTEN = (
+    "listen: {host: 0.0.0.0, port: 8080, tls: {"
+    "cert_file: /etc/realtime-relay-tls/tls.crt, key_file: /etc/realtime-relay-tls/tls.key"
+)
+TLS_CONFIG = (
+    (BASE / "relay.yaml")
+    .read_text()
+    .replace("listen: {host: 0.0.0.0, port: 8080}", TLS_LISTEN + "}}")
+)
+MUTUAL_TLS_CONFIG = (
+    (BASE / "relay.yaml")
+    .read_text()
+    .replace(
+        "listen: {host: 0.0.0.0, port: 8080}",
+        TLS_LISTEN + ", client_ca_file: /etc/realtime-relay-client-ca/ca.crt}}",
+    )
+)
+
 
 def overlay_builder(
     tmp_path_factory: pytest.TempPathFactory,
@@ -87,6 +105,10 @@ BUILDS: dict[str, Callable[[Callable[..., Rendered]], Rendered]] = {
     "api-key": lambda overlay: overlay("api-key", relay_yaml=API_KEY_CONFIG),
     "workload-identity": lambda overlay: overlay("workload-identity"),
     "autoscaling": lambda overlay: overlay("autoscaling"),
+    "tls": lambda overlay: overlay("tls", relay_yaml=TLS_CONFIG),
+    "mutual-tls": lambda overlay: overlay(
+        "tls", "mutual-tls", relay_yaml=MUTUAL_TLS_CONFIG
+    ),
 }
 
 
@@ -284,3 +306,31 @@ def test_base_ships_the_monitoring_rule_and_dashboard_unchanged() -> None:
         dashboard["data"]["realtime-relay.json"]
         == (MONITORING / "grafana-dashboard.json").read_text()
     )
+
+
+def test_tls_component_mounts_the_secret_and_probes_over_https(
+    overlay: Callable[..., Rendered],
+) -> None:
+    """The tls component mounts Secret realtime-relay-tls whole where relay.yaml's listen.tls points, and probes with HTTPS; mutual-tls adds the client CA and moves the probes to the metrics port."""
+    objects = overlay("tls", relay_yaml=TLS_CONFIG).objects
+    relay = container(objects)
+    assert {
+        probe: relay[probe]["httpGet"]["scheme"] for probe in PROBES
+    } == dict.fromkeys(PROBES, "HTTPS")
+    pod = find(objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["secretName"] == "realtime-relay-tls"
+    assert not pod_problems(objects)
+    mutual = overlay("tls", "mutual-tls", relay_yaml=MUTUAL_TLS_CONFIG).objects
+    relay = container(mutual)
+    assert {probe: relay[probe]["httpGet"] for probe in PROBES} == {
+        "startupProbe": {"path": "/livez", "port": "metrics"},
+        "livenessProbe": {"path": "/livez", "port": "metrics"},
+        "readinessProbe": {"path": "/readyz", "port": "metrics"},
+    }
+    assert not pod_problems(mutual)
+    # relay.yaml without listen.tls beside the component: the pod check says so.
+    assert pod_problems(overlay("tls").objects)
+
+
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")

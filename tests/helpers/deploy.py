@@ -370,9 +370,22 @@ def pod_problems(objects: Iterable[Manifest]) -> list[str]:
     expect(_probe_path(relay.get("startupProbe")) == "/livez", "startup probe path")
     expect(_probe_path(relay.get("livenessProbe")) == "/livez", "liveness path")
     expect(_probe_path(relay.get("readinessProbe")) == "/readyz", "readiness path")
+    tls = settings.listen.tls
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        port = relay.get(probe, {}).get("httpGet", {}).get("port")
-        expect(port in ("http", settings.listen.port), f"{probe} not on the ws port")
+        get = relay.get(probe, {}).get("httpGet", {})
+        port, scheme = get.get("port"), get.get("scheme", "HTTP")
+        if tls is not None and tls.client_ca_file is not None:
+            # The kubelet has no client certificate: health on the metrics port.
+            expect(
+                port in ("metrics", settings.metrics.port) and scheme == "HTTP",
+                f"{probe} not on the metrics port with mutual TLS",
+            )
+        else:
+            expect(
+                port in ("http", settings.listen.port), f"{probe} not on the ws port"
+            )
+            wanted = "HTTPS" if tls is not None else "HTTP"
+            expect(scheme == wanted, f"{probe} scheme {scheme}, expected {wanted}")
 
     pre_stop = relay.get("lifecycle", {}).get("preStop", {}).get("httpGet", {})
     expect(
@@ -414,4 +427,18 @@ def pod_problems(objects: Iterable[Manifest]) -> list[str]:
         if not mount.get("readOnly") and path != "/tmp"
     ]
     expect(not writable, f"writable mounts besides /tmp: {writable}")
+    if tls is not None:
+        files = [tls.cert_file, tls.key_file]
+        files += [tls.client_ca_file] if tls.client_ca_file is not None else []
+        for file in files:
+            # Mounted whole (never with subPath, which the kubelet never updates)
+            # from a Secret, so a renewed certificate reaches the relay.
+            directory = file.rsplit("/", 1)[0]
+            mount = mounts.get(directory)
+            expect(
+                mount is not None
+                and "subPath" not in mount
+                and "secret" in volumes.get(mount["name"], {}),
+                f"{file} is not in a Secret volume mounted at {directory}",
+            )
     return problems

@@ -80,7 +80,18 @@ The relay's configuration file: config, plus what the chart owns.
 */}}
 {{- define "realtime-relay.config" -}}
 {{- $config := deepCopy .Values.config }}
-{{- $_ := set $config "listen" (dict "host" "0.0.0.0" "port" (int .Values.ports.http)) }}
+{{- $listen := dict "host" "0.0.0.0" "port" (int .Values.ports.http) }}
+{{- with .Values.tls.secretName }}
+{{- $tls := dict "cert_file" "/etc/realtime-relay-tls/tls.crt" "key_file" "/etc/realtime-relay-tls/tls.key" }}
+{{- with $.Values.tls.reloadInterval }}
+{{- $_ := set $tls "reload_interval" . }}
+{{- end }}
+{{- if $.Values.tls.clientCASecretName }}
+{{- $_ := set $tls "client_ca_file" (printf "/etc/realtime-relay-client-ca/%s" $.Values.tls.clientCAKey) }}
+{{- end }}
+{{- $_ := set $listen "tls" $tls }}
+{{- end }}
+{{- $_ := set $config "listen" $listen }}
 {{- $_ := set $config "metrics" (dict "host" "0.0.0.0" "port" (int .Values.ports.metrics)) }}
 {{- $_ := set $config "clients" .Values.clients }}
 {{- if .Values.policies }}
@@ -177,4 +188,28 @@ Refuse values that would render a relay that cannot start.
 {{- if eq (int .Values.ports.http) (int .Values.ports.metrics) }}
 {{- fail "ports.http and ports.metrics must differ" }}
 {{- end }}
+{{- if and .Values.tls.clientCASecretName (not .Values.tls.secretName) }}
+{{- fail "tls.clientCASecretName needs tls.secretName: client certificates are a part of TLS" }}
+{{- end }}
+{{- end }}
+
+{{/*
+A probe of .Values, adapted to the listener: on port http, scheme HTTPS with
+tls.secretName; on port metrics with tls.clientCASecretName (the kubelet
+presents no client certificate; the relay serves /livez and /readyz there too).
+Call with (dict "root" $ "probe" .Values.startupProbe).
+*/}}
+{{- define "realtime-relay.probe" -}}
+{{- $probe := deepCopy .probe }}
+{{- $values := .root.Values }}
+{{- if and $values.tls.secretName (hasKey $probe "httpGet") }}
+{{- if eq (toString $probe.httpGet.port) "http" }}
+{{- if $values.tls.clientCASecretName }}
+{{- $_ := set $probe.httpGet "port" "metrics" }}
+{{- else }}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml $probe }}
 {{- end }}
