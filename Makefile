@@ -24,7 +24,7 @@ LOCKED := .venv/.locked
 export AZURE_OPENAI_API_KEY ?= sim-dev-upstream-key
 
 .PHONY: run demo test test-latest check system-tools lint typecheck pytest \
-        simulate bench bench-quick lock clean
+        node-clients simulate bench bench-quick lock clean
 
 define new_venv
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -96,8 +96,23 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) node-clients
 	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -q
+
+# The Node clients of tests/test_node_client.py, exactly as tests/node/package-lock.json
+# pins them (versions and integrity hashes; no install scripts run). Without
+# npm the Node test is skipped, and this says so.
+NODE_STAMP := tests/node/node_modules/.installed
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-clients:
+	@if command -v npm >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory $(NODE_STAMP); \
+	else \
+	  echo "make test: npm is not installed; the Node client test will be skipped" >&2; \
+	fi
 
 ## bench: direct path vs relay vs nginx under audio load; writes docs/benchmarks.md
 bench: $(STAMP)
@@ -125,4 +140,4 @@ lock:
 
 clean:
 	rm -rf .venv .venv-latest .venv-lock .mypy_cache .ruff_cache .pytest_cache \
-	  .hypothesis bench/out .dev-tls
+	  .hypothesis bench/out .dev-tls tests/node/node_modules

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from relay.cli import log_config_warnings, main
 from relay.config import parse_settings
 from tests.helpers.clients import connect_relay, receive_event
-from tests.helpers.processes import relay_process
+from tests.helpers.processes import dev_config, relay_process
 from tests.helpers.timing import SECOND
 
 
@@ -247,20 +247,12 @@ async def test_run_with_dev_tls_serves_wss_and_says_how_to_trust_it(
     tmp_path: Path,
 ) -> None:
     """`make run TLS=1`: a dev CA is made, wss:// sessions and https:// health work with it, and the banner says how to trust it."""
-    relay_port, metrics_port, simulator_port = _free_port(), _free_port(), _free_port()
-    text = DEV_CONFIG.read_text()
-    for old, new in (
-        ("8080", str(relay_port)),
-        ("9464", str(metrics_port)),
-        ("9000", str(simulator_port)),
-    ):
-        text = text.replace(old, new)
-    path = tmp_path / "dev.yaml"
-    path.write_text(text)
+    config = dev_config(tmp_path)
+    relay_port, metrics_port = config.port, config.metrics_port
     directory = tmp_path / ".dev-tls"
     env = {"AZURE_OPENAI_API_KEY": "dev-upstream-key"}
     args = ["--with-simulator", "--dev-tls", str(directory)]
-    async with relay_process(path, env, args=args) as relay:
+    async with relay_process(config.path, env, args=args) as relay:
         ca_file = directory / "ca.pem"
         async with relay.printed:
             await relay.printed.wait_for(

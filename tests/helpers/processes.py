@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -156,3 +157,37 @@ async def relay_process(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
+
+
+@dataclass(frozen=True)
+class DevConfig:
+    """examples/dev.yaml (what `make run` serves) on free ports, written to ``path``."""
+
+    path: Path
+    port: int
+    metrics_port: int
+    simulator_port: int
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dev_config(directory: Path) -> DevConfig:
+    """Write examples/dev.yaml with its three ports replaced by free ones."""
+    config = DevConfig(directory / "dev.yaml", free_port(), free_port(), free_port())
+    text = (EXAMPLES / "dev.yaml").read_text()
+    for old, new in (
+        ("8080", config.port),
+        ("9464", config.metrics_port),
+        ("9000", config.simulator_port),
+    ):
+        text = text.replace(old, str(new))
+    config.path.write_text(text)
+    return config

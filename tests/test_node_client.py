@@ -1,0 +1,88 @@
+"""A real Node client: the `openai` SDK's OpenAIRealtimeWS.azure() over wss:// to the relay's TLS listener.
+
+The Node SDK always opens ``wss://``: it reaches the relay only through TLS.
+The relay runs as `make run TLS=1` runs it (examples/dev.yaml, the built-in
+simulator, a development CA), under the dev policy that denies client tools
+and forces noise reduction; the client trusts the CA through
+``NODE_EXTRA_CA_CERTS`` alone. ``make test`` installs the SDK from
+tests/node/package-lock.json (``npm ci``); without ``node`` on the machine the
+test is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.processes import dev_config, relay_process
+from tests.helpers.timing import SECOND
+
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+NODE = shutil.which("node")
+
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
+
+
+async def run_node(script: str, env: dict[str, str]) -> tuple[int, bytes, bytes]:
+    """Run ``node script`` in tests/node; its exit status, stdout and stderr."""
+    assert NODE is not None
+    process = await asyncio.create_subprocess_exec(
+        NODE,
+        script,
+        cwd=NODE_DIR,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(40 * SECOND):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stdout, stderr
+
+
+async def test_node_openai_sdk_completes_a_turn_over_wss(tmp_path: Path) -> None:
+    """OpenAIRealtimeWS.azure() completes a voice turn over wss://, trusting the dev CA by NODE_EXTRA_CA_CERTS; the policy's noise reduction is in force."""
+    assert (NODE_DIR / "node_modules" / "openai").is_dir(), (
+        "the Node SDK is not installed: run `make test` (npm ci in tests/node)"
+    )
+    config = dev_config(tmp_path)
+    directory = tmp_path / ".dev-tls"
+    args = ["--with-simulator", "--dev-tls", str(directory)]
+    async with relay_process(
+        config.path, {"AZURE_OPENAI_API_KEY": "dev-upstream-key"}, args=args
+    ):
+        env = {
+            "RELAY_ENDPOINT": f"https://127.0.0.1:{config.port}",
+            "RELAY_KEY": "relay-dev-key",
+            "RELAY_DEPLOYMENT": "gpt-realtime",
+            "RELAY_API_VERSION": "2025-08-28",
+        }
+        # Without the CA, Node refuses the relay's certificate.
+        status, _stdout, stderr = await run_node("realtime_turn.mjs", env)
+        assert status == 1
+        assert b"certificate" in stderr
+        trusted = {**env, "NODE_EXTRA_CA_CERTS": str(directory / "ca.pem")}
+        status, stdout, stderr = await run_node("realtime_turn.mjs", trusted)
+        assert status == 0, stderr.decode(errors="replace")
+    result = json.loads(stdout)
+    assert result["url"].startswith(f"wss://127.0.0.1:{config.port}/openai/realtime?")
+    events = result["events"]
+    assert events[0] == "session.created"
+    assert "response.output_audio.delta" in events
+    assert events[-1] == "response.done"
+    # The dev policy's `set` (near_field) holds whatever the app sent.
+    session = result["session"]
+    assert session["audio"]["input"]["noise_reduction"] == {"type": "near_field"}
+    assert session["audio"]["output"]["voice"] == "alloy"
+    assert session["tools"] == []
