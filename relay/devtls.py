@@ -2,7 +2,8 @@
 
 :func:`ensure_dev_tls` keeps, in one directory (``.dev-tls/``, git-ignored):
 
-* ``ca.pem`` / ``ca-key.pem``: a CA made on this machine, valid a year;
+* ``ca.pem`` / ``ca-key.pem``: a CA made on this machine, valid a year, and
+  name-constrained to those names: trusting it vouches for nothing else;
 * ``cert.pem`` / ``key.pem``: a certificate it issued for ``localhost``,
   ``127.0.0.1`` and ``::1``, valid 30 days.
 
@@ -54,14 +55,34 @@ Key = ec.EllipticCurvePrivateKey
 
 
 def new_ca(
-    common_name: str, *, now: datetime.datetime, days: int = CA_DAYS
+    common_name: str,
+    *,
+    now: datetime.datetime,
+    days: int = CA_DAYS,
+    only_for: Sequence[str] = (),
 ) -> tuple[Key, x509.Certificate]:
-    """A self-signed CA (P-256) that may issue end-entity certificates only."""
+    """A self-signed CA (P-256) that may issue end-entity certificates only.
+
+    ``only_for`` (host names and IP addresses) name-constrains it: verifiers
+    refuse any certificate it issues for another name, so the key of a CA
+    someone trusted for ``localhost`` cannot vouch for anything else.
+    """
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = x509.CertificateBuilder()
+    if only_for:
+        permitted: list[x509.GeneralName] = []
+        for host in only_for:
+            try:
+                permitted.append(x509.IPAddress(ipaddress.ip_network(host)))
+            except ValueError:
+                permitted.append(x509.DNSName(host))
+        builder = builder.add_extension(
+            x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None),
+            critical=True,
+        )
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
+        builder.subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -174,7 +195,9 @@ def ensure_dev_tls(directory: Path, *, now: datetime.datetime | None = None) -> 
     ca, ca_key = _load_ca(ca_file, ca_key_file, now)
     created = ca is None or ca_key is None
     if ca is None or ca_key is None:
-        ca_key, ca = new_ca("Realtime Relay development CA", now=now)
+        ca_key, ca = new_ca(
+            "Realtime Relay development CA", now=now, only_for=DEV_HOSTS
+        )
         _write(ca_key_file, pem_key(ca_key), private=True)
         _write(ca_file, pem_certificate(ca), private=False)
     if created or not _still_valid(cert_file, ca, now):

@@ -9,9 +9,18 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from relay.config import TlsSettings
-from relay.devtls import DEV_HOSTS, ensure_dev_tls, trust_hints
+from relay.devtls import (
+    DEV_HOSTS,
+    ensure_dev_tls,
+    issue,
+    pem_certificate,
+    pem_key,
+    trust_hints,
+)
 from relay.tls import server_context
 from tests.helpers.tls import served_certificate, tls_server
 
@@ -77,3 +86,24 @@ def test_trust_hints_name_the_ca_file(tmp_path: Path) -> None:
     hints = trust_hints(tmp_path / "ca.pem")
     assert [hint.split(":")[0] for hint in hints] == ["Node", "Python", "curl"]
     assert f"NODE_EXTRA_CA_CERTS={tmp_path / 'ca.pem'}" in hints[0]
+
+
+async def test_the_dev_ca_vouches_for_the_dev_hosts_only(tmp_path: Path) -> None:
+    """A certificate the dev CA issues for another name fails verification, even for a client trusting the CA."""
+    made = ensure_dev_tls(tmp_path / ".dev-tls")
+    ca = x509.load_pem_x509_certificate(made.ca_file.read_bytes())
+    key = serialization.load_pem_private_key(
+        (tmp_path / ".dev-tls" / "ca-key.pem").read_bytes(), password=None
+    )
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    other_key, other = issue(key, ca, ["relay.example.com"], now=now())
+    (tmp_path / "other.crt").write_bytes(pem_certificate(other))
+    (tmp_path / "other.key").write_bytes(pem_key(other_key))
+    tls = TlsSettings(str(tmp_path / "other.crt"), str(tmp_path / "other.key"))
+    context, _ = server_context(tls, source="dev")
+    client = ssl.create_default_context(cafile=made.ca_file)
+    async with tls_server(context) as port:
+        with pytest.raises(
+            ssl.SSLCertVerificationError, match="permitted subtree violation"
+        ):
+            await served_certificate(port, client, server_hostname="relay.example.com")
