@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from relay.simulator import Simulator, speech_like_pcm16
@@ -329,6 +329,129 @@ class TestSessions:
                 await receive(ws)
             assert ws.close_code == 1000
             await sim.wait_idle(timeout=5 * SECOND)
+
+
+class FakeClock:
+    """Unix time that a test moves forward (the simulator's timers read it)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def send(ws: ClientConnection, event: dict[str, Any]) -> None:
+    await ws.send(json.dumps(event))
+
+
+class TestFidelity:
+    @pytest.mark.parametrize("ga", [False, True])
+    async def test_function_call_round_trip(self, ga: bool) -> None:
+        """A call, no answer until function_call_output and response.create, then it."""
+        tool = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+        update: dict[str, Any] = {"tools": [tool], "tool_choice": "required"}
+        if ga:
+            update["type"] = "realtime"
+        async with (
+            Simulator.start(api_keys={KEY}, audio_speed=None) as sim,
+            session(sim, ga=ga) as ws,
+        ):
+            await receive_until(ws, "session.created")
+            await send(ws, {"type": "session.update", "session": update})
+            await receive_until(ws, "session.updated")
+            await send(ws, {"type": "response.create"})
+            events = await receive_until(ws, "response.done")
+            [done] = [
+                e
+                for e in events
+                if e["type"] == "response.function_call_arguments.done"
+            ]
+            assert events[-1]["response"]["status"] == "completed"
+            # It waits: the next event answers the next client event.
+            await send(ws, {"type": "input_audio_buffer.clear"})
+            assert (await receive(ws))["type"] == "input_audio_buffer.cleared"
+            output = {
+                "type": "function_call_output",
+                "call_id": done["call_id"],
+                "output": "{}",
+            }
+            await send(ws, {"type": "conversation.item.create", "item": output})
+            await send(
+                ws, {"type": "response.create", "response": {"tool_choice": "auto"}}
+            )
+            events = await receive_until(ws, "response.done")
+        answer = events[-1]["response"]["output"][0]
+        assert answer["content"][0]["transcript"].endswith(
+            "The lookup tool returned 2 characters."
+        )
+
+    async def test_barge_in_cancels_a_paced_response(self) -> None:
+        """At the default pace a response still runs when the user speaks: cancelled."""
+        async with (
+            Simulator.start(api_keys={KEY}, response_audio_seconds=3) as sim,
+            session(sim) as ws,
+        ):
+            await receive_until(ws, "session.created")
+            await send(ws, {"type": "response.create"})
+            await receive_until(ws, "response.audio.delta")
+            speech = speech_like_pcm16(0.3)
+            await send(ws, {"type": "input_audio_buffer.append", "audio": b64(speech)})
+            events = await receive_until(ws, "response.done")
+        assert "input_audio_buffer.speech_started" in [e["type"] for e in events]
+        response = events[-1]["response"]
+        assert response["status"] == "cancelled"
+        assert response["status_details"]["reason"] == "turn_detected"
+
+    async def test_idle_timeout_over_the_wire(self) -> None:
+        """After a response and idle_timeout_ms of nothing: timeout_triggered and a prompt."""
+        clock = FakeClock()
+        vad = {"type": "server_vad", "idle_timeout_ms": 5000}
+        update = {"type": "realtime", "audio": {"input": {"turn_detection": vad}}}
+        async with (
+            Simulator.start(api_keys={KEY}, audio_speed=None, clock=clock) as sim,
+            session(sim, ga=True) as ws,
+        ):
+            await receive_until(ws, "session.created")
+            await send(ws, {"type": "session.update", "session": update})
+            await receive_until(ws, "session.updated")
+            await send(ws, {"type": "response.create"})
+            await receive_until(ws, "response.done")
+            # Any client event lets the session see the time that passed.
+            clock.offset += 6.5
+            await send(ws, {"type": "input_audio_buffer.clear"})
+            events = await receive_until(ws, "response.done")
+        names = [e["type"] for e in events]
+        assert names[:3] == [
+            "input_audio_buffer.timeout_triggered",
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+        ]
+        assert "input_audio_buffer.cleared" in names
+        assert events[-1]["response"]["status"] == "completed"
+
+    async def test_transcription_failure_switch(self) -> None:
+        """sim.faults.fail_transcription: the next transcription fails."""
+        update = {
+            "input_audio_transcription": {"model": "whisper-1"},
+            "turn_detection": None,
+        }
+        async with (
+            Simulator.start(api_keys={KEY}, audio_speed=None) as sim,
+            session(sim) as ws,
+        ):
+            await receive_until(ws, "session.created")
+            await send(ws, {"type": "session.update", "session": update})
+            await receive_until(ws, "session.updated")
+            sim.faults.update({"fail_transcription": True})
+            audio = b64(bytes(9600))
+            await send(ws, {"type": "input_audio_buffer.append", "audio": audio})
+            await send(ws, {"type": "input_audio_buffer.commit"})
+            events = await receive_until(
+                ws, "conversation.item.input_audio_transcription.failed"
+            )
+            assert events[0]["type"] == "input_audio_buffer.committed"
+            assert not sim.faults.fail_transcription
 
 
 class TestStatsAndLifecycle:
