@@ -241,11 +241,15 @@ class SimSession:
     def _run_idle_timer(self, now: float) -> list[JSONObject]:
         # OpenAI's SDK documents the timer as starting at response.done plus
         # the response's audio playback time; it is only armed by a response.
+        # It never runs while the user speaks: speech disarms it.
         played_ms = self._responder.take_finished()
+        if played_ms is None and self._idle_deadline is None:
+            return []  # The usual case, after every event: nothing to do.
         timeout_ms = self._idle_timeout_ms()
         if played_ms is not None and timeout_ms is not None:
-            self._idle_deadline = now + (played_ms + timeout_ms) / 1000
-            self._idle_since_ms = self._turns.appended_ms + played_ms
+            if not self._turns.speaking:
+                self._idle_deadline = now + (played_ms + timeout_ms) / 1000
+                self._idle_since_ms = self._turns.appended_ms + played_ms
         if self._idle_deadline is None or now < self._idle_deadline:
             return []
         self._idle_deadline = None
@@ -418,9 +422,10 @@ class SimSession:
                 new_id=lambda: self._events.ids("item"),
                 input_format=schema.settings(self.family, self._session).input_format,
             )
-        if self._responder.active is not None:
-            self._start(params, context)  # Refused: nothing is imported.
-        imported = self._import_mcp(list(params.tools))
+        # A refused response (one is active) imports nothing.
+        imported = []
+        if self._responder.active is None:
+            imported = self._import_mcp(list(params.tools))
         self._start(params, context)
         return imported
 

@@ -102,6 +102,11 @@ class Turns:
         return self._commit(item_id, self._buffer.start_ms, self._buffer.appended_ms)
 
     @property
+    def speaking(self) -> bool:
+        """Whether the VAD detected speech that has not stopped yet."""
+        return self._speech is not None
+
+    @property
     def appended_ms(self) -> float:
         """All audio appended in the session: the clock of ``audio_*_ms`` offsets."""
         return self._buffer.appended_ms

@@ -1023,6 +1023,17 @@ class TestIdleTimeout:
         assert script.session.wakeup is None
         assert script.wait(60) == []
 
+    def test_not_armed_while_the_user_speaks(self) -> None:
+        """A response cut by barge-in ends while the user speaks: no timer then."""
+        script = idle_session()
+        script.session.receive(json.dumps({"type": "response.create"}), script.now)
+        for _ in range(6):
+            script.session.next_response_event()
+        events = script.append(speech_like_pcm16(0.5))  # Speech goes on.
+        assert done_of(events)["status"] == "cancelled"
+        assert script.session.wakeup is None
+        assert script.wait(60) == []
+
     def test_turned_off_before_it_fires(self) -> None:
         """A session.update that drops the timeout keeps it from firing."""
         script = idle_session()
