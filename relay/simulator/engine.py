@@ -246,10 +246,10 @@ class SimSession:
         if played_ms is None and self._idle_deadline is None:
             return []  # The usual case, after every event: nothing to do.
         timeout_ms = self._idle_timeout_ms()
-        if played_ms is not None and timeout_ms is not None:
-            if not self._turns.speaking:
-                self._idle_deadline = now + (played_ms + timeout_ms) / 1000
-                self._idle_since_ms = self._turns.appended_ms + played_ms
+        speaking = self._turns.speaking
+        if played_ms is not None and timeout_ms is not None and not speaking:
+            self._idle_deadline = now + (played_ms + timeout_ms) / 1000
+            self._idle_since_ms = self._turns.appended_ms + played_ms
         if self._idle_deadline is None or now < self._idle_deadline:
             return []
         self._idle_deadline = None
