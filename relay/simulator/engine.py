@@ -48,8 +48,8 @@ class SessionOptions:
     conversation_created: bool = False
     """Greet preview sessions with ``conversation.created`` too.
 
-    Azure's 2024 reference lists the event, but Azure's own rtclient rejects
-    it as an unknown type and closes the session, so it is off by default.
+    Azure's documents list the event, but Azure's own rtclient rejects it as
+    an unknown type and closes the session, so it is off by default.
     """
 
 
