@@ -117,9 +117,11 @@ class ResponseStream:
         self.events = events
         """The session's event factory (shared with the output items)."""
         self.family = events.family
+        """The session's protocol family."""
         self.params = params
         """The response's effective settings."""
         self.conversation = conversation
+        """The conversation the output items join (unless out of band)."""
         self._input_tokens = input_tokens
         self._rate_limits = rate_limits
         self.response_id = events.ids("resp")
@@ -275,8 +277,11 @@ class _Output:
 
     def __init__(self, stream: ResponseStream, index: int, wire: JSONObject) -> None:
         self.stream = stream
+        """The response this item belongs to."""
         self.index = index
+        """Its ``output_index``."""
         self.item = Item(wire)
+        """The item, as events show it."""
         self.announced = False
         """``response.output_item.added`` was produced."""
         self.open = False
