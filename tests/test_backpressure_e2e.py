@@ -81,8 +81,9 @@ async def slow_reader(relay: RelayProcess) -> ClientConnection:
 
 async def test_stalled_clients_while_the_upstream_floods_audio(tmp_path: Path) -> None:
     """RSS stays within the per-session bound; each session ends once stalled for stall_timeout, upstream closed."""
+    # Unpaced: the upstream floods the relay with the 120 s answers.
     async with Simulator.start(
-        api_keys={UPSTREAM_KEY}, response_audio_seconds=120
+        api_keys={UPSTREAM_KEY}, response_audio_seconds=120, audio_speed=None
     ) as simulator:
         path = tmp_path / "relay.yaml"
         path.write_text(config(simulator.url))

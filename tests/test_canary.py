@@ -79,7 +79,7 @@ def url(relay: RelayProcess, query: str = "") -> str:
 async def test_no_secret_is_observable(tmp_path: Path) -> None:
     """Handshakes in every credential place, a guarded session, refusals, a scrape and a stop: no canary leaks."""
     seen_by_clients: list[str] = []
-    async with Simulator.start(api_keys={UPSTREAM_KEY}) as simulator:
+    async with Simulator.start(api_keys={UPSTREAM_KEY}, audio_speed=None) as simulator:
         path = tmp_path / "relay.yaml"
         path.write_text(config(simulator.url))
         async with relay_process(path, {"CANARY_UPSTREAM_KEY": UPSTREAM_KEY}) as relay:

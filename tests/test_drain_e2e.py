@@ -47,7 +47,7 @@ async def running(
 ) -> AsyncIterator[tuple[Simulator, RelayProcess]]:
     async with AsyncExitStack() as stack:
         simulator = await stack.enter_async_context(
-            Simulator.start(api_keys={UPSTREAM_KEY})
+            Simulator.start(api_keys={UPSTREAM_KEY}, audio_speed=None)
         )
         path = tmp_path / "relay.yaml"
         path.write_text(config(simulator.url, notice))

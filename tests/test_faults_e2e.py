@@ -47,8 +47,8 @@ def reaped_within(flow: FlowSettings) -> float:
     return flow.ping_interval + flow.ping_timeout
 
 
-# Paced audio deltas (about 7 per response): a response streams for ~0.7 s.
-PACED: dict[str, Any] = {"audio_pace": 0.1}
+# Audio at 1.5 times real time: a response's 1 s of audio streams for ~0.6 s.
+PACED: dict[str, Any] = {"audio_speed": 1.5}
 
 
 @asynccontextmanager

@@ -264,6 +264,6 @@ async def test_audit_trail() -> None:
     assert end["close_code"] == 1000
     assert end["close_reason"] == "client closed"
     assert end["client_messages"] == 1
-    assert end["upstream_messages"] >= 3
+    assert end["upstream_messages"] >= 2  # session.created, input_audio_buffer.cleared
     assert end["duration_s"] >= 0
     assert CLIENT_KEY not in json.dumps(logs, default=str)

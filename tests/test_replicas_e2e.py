@@ -79,7 +79,7 @@ async def replicas(
     async with AsyncExitStack() as stack:
         redis = await stack.enter_async_context(running_redis())
         simulator = await stack.enter_async_context(
-            Simulator.start(api_keys={UPSTREAM_KEY})
+            Simulator.start(api_keys={UPSTREAM_KEY}, audio_speed=None)
         )
         path = tmp_path / "relay.yaml"
         path.write_text(config(redis.url, simulator.url, failure_mode))

@@ -514,7 +514,9 @@ async def _exit_status(relay: RelayProcess, within: float) -> int | None:
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 async def test_signals_drain_then_stop_then_force(tmp_path: Path) -> None:
     """uvicorn routes SIGTERM to handle_exit: 1st drains, 2nd stops (1012), 3rd forces; exit 0."""
-    async with Simulator.start(api_keys={"upstream-key"}) as simulator:
+    async with Simulator.start(
+        api_keys={"upstream-key"}, audio_speed=None
+    ) as simulator:
         path = tmp_path / "relay.yaml"
         path.write_text(_config(simulator.url))
         async with relay_process(path, {"UPSTREAM_KEY": "upstream-key"}) as relay:

@@ -7,7 +7,7 @@ Layers:
 
 * Sans-I/O core: :class:`SimSession` (engine) and the pure modules it uses:
   schema, overrides, conversation, items, turns, responder, responses,
-  usage, vad, audio, handshake, faults, stats, control.
+  tools, mcp, usage, vad, audio, handshake, faults, stats, control.
 * Network edge: :class:`Simulator` (server) and the per-connection driver.
 
 Importing this package has no side effects.

@@ -36,6 +36,8 @@ TRANSCRIPTION_MODELS = (
     "gpt-4o-mini-transcribe-2025-12-15",
 )
 EAGERNESS = ("low", "medium", "high", "auto")
+REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
+"""Azure documents the first four for GPT Realtime 2.x; the openai SDK adds xhigh."""
 
 DEFAULT_TURN_DETECTION: JSONObject = {
     "type": "server_vad",
@@ -217,8 +219,35 @@ def tools(value: object, param: str, family: Family) -> list[JSONObject]:
             as_str(tool["server_label"], f"{where}.server_label")
             for key in _MCP_STRING_FIELDS:
                 as_optional_str(tool.get(key), f"{where}.{key}")
+            if tool.get("allowed_tools") is not None:
+                _allowed_tools(tool["allowed_tools"], f"{where}.allowed_tools")
         result.append(dict(tool))
     return result
+
+
+def _allowed_tools(value: object, param: str) -> None:
+    """A list of tool names, or a filter ``{tool_names, read_only}``."""
+    if isinstance(value, list):
+        for index, name in enumerate(value):
+            as_str(name, f"{param}[{index}]")
+        return
+    obj = as_object(value, param)
+    check_keys(obj, param, {"tool_names", "read_only"})
+    if "tool_names" in obj:
+        _allowed_tools(as_list(obj["tool_names"], f"{param}.tool_names"), param)
+    if "read_only" in obj:
+        as_bool(obj["read_only"], f"{param}.read_only")
+
+
+def reasoning(value: object, param: str) -> JSONObject | None:
+    """``null`` or ``{"effort": "minimal" | "low" | "medium" | "high" | "xhigh"}`` (GA)."""
+    if value is None:
+        return None
+    obj = as_object(value, param)
+    check_keys(obj, param, {"effort"})
+    if "effort" not in obj:
+        return {}
+    return {"effort": as_choice(obj["effort"], f"{param}.effort", REASONING_EFFORTS)}
 
 
 def tool_choice(value: object, param: str, family: Family) -> str | JSONObject:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
 from collections.abc import Mapping
 
+from relay.simulator.engine import AZURE_MAX_SESSION_SECONDS
 from relay.simulator.handshake import GA_PATH, PREVIEW_PATH
-from relay.simulator.server import Simulator
+from relay.simulator.server import DEFAULT_AUDIO_SPEED, Simulator
 
 
 logger = logging.getLogger("relay.simulator")
@@ -40,20 +42,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "accepts any credential (default: %(default)s)",
     )
     parser.add_argument(
-        "--audio-pace",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="seconds between audio deltas, e.g. 0.15 for real time "
-        "(default: as fast as the client reads)",
+        "--audio-speed",
+        type=_speed,
+        default=DEFAULT_AUDIO_SPEED,
+        metavar="MULTIPLE",
+        help="stream response audio at this multiple of real time, 0 as fast "
+        "as the client reads (default: %(default)s)",
     )
     parser.add_argument(
         "--max-session-seconds",
         type=float,
-        default=1800.0,
+        default=float(AZURE_MAX_SESSION_SECONDS),
         metavar="N",
         help="expire sessions with session_expired after N seconds, 0 never "
-        "(default: %(default)s, Azure's 30 minutes)",
+        "(default: %(default)s, Azure's 60 minutes)",
+    )
+    parser.add_argument(
+        "--conversation-created",
+        action="store_true",
+        help="greet preview sessions with conversation.created too "
+        "(Azure's rtclient rejects it)",
     )
     parser.add_argument(
         "--deployment",
@@ -93,6 +101,14 @@ def run(args: argparse.Namespace, *, environ: Mapping[str, str] | None = None) -
     return 0
 
 
+def _speed(text: str) -> float:
+    """A finite multiple of real time >= 0 (0: unpaced)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"not a multiple >= 0: {text!r}")
+    return value
+
+
 async def _serve(args: argparse.Namespace, key: str) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -105,8 +121,9 @@ async def _serve(args: argparse.Namespace, key: str) -> None:
             args.port,
             api_keys={key} if key else set(),
             deployments=args.deployment,
-            audio_pace=args.audio_pace,
+            audio_speed=args.audio_speed or None,
             max_session_seconds=args.max_session_seconds or None,
+            conversation_created=args.conversation_created,
             control_api=not args.no_control_api,
         ) as sim:
             ws = sim.url.replace("http://", "ws://", 1)

@@ -40,13 +40,17 @@ class Item:
         """Return the text the usage formula counts: what the model reads as text.
 
         User audio counts as audio, so user transcripts are not text tokens;
-        assistant transcripts are.
+        assistant transcripts are. Images count nothing.
         """
         kind = self.wire["type"]
         if kind == "function_call":
             return [self.wire["arguments"]]
         if kind == "function_call_output":
             return [self.wire["output"]]
+        if kind == "mcp_call":
+            return [t for t in (self.wire["arguments"], self.wire["output"]) if t]
+        if kind != "message":
+            return []  # An MCP tool list: not billed by the formula.
         assistant = self.wire["role"] == "assistant"
         texts = []
         for part in self.wire["content"]:

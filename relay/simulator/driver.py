@@ -2,8 +2,8 @@
 
 The driver only moves data: a reader pump feeds client frames to the sans-I/O
 :class:`~relay.simulator.engine.SimSession`, and a writer pump sends what the
-session produces, pacing audio deltas, enforcing the session deadline and
-injecting the armed mid-session faults. Both pumps live in one
+session produces, pacing audio deltas, waking the session up for its timers
+(expiry, idle timeout) and injecting the armed mid-session faults. Both pumps live in one
 :class:`asyncio.TaskGroup`; when either finishes, the other is cancelled, so
 no task outlives the connection.
 """
@@ -46,19 +46,22 @@ class ConnectionDriver:
         session: SimSession,
         *,
         faults: Faults,
-        audio_pace: float | None,
+        audio_speed: float | None,
         clock: Callable[[], float],
         record: Callable[[str | bytes], None] | None = None,
     ) -> None:
-        """``clock`` returns Unix time; ``audio_pace`` is seconds between audio deltas.
+        """``clock`` returns Unix time; ``audio_speed`` paces audio deltas.
 
-        ``record`` is told every client frame received (the simulator's stats).
+        Each audio delta of N ms is followed by N / ``audio_speed`` ms before
+        the next one (2.0: audio streams at twice real time); None sends
+        deltas as fast as the client reads. ``record`` is told every client
+        frame received (the simulator's stats).
         """
         self._ws = ws
         self._record = record
         self._session = session
         self._faults = faults
-        self._audio_pace = audio_pace
+        self._audio_speed = audio_speed
         self._clock = clock
         # Immediate answers waiting to be sent, in order.
         self._outbox: deque[JSONObject] = deque()
@@ -73,7 +76,6 @@ class ConnectionDriver:
             event_type(family, "response.audio.delta"),
             event_type(family, "response.text.delta"),
         }
-        self._audio_delta = event_type(family, "response.audio.delta")
 
     async def run(self) -> None:
         """Serve the connection until it closes (or a fault or expiry closes it)."""
@@ -122,16 +124,17 @@ class ConnectionDriver:
                 logger.info("simulator.session_expired")
                 await self._ws.close(EXPIRED_CLOSE_CODE, "session expired")
                 return
-            if self._session.audio_delta_next and loop.time() < pace_until:
+            audio_ms = self._session.next_audio_ms
+            if audio_ms is not None and loop.time() < pace_until:
                 await self._sleep(pace_until - loop.time())
                 continue
             event = self._session.next_response_event()
             if event is None:
-                await self._sleep(self._until_deadline())
+                await self._sleep(self._until_wakeup())
                 continue
             await self._send_response_event(event)
-            if self._audio_pace and event["type"] == self._audio_delta:
-                pace_until = loop.time() + self._audio_pace
+            if audio_ms is not None and self._audio_speed:
+                pace_until = loop.time() + audio_ms / 1000 / self._audio_speed
 
     async def _send_response_event(self, event: JSONObject) -> None:
         first_delta = (
@@ -193,6 +196,6 @@ class ConnectionDriver:
                 await self._wakeup.wait()
         self._wakeup.clear()
 
-    def _until_deadline(self) -> float | None:
-        deadline = self._session.deadline
-        return None if deadline is None else max(0.0, deadline - self._clock())
+    def _until_wakeup(self) -> float | None:
+        wakeup = self._session.wakeup
+        return None if wakeup is None else max(0.0, wakeup - self._clock())

@@ -3,7 +3,8 @@
 :class:`SimSession` never touches sockets, clocks or asyncio. The network edge
 calls :meth:`~SimSession.open` once, :meth:`~SimSession.receive` for each
 client frame, and drains :meth:`~SimSession.next_response_event` at whatever
-pace it likes; time arrives as ``now`` arguments (Unix seconds).
+pace it likes; time arrives as ``now`` arguments (Unix seconds), and the edge
+calls :meth:`~SimSession.tick` again by :attr:`~SimSession.wakeup` at the latest.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from relay.simulator import schema
+from relay.simulator import mcp, schema
 from relay.simulator._checks import (
     Invalid,
     as_base64,
@@ -24,15 +25,16 @@ from relay.simulator._checks import (
 )
 from relay.simulator._frames import client_event_id, parse_client_event
 from relay.simulator.conversation import Conversation, Item
+from relay.simulator.faults import Faults
 from relay.simulator.items import parse_item, resolve_input
-from relay.simulator.overrides import response_params
+from relay.simulator.overrides import ResponseParams, response_params
 from relay.simulator.responder import Responder
 from relay.simulator.turns import Turns
 from relay.simulator.wire import EventFactory, Family, IdFactory, JSONObject
 
 
-AZURE_MAX_SESSION_SECONDS = 30 * 60
-"""Azure's session cap (protocol.md §5), shown in ``expires_at`` when none is set."""
+AZURE_MAX_SESSION_SECONDS = 60 * 60
+"""Azure's session cap (60 minutes since 2026), shown in ``expires_at`` when none is set."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,15 @@ class SessionOptions:
     """Knobs of a simulated session that are not part of the protocol."""
 
     max_session_seconds: float | None = None
-    """Expire the session after this long (Azure: 1800); None never expires."""
+    """Expire the session after this long (Azure: 3600); None never expires."""
     response_audio_ms: int = 1000
     """Length of the generated assistant audio per response."""
+    conversation_created: bool = False
+    """Greet preview sessions with ``conversation.created`` too.
+
+    Azure's documents list the event, but Azure's own rtclient rejects it as
+    an unknown type and closes the session, so it is off by default.
+    """
 
 
 Handler = Callable[[dict[str, Any]], list[JSONObject]]
@@ -59,11 +67,17 @@ class SimSession:
         now: float,
         options: SessionOptions | None = None,
         ids: Callable[[str], str] | None = None,
+        faults: Faults | None = None,
     ) -> None:
-        """Create the session at Unix time ``now``; ``ids`` defaults to ``IdFactory(0)``."""
+        """Create the session at Unix time ``now``; ``ids`` defaults to ``IdFactory(0)``.
+
+        ``faults`` holds the switches the session itself consults
+        (``fail_transcription``); None uses a private, unarmed set.
+        """
         self.family = family
         """Protocol family: decides event names and the session shape."""
         self._options = options or SessionOptions()
+        self._faults = faults or Faults()
         self._events = EventFactory(family, ids or IdFactory())
         lifetime = self._options.max_session_seconds
         self.deadline = None if lifetime is None else now + lifetime
@@ -89,7 +103,16 @@ class SimSession:
             self._responder,
             settings,
             respond=self._respond_to_turn,
+            heard=self._disarm_idle,
+            fail_transcription=self._faults.take_transcription_failure,
         )
+        # MCP servers imported, by label: the definition and the tools listed.
+        self._mcp_definitions: dict[str, JSONObject] = {}
+        self._mcp_tools: dict[str, list[JSONObject]] = {}
+        # The idle timer (GA server_vad idle_timeout_ms): when it fires, and
+        # the input audio offset its silent segment starts at.
+        self._idle_deadline: float | None = None
+        self._idle_since_ms = 0.0
         self._handlers: dict[str, Handler] = {
             "session.update": self._session_update,
             "input_audio_buffer.append": self._append,
@@ -109,7 +132,7 @@ class SimSession:
     def open(self) -> list[JSONObject]:
         """Return the events greeting a new connection (protocol.md §4.4)."""
         events = [self._events("session.created", session=self.session)]
-        if self.family is Family.PREVIEW:
+        if self.family is Family.PREVIEW and self._options.conversation_created:
             conversation = {
                 "id": self._conversation.id,
                 "object": "realtime.conversation",
@@ -131,29 +154,30 @@ class SimSession:
         after every call. Never raises on client input; problems become
         ``error`` events. Once the session expired, returns nothing.
         """
-        expiry = self.tick(now)
+        early = self.tick(now)
         if self.expired:
-            return expiry
+            return early
         event_id = None
         try:
             event = parse_client_event(text)
             event_id = client_event_id(event)
             kind = as_choice(event["type"], "type", tuple(self._handlers))
-            return self._handlers[kind](event)
+            return early + self._handlers[kind](event)
         except Invalid as exc:
-            return [self._events.error(exc.code, exc.message, exc.param, event_id)]
+            error = self._events.error(exc.code, exc.message, exc.param, event_id)
+            return [*early, error]
 
     def receive_bytes(self, data: bytes, now: float) -> list[JSONObject]:
         """Handle one client binary frame: the API only speaks JSON text frames."""
-        expiry = self.tick(now)
+        early = self.tick(now)
         if self.expired:
-            return expiry
+            return early
         # The code is the simulator's own; what Azure answers is UNVERIFIED.
         message = (
             f"Binary frames are not supported ({len(data)} bytes received); "
             "send JSON text frames."
         )
-        return [self._events.error("unsupported_binary_frame", message)]
+        return [*early, self._events.error("unsupported_binary_frame", message)]
 
     def next_response_event(self) -> JSONObject | None:
         """Return the next event of the responses in progress, or None.
@@ -164,36 +188,77 @@ class SimSession:
         return self._responder.next_event()
 
     @property
-    def audio_delta_next(self) -> bool:
-        """Whether :meth:`next_response_event` would produce an audio delta.
+    def next_audio_ms(self) -> int | None:
+        """Milliseconds of audio in the next response event, if it is an audio delta.
 
+        None when :meth:`next_response_event` would produce anything else.
         Lets the edge pace audio without producing a delta early: a delta
         produced is a delta sent, even if a cancellation arrives meanwhile.
         """
-        return self._responder.audio_delta_next
+        return self._responder.next_audio_ms
 
     @property
     def response_active(self) -> bool:
         """Whether a response exists whose ``response.done`` was not produced yet."""
         return self._responder.active is not None
 
-    def tick(self, now: float) -> list[JSONObject]:
-        """Expire the session if ``now`` reached :attr:`deadline` (protocol.md §1.4).
+    @property
+    def wakeup(self) -> float | None:
+        """Unix time by which :meth:`tick` must be called again; None if never.
 
-        Returns the ``session_expired`` error exactly once; the edge must send
-        it and close the connection. Pending response events are dropped.
+        The earlier of the session's :attr:`deadline` and the idle timer.
         """
-        if self.expired or self.deadline is None or now < self.deadline:
+        times = [t for t in (self.deadline, self._idle_deadline) if t is not None]
+        return min(times, default=None)
+
+    def tick(self, now: float) -> list[JSONObject]:
+        """Let time pass: expire the session at :attr:`deadline`, run the idle timer.
+
+        The session expires (protocol.md §1.4) by returning the
+        ``session_expired`` error exactly once; the edge must send it and
+        close the connection, and pending response events are dropped. Call
+        ``tick`` after every response event sent, too: a ``response.done``
+        starts the idle timer.
+        """
+        if self.expired:
             return []
-        self.expired = True
-        self._responder.stop()
-        seconds = self._options.max_session_seconds or 0
-        if seconds % 60 == 0:
-            limit = f"{seconds / 60:g} minutes"
-        else:
-            limit = f"{seconds:g} seconds"
-        message = f"Your session hit the maximum duration of {limit}."
-        return [self._events.error("session_expired", message)]
+        if self.deadline is not None and now >= self.deadline:
+            self.expired = True
+            self._responder.stop()
+            seconds = self._options.max_session_seconds or 0
+            if seconds % 60 == 0:
+                limit = f"{seconds / 60:g} minutes"
+            else:
+                limit = f"{seconds:g} seconds"
+            message = f"Your session hit the maximum duration of {limit}."
+            return [self._events.error("session_expired", message)]
+        return self._run_idle_timer(now)
+
+    def _idle_timeout_ms(self) -> int | None:
+        detection = schema.settings(self.family, self._session).turn_detection
+        return None if detection is None else detection.idle_timeout_ms
+
+    def _run_idle_timer(self, now: float) -> list[JSONObject]:
+        # OpenAI's SDK documents the timer as starting at response.done plus
+        # the response's audio playback time; it is only armed by a response.
+        # It never runs while the user speaks: speech disarms it.
+        played_ms = self._responder.take_finished()
+        if played_ms is None and self._idle_deadline is None:
+            return []  # The usual case, after every event: nothing to do.
+        timeout_ms = self._idle_timeout_ms()
+        speaking = self._turns.speaking
+        if played_ms is not None and timeout_ms is not None and not speaking:
+            self._idle_deadline = now + (played_ms + timeout_ms) / 1000
+            self._idle_since_ms = self._turns.appended_ms + played_ms
+        if self._idle_deadline is None or now < self._idle_deadline:
+            return []
+        self._idle_deadline = None
+        if timeout_ms is None or self._responder.active is not None:
+            return []  # Turned off since, or a response is running.
+        return self._turns.timeout(self._idle_since_ms)
+
+    def _disarm_idle(self) -> None:
+        self._idle_deadline = None
 
     # Handlers: each validates its event and returns the immediate answers.
 
@@ -209,7 +274,58 @@ class SimSession:
             raise Invalid(result.code, result.message, result.param)
         self._session = result
         self._turns.configure(schema.settings(self.family, result))
-        return [self._events("session.updated", session=self.session)]
+        updated = self._events("session.updated", session=self.session)
+        return [updated, *self._import_mcp(result["tools"])]
+
+    def _import_mcp(self, tools: list[JSONObject]) -> list[JSONObject]:
+        """List the tools of each new MCP server in ``tools`` (GA; see :mod:`.mcp`).
+
+        An entry whose label was imported before, with the same definition
+        or with only ``type`` and ``server_label``, reuses that import.
+        """
+        events: list[JSONObject] = []
+        for tool in tools:
+            if tool["type"] != "mcp":
+                continue
+            label = tool["server_label"]
+            known = self._mcp_definitions.get(label)
+            if known is not None and (
+                tool == known or set(tool) <= {"type", "server_label"}
+            ):
+                continue
+            self._mcp_definitions[label] = tool
+            listed = mcp.list_tools(tool) if mcp.lists(tool) else None
+            self._mcp_tools[label] = listed or []
+            item = Item(
+                {
+                    "id": self._events.ids("mcpl"),
+                    "type": "mcp_list_tools",
+                    "server_label": label,
+                    "tools": [],
+                }
+            )
+            previous = self._conversation.add(item)
+            events.append(
+                self._events(
+                    "conversation.item.created",  # GA: conversation.item.added.
+                    previous_item_id=previous,
+                    item=item.snapshot(),
+                )
+            )
+            events.append(self._events("mcp_list_tools.in_progress", item_id=item.id))
+            if listed is None:
+                events.append(self._events("mcp_list_tools.failed", item_id=item.id))
+            else:
+                item.wire["tools"] = listed
+                events.append(self._events("mcp_list_tools.completed", item_id=item.id))
+            events.append(
+                self._events(
+                    "conversation.item.done",
+                    previous_item_id=previous,
+                    item=item.snapshot(),
+                )
+            )
+        return events
 
     def _append(self, event: dict[str, Any]) -> list[JSONObject]:
         check_keys(event, "", {"type", "event_id", "audio"}, {"audio"})
@@ -306,13 +422,21 @@ class SimSession:
                 new_id=lambda: self._events.ids("item"),
                 input_format=schema.settings(self.family, self._session).input_format,
             )
-        self._responder.start(params, context)
-        return []
+        # A refused response (one is active) imports nothing.
+        imported = []
+        if self._responder.active is None:
+            imported = self._import_mcp(list(params.tools))
+        self._start(params, context)
+        return imported
 
     def _respond_to_turn(self) -> None:
         params = response_params(self.family, self._session, None)
         assert not isinstance(params, schema.SchemaError)  # The session is valid.
-        self._responder.start(params, list(self._conversation))
+        self._start(params, list(self._conversation))
+
+    def _start(self, params: ResponseParams, context: list[Item]) -> None:
+        self._responder.start(params, context, self._mcp_tools)
+        self._disarm_idle()
 
     def _response_cancel(self, event: dict[str, Any]) -> list[JSONObject]:
         check_keys(event, "", {"type", "event_id", "response_id"})

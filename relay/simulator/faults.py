@@ -24,6 +24,10 @@ delta (audio delta; text delta for text-only responses) of a response:
 * ``oversized_frame_bytes``: pad the first content delta of the next response
   with trailing JSON whitespace to this many bytes (still valid JSON, same
   event), to exercise frame-size limits.
+* ``fail_transcription``: the next input audio transcription (of a session
+  with transcription on) fails with
+  ``conversation.item.input_audio_transcription.failed`` instead of deltas
+  and ``.completed``.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class Faults:
     stall_after_session_created: bool = False
     stall_mid_response: bool = False
     oversized_frame_bytes: int | None = None
+    fail_transcription: bool = False
 
     def refuse(
         self,
@@ -133,6 +138,11 @@ class Faults:
         setattr(self, name, False)
         return armed
 
+    def take_transcription_failure(self) -> bool:
+        """Consume the transcription failure, if armed."""
+        armed, self.fail_transcription = self.fail_transcription, False
+        return armed
+
     def take_oversized(self) -> int | None:
         """Consume the oversized-frame size, if armed."""
         size, self.oversized_frame_bytes = self.oversized_frame_bytes, None
@@ -174,6 +184,7 @@ def _validate(name: str, value: object) -> object:
         "reset_mid_response",
         "stall_after_session_created",
         "stall_mid_response",
+        "fail_transcription",
     ):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be a boolean")

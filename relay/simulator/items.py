@@ -7,6 +7,8 @@ builds the user message a commit of the input audio buffer becomes.
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Callable
 
 from relay.simulator._checks import (
@@ -48,8 +50,9 @@ def parse_item(
 ) -> Item:
     """Validate a client item (``conversation.item.create`` or ``response.input``).
 
-    Supported: ``message`` (user, system, assistant text), ``function_call``
-    and ``function_call_output``. Assistant audio cannot be injected
+    Supported: ``message`` (user, system, assistant text; GA user messages
+    also take ``input_image`` parts), ``function_call`` and
+    ``function_call_output``. Assistant audio cannot be injected
     (protocol.md §4.3). ``new_id`` is called when the client gave no ``id``.
 
     Raises:
@@ -88,8 +91,11 @@ def parse_item(
         return Item(wire)
     check_keys(obj, param, common | {"role", "content"}, {"role", "content"})
     role = as_choice(obj["role"], f"{param}.role", ("user", "assistant", "system"))
+    user_parts: tuple[str, ...] = ("input_text", "input_audio")
+    if family is Family.GA:
+        user_parts = (*user_parts, "input_image")  # gpt-realtime image input.
     allowed_parts = {
-        "user": ("input_text", "input_audio"),
+        "user": user_parts,
         "system": ("input_text",),
         "assistant": ("text",) if family is Family.PREVIEW else ("output_text",),
     }[role]
@@ -106,6 +112,8 @@ def parse_item(
             audio += as_base64(part["audio"], f"{where}.audio")
             transcript = as_optional_str(part.get("transcript"), f"{where}.transcript")
             content.append({"type": part_type, "transcript": transcript})
+        elif part_type == "input_image":
+            content.append(_image_part(part, where))
         else:
             check_keys(part, where, {"type", "text"}, {"text"})
             content.append(
@@ -116,6 +124,33 @@ def parse_item(
     return Item(
         wire, audio=audio, audio_ms=round(duration_ms(len(audio), input_format))
     )
+
+
+_IMAGE_URL = re.compile(r"data:image/(png|jpeg);base64,(.*)", re.DOTALL)
+
+
+def _image_part(part: dict[str, object], where: str) -> JSONObject:
+    """An ``input_image`` part: a PNG or JPEG data URL, echoed as given."""
+    check_keys(part, where, {"type", "image_url", "detail"}, {"image_url"})
+    url = as_str(part["image_url"], f"{where}.image_url")
+    match = _IMAGE_URL.fullmatch(url)
+    try:
+        if match is None:
+            raise ValueError(url)
+        base64.b64decode(match.group(2), validate=True)
+    except ValueError:  # binascii.Error is a ValueError.
+        raise Invalid(
+            "invalid_value",
+            f"Invalid '{where}.image_url': expected a data URL of a base64 PNG or "
+            "JPEG image (data:image/png;base64,...).",
+            f"{where}.image_url",
+        ) from None
+    image: JSONObject = {"type": "input_image", "image_url": url}
+    if "detail" in part:
+        image["detail"] = as_choice(
+            part["detail"], f"{where}.detail", ("auto", "low", "high")
+        )
+    return image
 
 
 def resolve_input(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from relay.simulator import _shapes
 from relay.simulator._checks import (
     Invalid,
+    as_bool,
     as_choice,
     as_list,
     as_max_tokens,
@@ -43,6 +44,10 @@ class ResponseParams:
     """Preview only; GA has no temperature."""
     input: list[object] | None
     """Raw ``input`` items that replace the conversation as context, if given."""
+    tools: tuple[JSONObject, ...] = ()
+    """Validated tools the model may call (the session's, or the response's own)."""
+    tool_choice: str | JSONObject = "auto"
+    """Validated ``tool_choice`` (see :func:`relay.simulator.tools.choose_call`)."""
 
 
 # Azure's 2024 table calls the preview limit ``max_output_tokens`` and OpenAI's
@@ -69,7 +74,9 @@ _GA_FIELDS = {
     "max_output_tokens",
     "metadata",
     "output_modalities",
+    "parallel_tool_calls",
     "prompt",
+    "reasoning",
     "tool_choice",
     "tools",
 }
@@ -118,7 +125,7 @@ def _preview(session: JSONObject, obj: dict[str, object]) -> ResponseParams:
     for key in ("max_response_output_tokens", "max_output_tokens"):
         if key in obj:
             max_tokens = as_max_tokens(obj[key], f"response.{key}")
-    _check_tools(Family.PREVIEW, obj)
+    tools, tool_choice = _tools(Family.PREVIEW, session, obj)
     return ResponseParams(
         audio_output="audio" in modalities,
         voice=_voice(
@@ -131,6 +138,8 @@ def _preview(session: JSONObject, obj: dict[str, object]) -> ResponseParams:
         max_output_tokens=max_tokens,
         temperature=temperature,
         input=_input(obj),
+        tools=tools,
+        tool_choice=tool_choice,
     )
 
 
@@ -163,7 +172,13 @@ def _ga(session: JSONObject, obj: dict[str, object]) -> ResponseParams:
             obj["max_output_tokens"], "response.max_output_tokens"
         )
     _shapes.prompt(obj.get("prompt"), "response.prompt")
-    _check_tools(Family.GA, obj)
+    # gpt-realtime-2 settings: validated, not echoed (the SDK's response
+    # object has no such fields).
+    if "reasoning" in obj:
+        _shapes.reasoning(obj["reasoning"], "response.reasoning")
+    if "parallel_tool_calls" in obj:
+        as_bool(obj["parallel_tool_calls"], "response.parallel_tool_calls")
+    tools, tool_choice = _tools(Family.GA, session, obj)
     return ResponseParams(
         audio_output=audio_output,
         voice=voice,
@@ -174,6 +189,8 @@ def _ga(session: JSONObject, obj: dict[str, object]) -> ResponseParams:
         max_output_tokens=max_tokens,
         temperature=None,
         input=_input(obj),
+        tools=tools,
+        tool_choice=tool_choice,
     )
 
 
@@ -202,9 +219,14 @@ def _input(obj: dict[str, object]) -> list[object] | None:
     return as_list(obj["input"], "response.input") if "input" in obj else None
 
 
-def _check_tools(family: Family, obj: dict[str, object]) -> None:
-    # Validated for fidelity; the simulator never calls tools.
+def _tools(
+    family: Family, session: JSONObject, obj: dict[str, object]
+) -> tuple[tuple[JSONObject, ...], str | JSONObject]:
+    """The response's tools and tool choice: its own overrides, else the session's."""
+    tools: list[JSONObject] = session["tools"]
     if "tools" in obj:
-        _shapes.tools(obj["tools"], "response.tools", family)
+        tools = _shapes.tools(obj["tools"], "response.tools", family)
+    choice: str | JSONObject = session["tool_choice"]
     if "tool_choice" in obj:
-        _shapes.tool_choice(obj["tool_choice"], "response.tool_choice", family)
+        choice = _shapes.tool_choice(obj["tool_choice"], "response.tool_choice", family)
+    return tuple(tools), choice

@@ -16,6 +16,7 @@ from typing import Literal
 from relay.simulator import _shapes
 from relay.simulator._checks import (
     Invalid,
+    as_bool,
     as_choice,
     as_max_tokens,
     as_number,
@@ -67,6 +68,8 @@ class TurnDetection:
     silence_duration_ms: int
     create_response: bool
     interrupt_response: bool
+    idle_timeout_ms: int | None = None
+    """GA server_vad only: prompt the user after this much silence (see turns)."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,9 @@ _GA_TOP_FIELDS: dict[str, Validator] = {
     "prompt": _shapes.prompt,
     "include": _shapes.include,
     "tracing": _shapes.tracing,
+    # gpt-realtime-2 (Azure: GPT Realtime 2.x); absent from the default session.
+    "reasoning": _shapes.reasoning,
+    "parallel_tool_calls": as_bool,
 }
 _GA_INPUT_FIELDS: dict[str, Validator] = {
     "format": _shapes.ga_audio_format,
@@ -312,6 +318,7 @@ def _turn_detection(stored: JSONObject | None) -> TurnDetection | None:
         silence_duration_ms=stored["silence_duration_ms"],
         create_response=stored["create_response"],
         interrupt_response=stored["interrupt_response"],
+        idle_timeout_ms=stored.get("idle_timeout_ms"),
     )
 
 

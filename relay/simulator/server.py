@@ -18,7 +18,7 @@ import secrets
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Self
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -43,6 +43,11 @@ OPEN_TIMEOUT = 10.0
 """Seconds a handshake may take before the server drops the connection (this
 also cuts ``handshake_delay`` faults of 10 s or more: no answer at all)."""
 
+DEFAULT_AUDIO_SPEED = 2.0
+"""Response audio streams at twice real time by default, so that a cancel or a
+barge-in finds a response still running. Azure generates audio faster than
+real time; by how much is undocumented (UNVERIFIED)."""
+
 CLOSE_TIMEOUT = 2.0
 """Seconds to wait for a peer's close frame; short, because peers are local."""
 
@@ -55,13 +60,15 @@ class Simulator:
         *,
         policy: AccessPolicy,
         options: SessionOptions,
-        audio_pace: float | None,
+        audio_speed: float | None,
         region: str,
         control_api: bool,
+        clock: Callable[[], float],
     ) -> None:
         self._policy = policy
         self._options = options
-        self._audio_pace = audio_pace
+        self._audio_speed = audio_speed
+        self._clock = clock
         self._region = region
         self._control_api = control_api
         self.faults = Faults()
@@ -89,11 +96,13 @@ class Simulator:
         api_keys: Iterable[str] = (),
         bearer_tokens: Iterable[str] = (),
         deployments: Iterable[str] | None = None,
-        audio_pace: float | None = None,
+        audio_speed: float | None = DEFAULT_AUDIO_SPEED,
         max_session_seconds: float | None = None,
         response_audio_seconds: float = 1.0,
+        conversation_created: bool = False,
         region: str = "Sweden Central",
         control_api: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> AsyncIterator[Self]:
         """Run a simulator for the duration of the ``async with`` block.
 
@@ -104,13 +113,19 @@ class Simulator:
             bearer_tokens: Accepted ``Authorization: Bearer`` tokens. With no
                 keys and no tokens, any non-empty credential is accepted.
             deployments: Known deployment names; None accepts any.
-            audio_pace: Seconds between audio deltas (0.1–0.2 is real time);
-                None sends as fast as the socket takes them.
+            audio_speed: Stream response audio at this multiple of real time
+                (each delta of N ms is followed by N / speed ms); None sends
+                it as fast as the socket takes it (tests that need speed).
             max_session_seconds: Expire sessions after this long with
-                ``session_expired`` (Azure: 1800); None never expires.
-            response_audio_seconds: Length of each response's audio.
+                ``session_expired``; None never expires, and ``expires_at``
+                shows Azure's 60 minutes.
+            response_audio_seconds: Length of each answer's audio.
+            conversation_created: Greet preview sessions with
+                ``conversation.created`` (Azure's rtclient rejects it).
             region: Value of the ``x-ms-region`` response header.
             control_api: Serve the HTTP control API under ``/_sim/``.
+            clock: Source of Unix time for sessions (expiry, idle timeout);
+                tests may pass one they move forward.
 
         Leaving the block closes every connection (code 1001) and the
         listener, and waits for all connection tasks to end.
@@ -124,10 +139,12 @@ class Simulator:
             options=SessionOptions(
                 max_session_seconds=max_session_seconds,
                 response_audio_ms=round(response_audio_seconds * 1000),
+                conversation_created=conversation_created,
             ),
-            audio_pace=audio_pace,
+            audio_speed=audio_speed,
             region=region,
             control_api=control_api,
+            clock=clock,
         )
         async with serve(
             sim._handle,
@@ -254,9 +271,10 @@ class Simulator:
         session = SimSession(
             accept.family,
             accept.deployment,
-            now=time.time(),
+            now=self._clock(),
             options=self._options,
             ids=IdFactory(secrets.randbits(64)),
+            faults=self.faults,
         )
         self.stats.connections_opened += 1
         self._idle.clear()
@@ -269,8 +287,8 @@ class Simulator:
             ws,
             session,
             faults=self.faults,
-            audio_pace=self._audio_pace,
-            clock=time.time,
+            audio_speed=self._audio_speed,
+            clock=self._clock,
             record=self.stats.record_client_frame,
         )
         try:

@@ -5,15 +5,22 @@ turn yields ``speech_started`` (interrupting an active response when
 ``interrupt_response``), then ``speech_stopped``, an automatic commit, and a
 response when ``create_response``. Without turn detection, only the client's
 ``input_audio_buffer.commit`` turns audio into a user item.
+
+With input transcription on, every commit is followed by the transcript, a
+``conversation.item.input_audio_transcription.delta`` per word then
+``.completed`` (or, when the ``fail_transcription`` switch is armed, one
+``.failed`` and no transcript).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections.abc import Callable
 
 from relay.simulator._checks import Invalid
-from relay.simulator.conversation import Conversation
+from relay.simulator.conversation import Conversation, Item
 from relay.simulator.input_buffer import InputAudioBuffer
 from relay.simulator.items import user_audio_item
 from relay.simulator.responder import Responder
@@ -37,12 +44,20 @@ class Turns:
         settings: Settings,
         *,
         respond: Callable[[], None],
+        heard: Callable[[], None] = lambda: None,
+        fail_transcription: Callable[[], bool] = lambda: False,
     ) -> None:
-        """``respond`` starts the automatic response after a VAD-detected turn."""
+        """``respond`` starts the automatic response after a VAD-detected turn.
+
+        ``heard`` is told when the VAD detects speech; ``fail_transcription``
+        is asked at each transcription whether it fails (a one-shot switch).
+        """
         self._events = events
         self._conversation = conversation
         self._responder = responder
         self._respond = respond
+        self._heard = heard
+        self._fail_transcription = fail_transcription
         self._settings = settings
         self._buffer = InputAudioBuffer(settings.input_format, settings.turn_detection)
         # The user item the turn in progress will become, and where its audio starts.
@@ -51,9 +66,9 @@ class Turns:
     def configure(self, settings: Settings) -> None:
         """Adopt updated session settings (a new VAD forgets speech in progress)."""
         old, self._settings = self._settings, settings
-        if (old.input_format, old.turn_detection) != (
+        if (old.input_format, _vad_of(old)) != (
             settings.input_format,
-            settings.turn_detection,
+            _vad_of(settings),
         ):
             self._buffer.reconfigure(settings.input_format, settings.turn_detection)
             self._speech = None
@@ -86,6 +101,38 @@ class Turns:
         item_id = self._speech[0] if self._speech else self._events.ids("item")
         return self._commit(item_id, self._buffer.start_ms, self._buffer.appended_ms)
 
+    @property
+    def speaking(self) -> bool:
+        """Whether the VAD detected speech that has not stopped yet."""
+        return self._speech is not None
+
+    @property
+    def appended_ms(self) -> float:
+        """All audio appended in the session: the clock of ``audio_*_ms`` offsets."""
+        return self._buffer.appended_ms
+
+    def timeout(self, since_ms: float) -> list[JSONObject]:
+        """The idle timeout fired: commit the audio appended since ``since_ms``.
+
+        Returns ``input_audio_buffer.timeout_triggered`` and the commit's
+        events, and starts a response (the model prompts the user to go on).
+        The audio, silent or not, is committed even below 100 ms.
+        """
+        end = self._buffer.appended_ms
+        start = min(max(since_ms, self._buffer.start_ms), end)
+        item_id = self._events.ids("item")
+        events = [
+            self._events(
+                "input_audio_buffer.timeout_triggered",
+                audio_start_ms=math.ceil(start),
+                audio_end_ms=math.floor(end),
+                item_id=item_id,
+            )
+        ]
+        events += self._commit(item_id, start, end)
+        self._respond()
+        return events
+
     def clear(self) -> list[JSONObject]:
         """Handle ``input_audio_buffer.clear``."""
         self._buffer.clear()
@@ -97,6 +144,7 @@ class Turns:
         start = max(audio_start_ms, math.ceil(self._buffer.start_ms))
         item_id = self._events.ids("item")
         self._speech = (item_id, start)
+        self._heard()
         detection = self._settings.turn_detection
         if detection is not None and detection.interrupt_response:
             self._responder.cancel(None, "turn_detected")
@@ -147,21 +195,7 @@ class Turns:
             ),
         ]
         if self._settings.transcription:
-            seconds = item.audio_ms / 1000
-            transcript = f"(simulated transcript of {seconds:.1f} seconds of audio)"
-            item.wire["content"][0]["transcript"] = transcript
-            completed: JSONObject = {
-                "item_id": item_id,
-                "content_index": 0,
-                "transcript": transcript,
-            }
-            if self._events.family is Family.GA:
-                completed["usage"] = {"type": "duration", "seconds": seconds}
-            events.append(
-                self._events(
-                    "conversation.item.input_audio_transcription.completed", **completed
-                )
-            )
+            events += self._transcribe(item)
         if self._events.family is Family.GA:
             # conversation.item.done shows the final item, transcript included.
             events.append(
@@ -172,3 +206,47 @@ class Turns:
                 )
             )
         return events
+
+    def _transcribe(self, item: Item) -> list[JSONObject]:
+        where: JSONObject = {"item_id": item.id, "content_index": 0}
+        if self._fail_transcription():
+            # OpenAI's documented example of the event; Azure's wording is UNVERIFIED.
+            error = {
+                "type": "transcription_error",
+                "code": "audio_unintelligible",
+                "message": "The audio could not be transcribed.",
+                "param": None,
+            }
+            return [
+                self._events(
+                    "conversation.item.input_audio_transcription.failed",
+                    **where,
+                    error=error,
+                )
+            ]
+        seconds = item.audio_ms / 1000
+        transcript = f"(simulated transcript of {seconds:.1f} seconds of audio)"
+        events = [
+            self._events(
+                "conversation.item.input_audio_transcription.delta", **where, delta=word
+            )
+            for word in re.findall(r"\S+\s*", transcript)
+        ]
+        item.wire["content"][0]["transcript"] = transcript
+        # Both families: the beta SDK types require usage too.
+        usage = {"type": "duration", "seconds": seconds}
+        completed: JSONObject = {**where, "transcript": transcript, "usage": usage}
+        events.append(
+            self._events(
+                "conversation.item.input_audio_transcription.completed", **completed
+            )
+        )
+        return events
+
+
+def _vad_of(settings: Settings) -> object:
+    """The settings the VAD runs on: a new idle timeout does not reset it."""
+    detection = settings.turn_detection
+    if detection is None:
+        return None
+    return dataclasses.replace(detection, idle_timeout_ms=None)

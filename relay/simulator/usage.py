@@ -14,12 +14,16 @@ tokens of its audio. Output = the text or transcript the response emitted and,
 for audio responses, the audio it emitted. ``cached_tokens`` is always 0 and
 ``total_tokens = input_tokens + output_tokens``.
 
-``rate_limits.updated`` after each response reports, per session, a
-``requests`` limit of 1000 decremented per response and a ``tokens`` limit of
-100,000 decremented by each response's ``total_tokens``, both floored at 0,
-with ``reset_seconds`` 60.0. (Azure 2026 ref says the event comes at the start
-of a response as a reservation; the 2024 ref says after ``response.done``,
-which is what the simulator does.)
+``rate_limits.updated`` comes at the start of each response, after
+``response.created`` (Azure's 2026 reference: tokens are reserved for the
+output when a response is created, and reconciled when it ends; its 2024
+reference sent the event after ``response.done``). Per session, it reports a
+``requests`` limit of 1000, less one per response started, and a ``tokens``
+limit of 100,000, less the ``total_tokens`` of every finished response and
+the reservation of the starting one: its input tokens plus its
+``max_output_tokens`` (4,096 for ``"inf"``). Both floor at 0;
+``reset_seconds`` is 60.0. At ``response.done`` the reservation is replaced by
+the response's ``total_tokens``, which the next event shows.
 """
 
 from __future__ import annotations
@@ -105,10 +109,10 @@ class RateLimits:
         self._responses = 0
         self._tokens = 0
 
-    def charge(self, total_tokens: int) -> list[JSONObject]:
-        """Record one finished response; return the ``rate_limits`` list to report."""
+    def reserve(self, tokens: int) -> list[JSONObject]:
+        """Record a response starting with ``tokens`` reserved; return the ``rate_limits`` list."""
         self._responses += 1
-        self._tokens += total_tokens
+        self._tokens += tokens
         return [
             {
                 "name": "requests",
@@ -123,3 +127,7 @@ class RateLimits:
                 "reset_seconds": RESET_SECONDS,
             },
         ]
+
+    def settle(self, reserved: int, used: int) -> None:
+        """Replace a finished response's reservation by the ``used`` tokens (no event)."""
+        self._tokens += used - reserved

@@ -121,7 +121,12 @@ async def pool_stack(
     async with contextlib.AsyncExitStack() as stack:
         simulators = [
             await stack.enter_async_context(
-                Simulator.start(host="127.0.0.1", port=0, api_keys={UPSTREAM_KEY})
+                Simulator.start(
+                    host="127.0.0.1",
+                    port=0,
+                    api_keys={UPSTREAM_KEY},
+                    audio_speed=None,  # Unpaced: these tests need speed.
+                )
             )
             for _ in range(count)
         ]

@@ -145,10 +145,16 @@ async def relay_stack(
 ) -> AsyncIterator[Stack]:
     """Start a simulator (accepting the relay's key) and a relay in front of it.
 
+    The simulator streams audio unpaced unless ``simulator_options`` asks
+    for an ``audio_speed``: the relay's tests need speed, not real time.
     ``upstream_url`` points the relay elsewhere (the simulator still runs);
     other keyword arguments go to :func:`make_settings`.
     """
-    options: dict[str, Any] = {"api_keys": {UPSTREAM_KEY}, **(simulator_options or {})}
+    options: dict[str, Any] = {
+        "api_keys": {UPSTREAM_KEY},
+        "audio_speed": None,
+        **(simulator_options or {}),
+    }
     async with Simulator.start(host="127.0.0.1", port=0, **options) as simulator:
         settings = make_settings(upstream_url or simulator.url, **changes)
         registry = CollectorRegistry()

@@ -11,7 +11,14 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from relay.simulator import Family, IdFactory, SessionOptions, SimSession, Simulator
+from relay.simulator import (
+    Family,
+    Faults,
+    IdFactory,
+    SessionOptions,
+    SimSession,
+    Simulator,
+)
 from tests.helpers.timing import SECOND
 
 
@@ -38,9 +45,18 @@ class Script:
         *,
         options: SessionOptions | None = None,
         now: float = NOW,
+        deployment: str = "deployment-1",
+        faults: Faults | None = None,
     ) -> None:
+        self.faults = faults or Faults()
+        """The session's fault switches (only ``fail_transcription`` acts here)."""
         self.session = SimSession(
-            family, "deployment-1", now=now, options=options, ids=IdFactory(7)
+            family,
+            deployment,
+            now=now,
+            options=options,
+            ids=IdFactory(7),
+            faults=self.faults,
         )
         self.now = now
         self.opening = self.session.open()
@@ -54,11 +70,17 @@ class Script:
         return self.session.receive(text, self.now) + self.drain()
 
     def drain(self) -> list[dict[str, Any]]:
-        """Produce every pending response event."""
+        """Produce every pending response event, ticking after each (as the edge does)."""
         events = []
         while (event := self.session.next_response_event()) is not None:
             events.append(event)
+            events += self.session.tick(self.now)
         return events
+
+    def wait(self, seconds: float) -> list[dict[str, Any]]:
+        """Let ``seconds`` pass: return what the session's timers produce."""
+        self.now += seconds
+        return self.session.tick(self.now) + self.drain()
 
     def append(self, audio: bytes, chunk_ms: int = 100) -> list[dict[str, Any]]:
         """Append PCM16 ``audio`` in ``chunk_ms`` chunks; return every server event."""

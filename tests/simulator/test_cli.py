@@ -34,33 +34,46 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_defaults() -> None:
-    """127.0.0.1:9000, the key from AZURE_OPENAI_API_KEY, Azure's 30-minute cap."""
+    """127.0.0.1:9000, the key from AZURE_OPENAI_API_KEY, Azure's 60-minute cap."""
     args = parse()
     assert (args.host, args.port, args.api_key_env) == (
         "127.0.0.1",
         9000,
         "AZURE_OPENAI_API_KEY",
     )
-    assert (args.audio_pace, args.max_session_seconds, args.deployment) == (
-        None,
-        1800.0,
+    assert (args.audio_speed, args.max_session_seconds, args.deployment) == (
+        2.0,
+        3600.0,
         None,
     )
     assert not args.no_control_api
+    assert not args.conversation_created
 
 
 def test_options() -> None:
     """Every option parses."""
     args = parse(
-        "--host", "0.0.0.0", "--port", "0", "--api-key-env", "K", "--audio-pace", "0.1",
+        "--host", "0.0.0.0", "--port", "0", "--api-key-env", "K", "--audio-speed", "0",
         "--max-session-seconds", "0", "--deployment", "a", "--deployment", "b", "--no-control-api",
+        "--conversation-created",
     )  # fmt: skip
-    assert (args.port, args.api_key_env, args.audio_pace) == (0, "K", 0.1)
+    assert (args.port, args.api_key_env, args.audio_speed) == (0, "K", 0.0)
+    assert args.conversation_created
     assert (args.max_session_seconds, args.deployment, args.no_control_api) == (
         0.0,
         ["a", "b"],
         True,
     )
+
+
+@pytest.mark.parametrize("speed", ["-1", "inf", "nan", "fast"])
+def test_audio_speed_must_be_a_finite_multiple(
+    speed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--audio-speed takes a finite number >= 0 (0: unpaced)."""
+    with pytest.raises(SystemExit):
+        parse("--audio-speed", speed)
+    assert "--audio-speed" in capsys.readouterr().err
 
 
 def test_port_in_use_exits_1(capsys: pytest.CaptureFixture[str]) -> None:

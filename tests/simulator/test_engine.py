@@ -15,6 +15,7 @@ from tests.simulator.helpers import NOW, Script, b64, error_of, types
 
 PREVIEW_AUDIO_RESPONSE = [
     "response.created",
+    "rate_limits.updated",
     "response.output_item.added",
     "conversation.item.created",
     "response.content_part.added",
@@ -24,10 +25,10 @@ PREVIEW_AUDIO_RESPONSE = [
     "response.content_part.done",
     "response.output_item.done",
     "response.done",
-    "rate_limits.updated",
 ]
 GA_AUDIO_RESPONSE = [
     "response.created",
+    "rate_limits.updated",
     "response.output_item.added",
     "conversation.item.added",
     "response.content_part.added",
@@ -38,7 +39,6 @@ GA_AUDIO_RESPONSE = [
     "response.output_item.done",
     "conversation.item.done",
     "response.done",
-    "rate_limits.updated",
 ]
 TRANSCRIPT = "This is the Realtime simulator. I heard {} seconds of audio."
 
@@ -69,21 +69,27 @@ def done_of(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class TestOpening:
-    def test_preview_greets_with_session_and_conversation(self) -> None:
-        """Preview sends session.created (full session) then conversation.created."""
-        script = Script(Family.PREVIEW)
-        created, conversation = script.opening
+    def test_preview_greets_with_the_session_only(self) -> None:
+        """Preview sends session.created (full session), no conversation.created."""
+        [created] = Script(Family.PREVIEW).opening
+        assert created["type"] == "session.created"
+        session = created["session"]
+        assert session["id"].startswith("sess_")
+        assert session["model"] == "deployment-1"
+        assert session["expires_at"] == int(NOW) + 3600  # Azure's 60 minutes.
+        assert session["voice"] == "alloy"
+
+    def test_conversation_created_on_request(self) -> None:
+        """conversation_created=True adds conversation.created on preview (not GA)."""
+        options = SessionOptions(conversation_created=True)
+        created, conversation = Script(Family.PREVIEW, options=options).opening
         assert (created["type"], conversation["type"]) == (
             "session.created",
             "conversation.created",
         )
-        session = created["session"]
-        assert session["id"].startswith("sess_")
-        assert session["model"] == "deployment-1"
-        assert session["expires_at"] == int(NOW) + 1800
-        assert session["voice"] == "alloy"
         assert conversation["conversation"]["object"] == "realtime.conversation"
         assert conversation["conversation"]["id"].startswith("conv_")
+        assert types(Script(Family.GA, options=options).opening) == ["session.created"]
 
     def test_ga_greets_with_the_ga_session(self) -> None:
         """GA sends only session.created, with the GA session shape."""
@@ -306,23 +312,30 @@ class TestInputAudioBuffer:
         script.send({"type": "session.update", "session": update})
         script.append(silence_pcm16(1.5))
         events = script.send({"type": "input_audio_buffer.commit"})
+        transcript = "(simulated transcript of 1.5 seconds of audio)"
+        words = transcript.split(" ")
         assert types(events) == [
             "input_audio_buffer.committed",
             "conversation.item.added",
+            *["conversation.item.input_audio_transcription.delta"] * len(words),
             "conversation.item.input_audio_transcription.completed",
             "conversation.item.done",
         ]
-        assert (
-            events[2]["transcript"] == "(simulated transcript of 1.5 seconds of audio)"
-        )
-        assert events[2]["usage"] == {"type": "duration", "seconds": 1.5}
-        assert events[3]["item"]["content"][0]["transcript"] == events[2]["transcript"]
+        deltas = events[2:-2]
+        assert "".join(d["delta"] for d in deltas) == transcript
+        assert {(d["item_id"], d["content_index"]) for d in deltas} == {
+            (events[0]["item_id"], 0)
+        }
+        completed = events[-2]
+        assert completed["transcript"] == transcript
+        assert completed["usage"] == {"type": "duration", "seconds": 1.5}
+        assert events[-1]["item"]["content"][0]["transcript"] == transcript
 
     def test_speech_interrupts_an_active_response(self) -> None:
         """Barge-in: speech_started cancels the response in progress (turn_detected)."""
         script = Script()
         script.session.receive(json.dumps({"type": "response.create"}), NOW)
-        first = [script.session.next_response_event() for _ in range(5)]
+        first = [script.session.next_response_event() for _ in range(6)]
         assert types([e for e in first if e])[-1] == "response.audio.delta"
         events = script.append(speech_like_pcm16(0.3))
         assert types(events)[0] == "input_audio_buffer.speech_started"
@@ -448,7 +461,9 @@ class TestResponses:
             },
             "output_token_details": {"text_tokens": 16, "audio_tokens": 20},
         }
-        assert second[-1]["rate_limits"] == [
+        # At its start, the second response reserves its input and the
+        # 4,096-token output cap; the first one's reservation was settled.
+        assert second[1]["rate_limits"] == [
             {
                 "name": "requests",
                 "limit": 1000,
@@ -458,7 +473,7 @@ class TestResponses:
             {
                 "name": "tokens",
                 "limit": 100000,
-                "remaining": 100000 - 42 - 78,
+                "remaining": 100000 - 42 - (42 + 4096),
                 "reset_seconds": 60.0,
             },
         ]
@@ -484,7 +499,7 @@ class TestResponses:
         """response.cancel: the rest becomes part/item .done, response.done (cancelled)."""
         script = Script()
         script.session.receive(json.dumps({"type": "response.create"}), NOW)
-        head = [script.session.next_response_event() for _ in range(6)]
+        head = [script.session.next_response_event() for _ in range(7)]
         assert [e["type"] for e in head if e][-2:] == [
             "response.audio.delta",
             "response.audio_transcript.delta",
@@ -494,7 +509,6 @@ class TestResponses:
             "response.content_part.done",
             "response.output_item.done",
             "response.done",
-            "rate_limits.updated",
         ]
         response = done_of(tail)
         assert response["status"] == "cancelled"
@@ -516,14 +530,14 @@ class TestResponses:
         script.session.receive(json.dumps({"type": "response.create"}), NOW)
         assert script.session.next_response_event() is not None
         tail = script.send({"type": "response.cancel"})
-        assert types(tail) == ["response.done", "rate_limits.updated"]
+        assert types(tail) == ["rate_limits.updated", "response.done"]
         assert done_of(tail)["output"] == []
 
     def test_cancel_between_item_and_announcement(self) -> None:
         """Cancelling after output_item.added still announces the conversation item."""
         script = Script(Family.GA)
         script.session.receive(json.dumps({"type": "response.create"}), NOW)
-        for _ in range(2):
+        for _ in range(3):
             script.session.next_response_event()
         tail = script.send({"type": "response.cancel"})
         assert types(tail) == [
@@ -531,7 +545,6 @@ class TestResponses:
             "response.output_item.done",
             "conversation.item.done",
             "response.done",
-            "rate_limits.updated",
         ]
 
     @pytest.mark.parametrize(
@@ -950,3 +963,291 @@ class TestExpiry:
         session = Script().session
         assert session.deadline is None
         assert session.tick(NOW + 10**9) == []
+        assert session.wakeup is None
+
+
+def idle_session(timeout_ms: int = 5000, **detection: Any) -> Script:
+    """A GA session whose server VAD has an idle timeout."""
+    script = Script(Family.GA)
+    vad = {"type": "server_vad", "idle_timeout_ms": timeout_ms, **detection}
+    update = {"type": "realtime", "audio": {"input": {"turn_detection": vad}}}
+    assert types(script.send({"type": "session.update", "session": update})) == [
+        "session.updated"
+    ]
+    return script
+
+
+class TestIdleTimeout:
+    def test_fires_after_playback_plus_the_timeout(self) -> None:
+        """response.done + 1 s of audio + 5 s: timeout_triggered, a commit, a response."""
+        script = idle_session()
+        unarmed = script.session.wakeup
+        assert unarmed is None  # Only a response arms the timer.
+        script.send({"type": "response.create"})
+        assert script.session.wakeup == NOW + 6.0
+        assert script.wait(5.9) == []
+        events = script.wait(0.1)
+        assert types(events)[:4] == [
+            "input_audio_buffer.timeout_triggered",
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+            "conversation.item.done",
+        ]
+        triggered, committed = events[0], events[1]
+        assert triggered["item_id"] == committed["item_id"]
+        assert triggered["audio_start_ms"] == triggered["audio_end_ms"] == 0
+        assert types(events)[4:6] == ["response.created", "rate_limits.updated"]
+        assert done_of(events)["status"] == "completed"
+        # The prompt's own response.done arms the timer again.
+        assert script.session.wakeup == script.now + 6.0
+
+    def test_marks_the_silent_audio_after_playback(self) -> None:
+        """audio_start_ms is where playback ended in the input audio, end where it fired."""
+        script = idle_session(silence_duration_ms=500)
+        script.send({"type": "response.create"})
+        script.append(silence_pcm16(6.5))  # The client streams silence meanwhile.
+        events = script.wait(6.0)
+        [triggered] = [
+            e for e in events if e["type"] == "input_audio_buffer.timeout_triggered"
+        ]
+        assert (triggered["audio_start_ms"], triggered["audio_end_ms"]) == (1000, 6500)
+        # The segment is committed: the prompt heard its 5.5 s.
+        transcript = done_of(events)["output"][0]["content"][0]["transcript"]
+        assert transcript == TRANSCRIPT.format("5.5")
+
+    def test_speech_disarms_it(self) -> None:
+        """A user who speaks (VAD speech_started) stops the timer."""
+        script = idle_session()
+        script.send({"type": "response.create"})
+        script.append(speech_like_pcm16(0.5))
+        assert script.session.wakeup is None
+        assert script.wait(60) == []
+
+    def test_not_armed_while_the_user_speaks(self) -> None:
+        """A response cut by barge-in ends while the user speaks: no timer then."""
+        script = idle_session()
+        script.session.receive(json.dumps({"type": "response.create"}), script.now)
+        for _ in range(6):
+            script.session.next_response_event()
+        events = script.append(speech_like_pcm16(0.5))  # Speech goes on.
+        assert done_of(events)["status"] == "cancelled"
+        assert script.session.wakeup is None
+        assert script.wait(60) == []
+
+    def test_turned_off_before_it_fires(self) -> None:
+        """A session.update that drops the timeout keeps it from firing."""
+        script = idle_session()
+        script.send({"type": "response.create"})
+        update = {
+            "type": "realtime",
+            "audio": {"input": {"turn_detection": {"type": "server_vad"}}},
+        }
+        script.send({"type": "session.update", "session": update})
+        assert script.wait(10) == []
+
+    def test_not_while_a_response_runs(self) -> None:
+        """A response in progress when the timer is due: no timeout."""
+        script = idle_session()
+        script.send({"type": "response.create"})
+        script.now += 6
+        script.session.receive(json.dumps({"type": "response.create"}), script.now - 1)
+        assert script.session.tick(script.now) == []
+        assert script.session.response_active
+
+    def test_wakeup_is_the_earlier_timer(self) -> None:
+        """wakeup: the session's expiry or the idle timer, whichever comes first."""
+        script = Script(Family.GA, options=SessionOptions(max_session_seconds=3))
+        assert script.session.wakeup == NOW + 3
+        vad = {"type": "server_vad", "idle_timeout_ms": 5000}
+        update = {"type": "realtime", "audio": {"input": {"turn_detection": vad}}}
+        script.send({"type": "session.update", "session": update})
+        script.send({"type": "response.create"})
+        assert script.session.wakeup == NOW + 3
+
+    def test_idle_timeout_is_ga_server_vad_only(self) -> None:
+        """The field is unknown on preview and bounded to 5-30 s."""
+        preview = Script(Family.PREVIEW)
+        vad = {"type": "server_vad", "idle_timeout_ms": 5000}
+        error = error_of(
+            preview.send({"type": "session.update", "session": {"turn_detection": vad}})
+        )
+        assert error["code"] == "unknown_parameter"
+        ga = Script(Family.GA)
+        vad["idle_timeout_ms"] = 1000
+        update = {"type": "realtime", "audio": {"input": {"turn_detection": vad}}}
+        assert (
+            error_of(ga.send({"type": "session.update", "session": update}))["code"]
+            == "integer_below_min_value"
+        )
+
+
+class TestTranscriptionFailure:
+    def test_failed_under_the_fault_switch(self) -> None:
+        """fail_transcription: one failed event instead of deltas; one-shot."""
+        script = Script()
+        update = {
+            "input_audio_transcription": {"model": "whisper-1"},
+            "turn_detection": None,
+        }
+        script.send({"type": "session.update", "session": update})
+        script.faults.fail_transcription = True
+        script.append(silence_pcm16(0.5))
+        events = script.send({"type": "input_audio_buffer.commit"})
+        assert types(events) == [
+            "input_audio_buffer.committed",
+            "conversation.item.created",
+            "conversation.item.input_audio_transcription.failed",
+        ]
+        failed = events[-1]
+        assert failed["item_id"] == events[0]["item_id"]
+        assert failed["content_index"] == 0
+        assert failed["error"]["type"] == "transcription_error"
+        assert events[1]["item"]["content"][0]["transcript"] is None
+        assert not script.faults.fail_transcription  # Consumed.
+        script.append(silence_pcm16(0.5))
+        again = script.send({"type": "input_audio_buffer.commit"})
+        assert (
+            types(again)[-1] == "conversation.item.input_audio_transcription.completed"
+        )
+
+    def test_no_transcription_leaves_the_switch_armed(self) -> None:
+        """A commit without transcription configured does not consume the switch."""
+        script = Script()
+        manual(script)
+        script.faults.fail_transcription = True
+        script.append(silence_pcm16(0.5))
+        script.send({"type": "input_audio_buffer.commit"})
+        assert script.faults.fail_transcription
+
+
+PNG_URL = "data:image/png;base64," + b64(b"\x89PNG\r\n\x1a\n")
+
+
+class TestImageInput:
+    def test_ga_accepts_and_echoes_an_image(self) -> None:
+        """input_image with a data URL is echoed in item.added/done and seen."""
+        script = Script(Family.GA)
+        image = {"type": "input_image", "image_url": PNG_URL, "detail": "high"}
+        item = {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Look"}, image],
+        }
+        events = script.send({"type": "conversation.item.create", "item": item})
+        assert types(events) == ["conversation.item.added", "conversation.item.done"]
+        for event in events:
+            assert event["item"]["content"][1] == image
+        answer = script.send({"type": "response.create"})
+        assert done_of(answer)["output"][0]["content"][0]["transcript"] == (
+            "This is the Realtime simulator. I heard 0.0 seconds of audio and saw 1 image."
+        )
+
+    @pytest.mark.parametrize(
+        ("part", "param"),
+        [
+            ({"type": "input_image"}, "item.content[0].image_url"),
+            (
+                {"type": "input_image", "image_url": "https://x/y.png"},
+                "item.content[0].image_url",
+            ),
+            (
+                {"type": "input_image", "image_url": "data:image/gif;base64,R0lG"},
+                "item.content[0].image_url",
+            ),
+            (
+                {"type": "input_image", "image_url": "data:image/png;base64,!!"},
+                "item.content[0].image_url",
+            ),
+            (
+                {"type": "input_image", "image_url": PNG_URL, "detail": "max"},
+                "item.content[0].detail",
+            ),
+            (
+                {"type": "input_image", "image_url": PNG_URL, "x": 1},
+                "item.content[0].x",
+            ),
+        ],
+    )
+    def test_invalid_images(self, part: dict[str, Any], param: str) -> None:
+        """Only PNG/JPEG data URLs and the three detail levels are accepted."""
+        script = Script(Family.GA)
+        item = {"type": "message", "role": "user", "content": [part]}
+        error = error_of(
+            script.send({"type": "conversation.item.create", "item": item})
+        )
+        assert error["param"] == param
+
+    def test_preview_has_no_image_input(self) -> None:
+        """Preview refuses input_image parts (the beta protocol has none)."""
+        script = Script(Family.PREVIEW)
+        image = {"type": "input_image", "image_url": PNG_URL}
+        item = {"type": "message", "role": "user", "content": [image]}
+        error = error_of(
+            script.send({"type": "conversation.item.create", "item": item})
+        )
+        assert (error["code"], error["param"]) == (
+            "invalid_value",
+            "item.content[0].type",
+        )
+
+
+class TestGptRealtime2:
+    def test_reasoning_and_parallel_tool_calls_are_echoed(self) -> None:
+        """GA session.update takes reasoning.effort and parallel_tool_calls."""
+        script = Script(Family.GA)
+        assert "reasoning" not in script.opening[0]["session"]
+        update = {
+            "type": "realtime",
+            "reasoning": {"effort": "minimal"},
+            "parallel_tool_calls": True,
+        }
+        [updated] = script.send({"type": "session.update", "session": update})
+        assert updated["session"]["reasoning"] == {"effort": "minimal"}
+        assert updated["session"]["parallel_tool_calls"] is True
+        reset = {"type": "realtime", "reasoning": None}
+        [updated] = script.send({"type": "session.update", "session": reset})
+        assert updated["session"]["reasoning"] is None
+
+    @pytest.mark.parametrize(
+        ("reasoning", "code", "param"),
+        [
+            ({"effort": "extreme"}, "invalid_value", "session.reasoning.effort"),
+            ({"summary": "auto"}, "unknown_parameter", "session.reasoning.summary"),
+            ("high", "invalid_type", "session.reasoning"),
+        ],
+    )
+    def test_invalid_reasoning(self, reasoning: object, code: str, param: str) -> None:
+        """reasoning is an object with one effort of the documented values."""
+        script = Script(Family.GA)
+        update = {"type": "realtime", "reasoning": reasoning}
+        error = error_of(script.send({"type": "session.update", "session": update}))
+        assert (error["code"], error["param"]) == (code, param)
+
+    def test_preview_rejects_reasoning(self) -> None:
+        """reasoning is a GA field: unknown on preview."""
+        error = error_of(
+            Script().send(
+                {"type": "session.update", "session": {"reasoning": {"effort": "low"}}}
+            )
+        )
+        assert error["code"] == "unknown_parameter"
+
+    def test_response_create_takes_reasoning(self) -> None:
+        """response.create validates reasoning and parallel_tool_calls (not echoed)."""
+        script = Script(Family.GA)
+        events = script.send(
+            {
+                "type": "response.create",
+                "response": {
+                    "reasoning": {"effort": "high"},
+                    "parallel_tool_calls": False,
+                },
+            }
+        )
+        assert "reasoning" not in done_of(events)
+        error = error_of(
+            script.send(
+                {"type": "response.create", "response": {"parallel_tool_calls": "yes"}}
+            )
+        )
+        assert error["param"] == "response.parallel_tool_calls"

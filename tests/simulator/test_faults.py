@@ -16,6 +16,7 @@ def test_defaults_are_off() -> None:
     assert not faults.take_stall("session_created")
     assert not faults.take_stall("mid_response")
     assert faults.take_oversized() is None
+    assert not faults.take_transcription_failure()
     assert faults.handshake_delay == 0
 
 
@@ -41,6 +42,7 @@ def test_mid_session_faults_are_one_shot() -> None:
             "stall_after_session_created": True,
             "stall_mid_response": True,
             "oversized_frame_bytes": 2_000_000,
+            "fail_transcription": True,
         }
     )
     assert (faults.take_close(), faults.take_close()) == (1011, None)
@@ -54,6 +56,10 @@ def test_mid_session_faults_are_one_shot() -> None:
         False,
     )
     assert (faults.take_oversized(), faults.take_oversized()) == (2_000_000, None)
+    assert (
+        faults.take_transcription_failure(),
+        faults.take_transcription_failure(),
+    ) == (True, False)
 
 
 @pytest.mark.parametrize(
@@ -74,6 +80,7 @@ def test_mid_session_faults_are_one_shot() -> None:
         {"close_mid_response": 999},
         {"close_mid_response": 5000},
         {"reset_mid_response": 1},
+        {"fail_transcription": "yes"},
         {"oversized_frame_bytes": 0},
         {"oversized_frame_bytes": 2**40},
         {"explode": True},

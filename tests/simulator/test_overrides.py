@@ -68,6 +68,8 @@ def test_preview_overrides() -> None:
         max_output_tokens=50,
         temperature=1.0,
         input=[],
+        tools=({"type": "function", "name": "f"},),
+        tool_choice="required",
     )
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
+from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from relay.simulator import Simulator, speech_like_pcm16
@@ -141,18 +143,31 @@ class TestHandshake:
 
 class TestSessions:
     async def test_preview_session_created(self) -> None:
-        """Preview: session.created with the full session, then conversation.created."""
+        """Preview: session.created with the full session, and no conversation.created."""
+        async with Simulator.start(api_keys={KEY}) as sim:
+            before = time.time()
+            async with session(sim) as ws:
+                created = await receive(ws)
+                after = time.time()
+                assert created["type"] == "session.created"
+                session_object = created["session"]
+                assert session_object["model"] == "gpt-4o-realtime-preview"
+                assert session_object["turn_detection"]["type"] == "server_vad"
+                assert session_object["input_audio_noise_reduction"] is None
+                # The next event answers the client: nothing came in between.
+                await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+                assert (await receive(ws))["type"] == "input_audio_buffer.cleared"
+        # Azure's 60 minutes, from the moment the session opened.
+        assert int(before) + 3600 <= session_object["expires_at"] <= after + 3600
+
+    async def test_conversation_created_on_request(self) -> None:
+        """conversation_created=True: preview sessions get conversation.created too."""
         async with (
-            Simulator.start(api_keys={KEY}, max_session_seconds=1800) as sim,
+            Simulator.start(api_keys={KEY}, conversation_created=True) as sim,
             session(sim) as ws,
         ):
-            created = await receive(ws)
-            conversation = await receive(ws)
-            assert created["type"] == "session.created"
-            assert created["session"]["model"] == "gpt-4o-realtime-preview"
-            assert created["session"]["turn_detection"]["type"] == "server_vad"
-            assert created["session"]["input_audio_noise_reduction"] is None
-            assert conversation["type"] == "conversation.created"
+            assert (await receive(ws))["type"] == "session.created"
+            assert (await receive(ws))["type"] == "conversation.created"
 
     @pytest.mark.parametrize(
         ("path", "query"),
@@ -164,7 +179,7 @@ class TestSessions:
     async def test_ga_session_created(self, path: str, query: str) -> None:
         """GA (the /v1 path, or a non-preview api-version): the GA session object."""
         async with (
-            Simulator.start(api_keys={KEY}) as sim,
+            Simulator.start(api_keys={KEY}, audio_speed=None) as sim,
             connect(
                 ws_url(sim, path, query), additional_headers={"api-key": KEY}
             ) as ws,
@@ -179,8 +194,11 @@ class TestSessions:
     async def test_full_audio_turn_with_server_vad(self) -> None:
         """Speech-like PCM16 in 100 ms appends: VAD turn, auto-commit, audio response."""
         audio = speech_like_pcm16(1.0, leading_silence=0.3, trailing_silence=0.6)
-        async with Simulator.start(api_keys={KEY}) as sim, session(sim) as ws:
-            await receive_until(ws, "conversation.created")
+        async with (
+            Simulator.start(api_keys={KEY}, audio_speed=None) as sim,
+            session(sim) as ws,
+        ):
+            await receive_until(ws, "session.created")
             for start in range(0, len(audio), 4800):
                 chunk = audio[start : start + 4800]
                 await ws.send(
@@ -188,16 +206,16 @@ class TestSessions:
                         {"type": "input_audio_buffer.append", "audio": b64(chunk)}
                     )
                 )
-            events = await receive_until(ws, "rate_limits.updated")
+            events = await receive_until(ws, "response.done")
         names = [event["type"] for event in events]
-        assert names[:4] == [
+        assert names[:6] == [
             "input_audio_buffer.speech_started",
             "input_audio_buffer.speech_stopped",
             "input_audio_buffer.committed",
             "conversation.item.created",
+            "response.created",
+            "rate_limits.updated",
         ]
-        assert names[4] == "response.created"
-        assert names[-2:] == ["response.done", "rate_limits.updated"]
         deltas = [
             base64.b64decode(e["delta"])
             for e in events
@@ -205,7 +223,7 @@ class TestSessions:
         ]
         assert sum(len(d) for d in deltas) == 48_000
         assert events[0]["audio_start_ms"] == 0
-        done = events[-2]["response"]
+        done = events[-1]["response"]
         assert done["status"] == "completed"
         assert done["output"][0]["content"][0]["transcript"].startswith(
             "This is the Realtime simulator."
@@ -214,7 +232,7 @@ class TestSessions:
     async def test_errors_keep_the_socket_open(self) -> None:
         """Garbage text and binary frames get error events; the session continues."""
         async with Simulator.start(api_keys={KEY}) as sim, session(sim) as ws:
-            await receive_until(ws, "conversation.created")
+            await receive_until(ws, "session.created")
             await ws.send("not json")
             assert (await receive(ws))["error"]["code"] == "invalid_json"
             await ws.send(b"\x00\x01")
@@ -241,7 +259,7 @@ class TestSessions:
         """Appends of several MiB fit the 16 MiB frame limit."""
         audio = bytes(4 * 2**20)
         async with Simulator.start(api_keys={KEY}) as sim, session(sim) as ws:
-            await receive_until(ws, "conversation.created")
+            await receive_until(ws, "session.created")
             await ws.send(
                 json.dumps(
                     {"type": "session.update", "session": {"turn_detection": None}}
@@ -254,35 +272,47 @@ class TestSessions:
             await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
             assert (await receive(ws))["type"] == "input_audio_buffer.committed"
 
-    async def test_audio_pace_spaces_the_deltas(self) -> None:
-        """audio_pace puts (at least) that many seconds between audio deltas."""
-        pace = 0.05
+    @pytest.mark.parametrize(
+        ("options", "speed"),
+        [
+            # The default, on half a second of audio: 100, 150, 200 and 50 ms.
+            ({"response_audio_seconds": 0.5}, 2.0),
+            ({"audio_speed": 4.0}, 4.0),
+        ],
+    )
+    async def test_audio_is_paced_at_a_multiple_of_real_time(
+        self, options: dict[str, Any], speed: float
+    ) -> None:
+        """Each audio delta of N ms is followed by N / audio_speed ms (default 2x)."""
         async with (
-            Simulator.start(api_keys={KEY}, audio_pace=pace) as sim,
+            Simulator.start(api_keys={KEY}, **options) as sim,
             session(sim) as ws,
         ):
-            await receive_until(ws, "conversation.created")
+            await receive_until(ws, "session.created")
             loop = asyncio.get_running_loop()
             # Read before asking: the first delta is sent after it, and each
-            # next one at least pace later. (Gaps between arrivals are not
-            # bounded below: a busy reader may see two deltas at once.)
+            # next one at least its predecessor's length / speed later. (Gaps
+            # between arrivals are not bounded below: a busy reader may see
+            # two deltas at once.)
             started = loop.time()
             await ws.send(json.dumps({"type": "response.create"}))
-            arrivals = []
+            lengths, arrivals = [], []
             async with asyncio.timeout(10 * SECOND):
                 while (event := json.loads(await ws.recv()))["type"] != "response.done":
                     if event["type"] == "response.audio.delta":
                         arrivals.append(loop.time())
-        assert len(arrivals) == 7
-        assert arrivals[-1] - started >= (len(arrivals) - 1) * pace
+                        lengths.append(len(base64.b64decode(event["delta"])) / 48_000)
+        assert len(arrivals) >= 4
+        assert arrivals[-1] - started >= sum(lengths[:-1]) / speed
 
     async def test_paced_response_can_be_cancelled(self) -> None:
         """While deltas are paced, a response.cancel is answered promptly."""
         async with (
-            Simulator.start(api_keys={KEY}, audio_pace=1.0) as sim,
+            # 100 ms of audio, then a second before the next delta.
+            Simulator.start(api_keys={KEY}, audio_speed=0.1) as sim,
             session(sim) as ws,
         ):
-            await receive_until(ws, "conversation.created")
+            await receive_until(ws, "session.created")
             await ws.send(json.dumps({"type": "response.create"}))
             await receive_until(ws, "response.audio.delta")
             await ws.send(json.dumps({"type": "response.cancel"}))
@@ -304,6 +334,129 @@ class TestSessions:
                 await receive(ws)
             assert ws.close_code == 1000
             await sim.wait_idle(timeout=5 * SECOND)
+
+
+class FakeClock:
+    """Unix time that a test moves forward (the simulator's timers read it)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def send(ws: ClientConnection, event: dict[str, Any]) -> None:
+    await ws.send(json.dumps(event))
+
+
+class TestFidelity:
+    @pytest.mark.parametrize("ga", [False, True])
+    async def test_function_call_round_trip(self, ga: bool) -> None:
+        """A call, no answer until function_call_output and response.create, then it."""
+        tool = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+        update: dict[str, Any] = {"tools": [tool], "tool_choice": "required"}
+        if ga:
+            update["type"] = "realtime"
+        async with (
+            Simulator.start(api_keys={KEY}, audio_speed=None) as sim,
+            session(sim, ga=ga) as ws,
+        ):
+            await receive_until(ws, "session.created")
+            await send(ws, {"type": "session.update", "session": update})
+            await receive_until(ws, "session.updated")
+            await send(ws, {"type": "response.create"})
+            events = await receive_until(ws, "response.done")
+            [done] = [
+                e
+                for e in events
+                if e["type"] == "response.function_call_arguments.done"
+            ]
+            assert events[-1]["response"]["status"] == "completed"
+            # It waits: the next event answers the next client event.
+            await send(ws, {"type": "input_audio_buffer.clear"})
+            assert (await receive(ws))["type"] == "input_audio_buffer.cleared"
+            output = {
+                "type": "function_call_output",
+                "call_id": done["call_id"],
+                "output": "{}",
+            }
+            await send(ws, {"type": "conversation.item.create", "item": output})
+            await send(
+                ws, {"type": "response.create", "response": {"tool_choice": "auto"}}
+            )
+            events = await receive_until(ws, "response.done")
+        answer = events[-1]["response"]["output"][0]
+        assert answer["content"][0]["transcript"].endswith(
+            "The lookup tool returned 2 characters."
+        )
+
+    async def test_barge_in_cancels_a_paced_response(self) -> None:
+        """At the default pace a response still runs when the user speaks: cancelled."""
+        async with (
+            Simulator.start(api_keys={KEY}, response_audio_seconds=3) as sim,
+            session(sim) as ws,
+        ):
+            await receive_until(ws, "session.created")
+            await send(ws, {"type": "response.create"})
+            await receive_until(ws, "response.audio.delta")
+            speech = speech_like_pcm16(0.3)
+            await send(ws, {"type": "input_audio_buffer.append", "audio": b64(speech)})
+            events = await receive_until(ws, "response.done")
+        assert "input_audio_buffer.speech_started" in [e["type"] for e in events]
+        response = events[-1]["response"]
+        assert response["status"] == "cancelled"
+        assert response["status_details"]["reason"] == "turn_detected"
+
+    async def test_idle_timeout_over_the_wire(self) -> None:
+        """After a response and idle_timeout_ms of nothing: timeout_triggered and a prompt."""
+        clock = FakeClock()
+        vad = {"type": "server_vad", "idle_timeout_ms": 5000}
+        update = {"type": "realtime", "audio": {"input": {"turn_detection": vad}}}
+        async with (
+            Simulator.start(api_keys={KEY}, audio_speed=None, clock=clock) as sim,
+            session(sim, ga=True) as ws,
+        ):
+            await receive_until(ws, "session.created")
+            await send(ws, {"type": "session.update", "session": update})
+            await receive_until(ws, "session.updated")
+            await send(ws, {"type": "response.create"})
+            await receive_until(ws, "response.done")
+            # Any client event lets the session see the time that passed.
+            clock.offset += 6.5
+            await send(ws, {"type": "input_audio_buffer.clear"})
+            events = await receive_until(ws, "response.done")
+        names = [e["type"] for e in events]
+        assert names[:3] == [
+            "input_audio_buffer.timeout_triggered",
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+        ]
+        assert "input_audio_buffer.cleared" in names
+        assert events[-1]["response"]["status"] == "completed"
+
+    async def test_transcription_failure_switch(self) -> None:
+        """sim.faults.fail_transcription: the next transcription fails."""
+        update = {
+            "input_audio_transcription": {"model": "whisper-1"},
+            "turn_detection": None,
+        }
+        async with (
+            Simulator.start(api_keys={KEY}, audio_speed=None) as sim,
+            session(sim) as ws,
+        ):
+            await receive_until(ws, "session.created")
+            await send(ws, {"type": "session.update", "session": update})
+            await receive_until(ws, "session.updated")
+            sim.faults.update({"fail_transcription": True})
+            audio = b64(bytes(9600))
+            await send(ws, {"type": "input_audio_buffer.append", "audio": audio})
+            await send(ws, {"type": "input_audio_buffer.commit"})
+            events = await receive_until(
+                ws, "conversation.item.input_audio_transcription.failed"
+            )
+            assert events[0]["type"] == "input_audio_buffer.committed"
+            assert not sim.faults.fail_transcription
 
 
 class TestStatsAndLifecycle:
@@ -348,10 +501,10 @@ class TestStatsAndLifecycle:
     async def test_closing_the_simulator_closes_everything(self) -> None:
         """Leaving start() closes open sessions with 1001 and leaves no task behind."""
         before = asyncio.all_tasks()
-        async with Simulator.start(api_keys={KEY}, audio_pace=0.5) as sim:
+        async with Simulator.start(api_keys={KEY}, audio_speed=0.2) as sim:
             url = ws_url(sim, PREVIEW_PATH, PREVIEW_QUERY)
             ws = await connect(url, additional_headers={"api-key": KEY})
-            await receive_until(ws, "conversation.created")
+            await receive_until(ws, "session.created")
             await ws.send(json.dumps({"type": "response.create"}))
             await receive_until(ws, "response.audio.delta")  # Mid-response, paced.
         async with asyncio.timeout(5 * SECOND):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -20,7 +21,7 @@ PREVIEW_URL = ("/openai/realtime", "api-version=2025-04-01-preview&deployment=de
 
 async def start_response(ws: ClientConnection) -> list[dict[str, object]]:
     """Skip the greeting, ask for a response, return events up to its first audio delta."""
-    await receive_until(ws, "conversation.created")
+    await receive_until(ws, "session.created")
     await ws.send(json.dumps({"type": "response.create"}))
     return await receive_until(ws, "response.audio.delta")
 
@@ -96,10 +97,14 @@ class TestHandshakeFaults:
                 await receive(ws)
 
 
+# Mid-session faults act on the first delta; the rest may stream at once.
+UNPACED: dict[str, Any] = {"api_keys": {KEY}, "audio_speed": None}
+
+
 class TestMidSessionFaults:
     async def test_close_mid_response(self) -> None:
         """The socket closes with the given code right after the first audio delta."""
-        async with Simulator.start(api_keys={KEY}) as sim:
+        async with Simulator.start(**UNPACED) as sim:
             sim.faults.close_mid_response = 4000
             async with session(sim) as ws:
                 await start_response(ws)
@@ -111,7 +116,7 @@ class TestMidSessionFaults:
 
     async def test_reset_mid_response(self) -> None:
         """The TCP connection is aborted: no close frame reaches the client."""
-        async with Simulator.start(api_keys={KEY}) as sim:
+        async with Simulator.start(**UNPACED) as sim:
             sim.faults.reset_mid_response = True
             async with session(sim) as ws:
                 await start_response(ws)
@@ -122,8 +127,8 @@ class TestMidSessionFaults:
             assert sim.stats.connections_closed == 1
 
     async def test_stall_after_session_created(self) -> None:
-        """session.created arrives, then nothing (not even conversation.created)."""
-        async with Simulator.start(api_keys={KEY}) as sim:
+        """session.created arrives, then nothing (not even an answer)."""
+        async with Simulator.start(**UNPACED) as sim:
             sim.faults.stall_after_session_created = True
             async with session(sim) as ws:
                 assert (await receive(ws))["type"] == "session.created"
@@ -133,7 +138,7 @@ class TestMidSessionFaults:
 
     async def test_stall_mid_response(self) -> None:
         """After the first audio delta the server goes quiet but keeps the socket."""
-        async with Simulator.start(api_keys={KEY}) as sim:
+        async with Simulator.start(**UNPACED) as sim:
             sim.faults.stall_mid_response = True
             async with session(sim) as ws:
                 await start_response(ws)
@@ -152,10 +157,10 @@ class TestMidSessionFaults:
     async def test_oversized_frame(self) -> None:
         """The first audio delta is padded (valid JSON) to exactly the requested size."""
         size = 2 * 2**20
-        async with Simulator.start(api_keys={KEY}) as sim:
+        async with Simulator.start(**UNPACED) as sim:
             sim.faults.oversized_frame_bytes = size
             async with session(sim) as ws:
-                await receive_until(ws, "conversation.created")
+                await receive_until(ws, "session.created")
                 await ws.send(json.dumps({"type": "response.create"}))
                 async with asyncio.timeout(5 * SECOND):
                     while True:
@@ -169,8 +174,8 @@ class TestMidSessionFaults:
 
     async def test_faults_set_after_connecting_apply(self) -> None:
         """Switches are read when they apply, not when the connection opened."""
-        async with Simulator.start(api_keys={KEY}) as sim, session(sim) as ws:
-            await receive_until(ws, "conversation.created")
+        async with Simulator.start(**UNPACED) as sim, session(sim) as ws:
+            await receive_until(ws, "session.created")
             sim.faults.update({"close_mid_response": 1011})
             await ws.send(json.dumps({"type": "response.create"}))
             await receive_until(ws, "response.audio.delta")

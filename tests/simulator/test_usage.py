@@ -66,10 +66,11 @@ def test_usage_object_shape() -> None:
 
 
 def test_rate_limits_count_down_and_floor_at_zero() -> None:
-    """Requests drop by one per response and tokens by the response's total."""
+    """Requests drop by one per response, tokens by reservations, then by usage."""
     limits = RateLimits()
-    first = limits.charge(60_000)
+    first = limits.reserve(60_000)
     assert [entry["remaining"] for entry in first] == [999, 40_000]
-    second = limits.charge(60_000)
+    limits.settle(60_000, 50_000)
+    second = limits.reserve(60_000)
     assert [entry["remaining"] for entry in second] == [998, 0]
     assert {entry["name"] for entry in second} == {"requests", "tokens"}
