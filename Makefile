@@ -96,11 +96,14 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -q
 
-## bench: direct path vs relay vs nginx under audio load; writes docs/benchmarks.md
+## bench: direct path vs relay vs nginx under audio load, then the isolation
+## benchmark (attackers of every class against well-behaved sessions); writes
+## docs/benchmarks.md and bench/results.json (about 13 minutes; the isolation
+## part alone: python bench/run.py --isolation-only, about 5)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-## bench-quick: a one-level smoke run of the same (nothing written)
+## bench-quick: a smoke run of both parts, shortened (nothing written)
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick --no-report
 
