@@ -157,10 +157,21 @@ def phase(
     return result
 
 
+def test_reference_is_the_better_baseline_figure_by_figure(iso: ModuleType) -> None:
+    """A stall in one baseline does not lower the bar for the relay."""
+    quiet = phase(iso, 0, [1.0] * 300, livez_ms=3.0)
+    noisy = phase(iso, 0, [0.5] * 150 + [40.0] + [0.5] * 149, livez_ms=1.0)
+    base = iso.reference([quiet, noisy])
+    # One stall in 100 appends is above the p99: only the max sees it.
+    assert (base.p50_ms, base.p99_ms, base.max_ms) == (0.5, 0.5, 1.0)
+    assert base.rtt_limit_ms == 1.0 + iso.LATE_MARGIN_MS
+    assert base.livez_limit_ms == 1.0 + iso.LATE_MARGIN_MS
+
+
 def test_summarize_adds_against_the_baselines_same_window(iso: ModuleType) -> None:
     baseline = phase(iso, 0, [1.0] * 300)
     attacked = phase(iso, 1, [1.0] * 100 + [2.0] * 98 + [30.0, 90.0] + [1.0] * 100)
-    row = iso.summarize(attacked, baseline)
+    row = iso.summarize(attacked, iso.reference([baseline]))
     assert (row["p50_ms"], row["p99_ms"], row["max_ms"]) == (2.0, 30.0, 90.0)
     assert (row["p50_added_ms"], row["p99_added_ms"], row["max_added_ms"]) == (
         1.0,
@@ -183,7 +194,7 @@ def test_summarize_adds_against_the_baselines_same_window(iso: ModuleType) -> No
 def test_many_attackers_are_held_to_livez_and_recovery(iso: ModuleType) -> None:
     baseline = phase(iso, 0, [1.0] * 300)
     slow = phase(iso, 20, [1.0] * 100 + [150.0] * 100 + [1.0] * 100, livez_ms=1500.0)
-    row = iso.summarize(slow, baseline)
+    row = iso.summarize(slow, iso.reference([baseline]))
     assert row["p99_added_ms"] == 149.0
     assert row["targets"]["p99_added"] is True  # <= 200 ms with 20 attackers
     assert row["targets"]["livez"] is False
@@ -200,7 +211,7 @@ def test_rss_and_losses_fail_their_targets(iso: ModuleType) -> None:
         [1.0] * 150 + [None] + [1.0] * 149,
         rss_kib=(60 * 1024, 60 * 1024 + 200 * 1024, 60 * 1024 + 30 * 1024),
     )
-    row = iso.summarize(grown, baseline)
+    row = iso.summarize(grown, iso.reference([baseline]))
     assert row["victim_lost"] == 1
     assert row["targets"]["victims_kept"] is False
     assert row["rss_bound_mib"] == round(iso.rss_bound(1) / MiB, 1)
@@ -210,10 +221,11 @@ def test_rss_and_losses_fail_their_targets(iso: ModuleType) -> None:
 
 def test_report_has_a_row_per_phase_and_says_what_failed(iso: ModuleType) -> None:
     baseline = phase(iso, 0, [1.0] * 300)
+    base = iso.reference([baseline])
     rows = [
         iso.summarize(baseline, None),
-        iso.summarize(phase(iso, 1, [1.0] * 300), baseline),
-        iso.summarize(phase(iso, 20, [1.0] * 100 + [300.0] * 200), baseline),
+        iso.summarize(phase(iso, 1, [1.0] * 300), base),
+        iso.summarize(phase(iso, 20, [1.0] * 100 + [300.0] * 200), base),
     ]
     rows[1]["attack"] = {
         "connects": 3,
@@ -232,6 +244,13 @@ def test_report_has_a_row_per_phase_and_says_what_failed(iso: ModuleType) -> Non
             "attackers": [1, 20],
         },
         "limits": {"retained_per_session_mib": 84.2, "in_flight_mib": 80.0},
+        "reference": {
+            "p50_ms": 1.0,
+            "p99_ms": 1.0,
+            "max_ms": 1.0,
+            "rtt_limit_ms": 6.0,
+            "livez_limit_ms": 6.0,
+        },
         "load": "0.10 0.20 0.30",
         "minutes": 4.5,
         "rows": rows,
