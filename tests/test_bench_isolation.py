@@ -227,6 +227,7 @@ def test_report_has_a_row_per_phase_and_says_what_failed(iso: ModuleType) -> Non
         iso.summarize(phase(iso, 1, [1.0] * 300), base),
         iso.summarize(phase(iso, 20, [1.0] * 100 + [300.0] * 200), base),
     ]
+    rows[1]["others_cpu"] = 0.25
     rows[1]["attack"] = {
         "connects": 3,
         "up": 3,
@@ -263,7 +264,16 @@ def test_report_has_a_row_per_phase_and_says_what_failed(iso: ModuleType) -> Non
     assert table[0].startswith("| baseline | 0 | 1.0 / 1.0 / 1.0 (absolute) |")
     assert table[1].startswith("| tiny | 1 | 0.0 / 0.0 / 0.0 | 0/100 |")
     assert "| 3, 5, 2×4029; 2×HTTP 429 | met |" in table[1]
+    assert "| 50% (25%) |" in table[1]  # the relay's share, and others' on its core
     assert table[2].endswith("| **not met**: p99, recovery |")
     assert "84.2 MiB per session" in text
     for attack_class in iso.CLASSES:
         assert f"- `{attack_class.name}`: " in text
+
+
+def test_core_seconds_reads_one_cpu(iso: ModuleType) -> None:
+    """Busy time of one CPU since boot: positive, and never going back."""
+    first = iso.core_seconds("0")
+    assert 0 < first <= iso.core_seconds("0")
+    with pytest.raises(RuntimeError):
+        iso.core_seconds("999")
