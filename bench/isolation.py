@@ -8,13 +8,16 @@ count a fresh relay (default limits, pinned to CPU 0) serves:
   through the echo upstream, each round trip traced (``--trace``);
 * N **attackers**: ``attack`` sessions of one class, authenticated with a
   valid key of their own client, reconnecting at once whenever the relay ends
-  a session; their deployments go to a second echo upstream, which floods the
+  a session; their deployments go to a second echo upstream, which only
+  listens (appends are never answered), except that it floods the
   ``flood-*`` deployments' sessions (the hostile-upstream classes).
 
 A phase is ``pre`` seconds of quiet, ``attack`` seconds of attack and
-``post`` seconds after it; a baseline phase runs the same timeline with no
-attacker. Meanwhile a probe thread asks ``/livez`` every 100 ms (a new
-connection each time, like a kubelet) and reads the relay's RSS. Attackers
+``post`` seconds after it; two baseline phases, the first and the last, run
+the same timeline with no attacker, and the better of them, figure by
+figure, is the reference (:func:`reference`). Meanwhile a probe thread asks
+``/livez`` every 100 ms (a new connection each time, like a kubelet) and
+reads the relay's RSS. Attackers
 and the hostile upstream run at nice 19 on the load core, so the victims'
 load generator and upstream are served first there and what the victims
 feel is the relay.
@@ -64,7 +67,7 @@ MANY_P99_MS: Final = 200.0
 MANY_LIVEZ_MS: Final = 1000.0
 MANY_RECOVERY_S: Final = 1.0
 # "Back to normal": a victim round trip or a /livez answer is late when it
-# exceeds the baseline phase's maximum by more than this.
+# exceeds the reference's maximum by more than this.
 LATE_MARGIN_MS: Final = 5.0
 # RSS "back to baseline": what may stay resident after the attack (allocator
 # caches: glibc keeps freed blocks of up to one message in its heap once its
