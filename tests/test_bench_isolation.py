@@ -60,20 +60,26 @@ def test_retained_per_session_formula(iso: ModuleType) -> None:
     assert iso.rss_bound(20) == 20 * retained + 5 * m
 
 
-def test_percentile_is_nearest_rank(iso: ModuleType) -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert iso.percentile(values, 0.5) == 50
-    assert iso.percentile(values, 0.99) == 99
-    assert iso.percentile([7.0], 0.99) == 7
+def test_window_percentiles_are_nearest_rank(iso: ModuleType) -> None:
+    trace = sends(iso, 0.0, [float(v) for v in range(100, 0, -1)])
+    whole = iso.window(trace, 0.0, 1.0)
+    assert (whole.sent, whole.lost) == (100, 0)
+    assert (whole.p50_ms, whole.p99_ms, whole.max_ms) == (50.0, 99.0, 100.0)
+    one = iso.window(trace, 0.0, 0.01)
+    assert (one.p50_ms, one.p99_ms, one.max_ms) == (100.0, 100.0, 100.0)
 
 
-def test_window_takes_sends_by_time_and_counts_losses(iso: ModuleType) -> None:
+def test_window_counts_lost_appends_as_later_than_any(iso: ModuleType) -> None:
+    """A lost append is later than every answer: the percentiles that fall on
+    one, and the maximum, have no figure."""
     trace = sends(iso, 10.0, [1.0, 2.0, None, 4.0, 100.0])
     inside = iso.window(trace, 10.01, 10.04)  # the 2nd to 4th sends
     assert (inside.sent, inside.lost) == (3, 1)
-    assert (inside.p50_ms, inside.p99_ms, inside.max_ms) == (2.0, 4.0, 4.0)
-    nothing = iso.window(trace, 10.02, 10.03)  # only the lost one
-    assert (nothing.sent, nothing.lost, nothing.p99_ms) == (1, 1, None)
+    assert (inside.p50_ms, inside.p99_ms, inside.max_ms) == (4.0, None, None)
+    mostly_lost = iso.window(sends(iso, 0.0, [1.0] + [None] * 9), 0.0, 1.0)
+    assert (mostly_lost.p50_ms, mostly_lost.p99_ms) == (None, None)
+    empty = iso.window(trace, 20.0, 21.0)
+    assert (empty.sent, empty.p50_ms, empty.max_ms) == (0, None, None)
 
 
 def test_read_trace(iso: ModuleType, tmp_path: Path) -> None:
@@ -213,6 +219,8 @@ def test_rss_and_losses_fail_their_targets(iso: ModuleType) -> None:
     )
     row = iso.summarize(grown, iso.reference([baseline]))
     assert row["victim_lost"] == 1
+    assert row["max_ms"] is None  # the lost one is later than any answer
+    assert row["targets"]["max_added"] is False
     assert row["targets"]["victims_kept"] is False
     assert row["rss_bound_mib"] == round(iso.rss_bound(1) / MiB, 1)
     assert row["targets"]["rss_bounded"] is False  # 200 MiB over a 164 MiB bound
@@ -226,6 +234,7 @@ def test_report_has_a_row_per_phase_and_says_what_failed(iso: ModuleType) -> Non
         iso.summarize(baseline, None),
         iso.summarize(phase(iso, 1, [1.0] * 300), base),
         iso.summarize(phase(iso, 20, [1.0] * 100 + [300.0] * 200), base),
+        iso.summarize(phase(iso, 20, [1.0] * 100 + [None] * 200), base),
     ]
     rows[1]["others_cpu"] = 0.25
     rows[1]["attack"] = {
@@ -260,12 +269,14 @@ def test_report_has_a_row_per_phase_and_says_what_failed(iso: ModuleType) -> Non
     assert text.startswith("## Isolation\n")
     assert "load average 0.10 0.20 0.30" in text
     table = [line for line in text.splitlines() if line.startswith("| ")][1:]
-    assert len(table) == 3
+    assert len(table) == 4
     assert table[0].startswith("| baseline | 0 | 1.0 / 1.0 / 1.0 (absolute) |")
     assert table[1].startswith("| tiny | 1 | 0.0 / 0.0 / 0.0 | 0/100 |")
     assert "| 3, 5, 2×4029; 2×HTTP 429 | met |" in table[1]
     assert "| 50% (25%) |" in table[1]  # the relay's share, and others' on its core
     assert table[2].endswith("| **not met**: p99, recovery |")
+    assert table[3].startswith("| tiny | 20 | lost / lost / lost | 100/100 |")
+    assert table[3].endswith("| **not met**: victims lost, p99, recovery |")
     assert "84.2 MiB per session" in text
     for attack_class in iso.CLASSES:
         assert f"- `{attack_class.name}`: " in text
