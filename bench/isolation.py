@@ -73,6 +73,12 @@ LATE_MARGIN_MS: Final = 5.0
 # caches: glibc keeps freed blocks of up to one message in its heap once its
 # dynamic mmap threshold has risen).
 RSS_AFTER_SLACK: Final = MAX_MESSAGE_BYTES + 8 * MiB
+# The machine is shared: a phase in which other processes took more than
+# this share of the relay's core is measured again (at most RETRIES more
+# times), and the least disturbed attempt is kept. The criterion is
+# independent of the phase's results.
+DISTURBED: Final = 0.15
+RETRIES: Final = 2
 
 
 @dataclass(frozen=True)
@@ -343,6 +349,8 @@ class Phase:
     relay_cpu_s: float = 0.0
     others_cpu_s: float = 0.0
     """CPU time that other processes took on the relay's core during the attack."""
+    attempts: int = 1
+    """Phases run to get this one (see :data:`DISTURBED`)."""
     rss_base_kib: int = 0
     rss_peak_kib: int = 0
     rss_after_kib: int = 0
@@ -416,6 +424,7 @@ def summarize(phase: Phase, base: Reference | None) -> dict[str, Any]:
         # Anything else on the relay's core (the machine is shared): the
         # relay's figures are its own only while this stays small.
         "others_cpu": round(phase.others_cpu_s / seconds, 3) if seconds else None,
+        "attempts": phase.attempts,
         "rss_base_mib": round(phase.rss_base_kib / 1024, 1),
         "rss_peak_mib": round(phase.rss_peak_kib / 1024, 1),
         "rss_after_mib": round(phase.rss_after_kib / 1024, 1),
@@ -604,13 +613,13 @@ class Isolation:
             ) as hostile_port,
         ):
             self.victims_upstream, self.hostile_upstream = victims_port, hostile_port
-            baselines = [self._progress(self.phase(None, 0))]
+            baselines = [self._least_disturbed(None, 0)]
             attacked = [
-                self._progress(self.phase(attack_class, attackers))
+                self._least_disturbed(attack_class, attackers)
                 for attack_class in classes
                 for attackers in self.timing.attackers
             ]
-            baselines.append(self._progress(self.phase(None, 0)))
+            baselines.append(self._least_disturbed(None, 0))
         base = reference(baselines)
         rows = [summarize(b, None) for b in baselines]
         rows[-1]["class"] = "baseline (end)"
@@ -643,6 +652,22 @@ class Isolation:
             "rows": rows,
         }
 
+    def _least_disturbed(
+        self, attack_class: AttackClass | None, attackers: int
+    ) -> Phase:
+        """The phase, measured again while other processes took the relay's core."""
+        kept: Phase | None = None
+        for attempt in range(1, 2 + RETRIES):
+            phase = self._progress(self.phase(attack_class, attackers))
+            if kept is None or phase.others_cpu_s < kept.others_cpu_s:
+                kept = phase
+            kept.attempts = attempt
+            seconds = phase.attack_end - phase.attack_start
+            if phase.others_cpu_s <= DISTURBED * seconds:
+                break
+        assert kept is not None
+        return kept
+
     @staticmethod
     def _progress(phase: Phase) -> Phase:
         during = window(phase.sends, phase.attack_start, phase.attack_end)
@@ -650,7 +675,8 @@ class Isolation:
             f"isolation: {phase.attack_class or 'baseline'} x{phase.attackers}: "
             f"victims p50 {during.p50_ms} p99 {during.p99_ms} max {during.max_ms} ms, "
             f"lost {during.lost}; /livez max {max((p.ms for p in phase.probes), default=0):.1f} ms; "
-            f"RSS {phase.rss_base_kib // 1024}/{phase.rss_peak_kib // 1024}/{phase.rss_after_kib // 1024} MiB",
+            f"RSS {phase.rss_base_kib // 1024}/{phase.rss_peak_kib // 1024}/{phase.rss_after_kib // 1024} MiB; "
+            f"relay CPU {phase.relay_cpu_s:.1f} s, others on its core {phase.others_cpu_s:.1f} s",
             flush=True,
         )
         return phase
@@ -807,7 +833,8 @@ def report(result: dict[str, Any], command: str) -> list[str]:
         f"{LATE_MARGIN_MS:g} ms. *RSS*: at the attack's start, the high-water mark from then on (VmHWM, reset at the start), "
         f"and {timing['post_s']:g} s after the end. *Relay CPU*: share of its core during the attack, and in brackets "
         "what other processes of the machine took of that core meanwhile (the machine is shared; a row where that is "
-        "large measured a relay with less than a core). "
+        f"large measured a relay with less than a core; a phase where it passed {DISTURBED:.0%} was measured again, up to "
+        f"{RETRIES} more times, and the least disturbed attempt kept: *tries* counts them). "
         "*Victims lost*: appends sent during the attack never answered (loadgen gives up on one after 512 later sends, "
         "about 10 s); a lost append counts as later than any answer, so a percentile that falls on one reads *lost*; "
         "*load late* marks a phase where the victims' own load generator fell behind its schedule.",
@@ -879,6 +906,8 @@ def _cells(row: dict[str, Any]) -> list[str]:
     cpu = "–" if row["relay_cpu"] is None else f"{row['relay_cpu']:.0%}"
     if row.get("others_cpu"):
         cpu += f" ({row['others_cpu']:.0%})"
+    if row.get("attempts", 1) > 1:
+        cpu += f", {row['attempts']} tries"
     rss = f"{row['rss_base_mib']:.0f} / {row['rss_peak_mib']:.0f} / {row['rss_after_mib']:.0f}"
     recovery = (
         "–"
