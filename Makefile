@@ -98,8 +98,8 @@ pytest: $(STAMP)
 
 ## bench: direct path vs relay vs nginx under audio load, then the isolation
 ## benchmark (attackers of every class against well-behaved sessions); writes
-## docs/benchmarks.md and bench/results.json (about 13 minutes; the isolation
-## part alone: python bench/run.py --isolation-only, about 5)
+## docs/benchmarks.md and bench/results.json (about 11 minutes; the isolation
+## part alone: python bench/run.py --isolation-only, about 6)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 

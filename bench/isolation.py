@@ -904,7 +904,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
     if row["livez_failures"]:
         livez += f" ({row['livez_failures']} failed)"
     cpu = "–" if row["relay_cpu"] is None else f"{row['relay_cpu']:.0%}"
-    if row.get("others_cpu"):
+    if (row.get("others_cpu") or 0) >= 0.01:
         cpu += f" ({row['others_cpu']:.0%})"
     if row.get("attempts", 1) > 1:
         cpu += f", {row['attempts']} tries"
