@@ -114,11 +114,14 @@ node-clients:
 	  echo "make test: npm is not installed; the Node client test will be skipped" >&2; \
 	fi
 
-## bench: direct path vs relay vs nginx under audio load; writes docs/benchmarks.md
+## bench: direct path vs relay vs nginx under audio load, then the isolation
+## benchmark (attackers of every class against well-behaved sessions); writes
+## docs/benchmarks.md and bench/results.json (about 11 minutes; the isolation
+## part alone: python bench/run.py --isolation-only, about 6)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-## bench-quick: a one-level smoke run of the same (nothing written)
+## bench-quick: a smoke run of both parts, shortened (nothing written)
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick --no-report
 

@@ -13,8 +13,14 @@ The proxy under test (relay or nginx) is pinned to CPU 0; loadgen and the echo
 upstream to CPU 1. CPU is read from /proc for every process, so a level where
 the load generator or the upstream saturated its core is marked invalid rather
 than reported as a relay result. Levels step up until the relay saturates;
-runs are interleaved and repeated, and medians reported. Results go to
-bench/results.json and docs/benchmarks.md.
+runs are interleaved and repeated, and medians reported.
+
+Then the isolation benchmark (bench/isolation.py): well-behaved sessions
+while hostile ones attack the relay, one attack class at a time.
+``--isolation-only`` runs only that part and ``--no-isolation`` only the
+throughput part; either way the report keeps the other part from the run
+that last measured it. Results go to bench/results.json
+(``{"throughput": [...], "isolation": {...}}``) and docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -26,8 +32,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,12 +42,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import isolation
+from procs import cpu_seconds, free_port, process, rss_kib, wait_port
+
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 CLIENT_KEY = "bench-client-key"
 UPSTREAM_KEY = "bench-upstream-key"
-TICK = os.sysconf("SC_CLK_TCK")
 PROXY_CPU = "0"
 LOAD_CPU = "1"
 # A level is invalid when a load-side process used more than this share of its core.
@@ -54,82 +60,6 @@ PATHS = ("direct", "relay", "nginx", "haproxy", "pipe")  # report order
 # measured where the CPU targets are set, to keep the run under ten minutes.
 PIPE_LEVELS = {(100, 20), (200, 20)}
 RELAY_SRC: Path | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and its children still alive (nginx workers)."""
-    total = 0.0
-    for target in [pid, *children(pid)]:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            fields = Path(f"/proc/{target}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICK
-    return total
-
-
-def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    with contextlib.suppress(FileNotFoundError):
-        return [int(child) for child in path.read_text().split()]
-    return []
-
-
-def rss_kib(pid: int) -> int:
-    total = 0
-    for target in [pid, *children(pid)]:
-        with contextlib.suppress(FileNotFoundError):
-            for line in Path(f"/proc/{target}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
-
-
-def wait_port(port: int, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", port), timeout=0.2),
-        ):
-            return
-        time.sleep(0.02)  # polling a child process's listener
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-@contextlib.contextmanager
-def process(
-    args: list[str],
-    *,
-    cpu: str,
-    env: dict[str, str] | None = None,
-    log: Path | None = None,
-    cwd: Path | None = None,
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``args`` pinned to ``cpu``; stop it (SIGTERM, then SIGKILL) afterwards."""
-    output = log.open("wb") if log else subprocess.DEVNULL
-    child = subprocess.Popen(
-        ["taskset", "-c", cpu, *args],
-        env={**os.environ, **(env or {})},
-        stdout=output,
-        stderr=output,
-        cwd=cwd,
-    )
-    try:
-        yield child
-    finally:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        if log:
-            output.close()  # type: ignore[union-attr]
 
 
 RELAY_CONFIG = """
@@ -591,10 +521,10 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def write_report(
+def throughput_report(
     records: list[dict[str, Any]], args: argparse.Namespace, elapsed: float
-) -> None:
-    (ROOT / "bench" / "results.json").write_text(json.dumps(records, indent=2) + "\n")
+) -> list[str]:
+    """The throughput part of docs/benchmarks.md (everything before ``## Isolation``)."""
     versions = {
         "python": platform.python_version(),
         "nginx": subprocess.run(
@@ -679,7 +609,43 @@ def write_report(
         "",
         *targets(records, idle),
     ]
-    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines))
+    return lines
+
+
+ISOLATION_HEADING = "## Isolation"
+
+
+def publish(
+    throughput: tuple[list[dict[str, Any]], list[str]] | None,
+    isolated: tuple[dict[str, Any], list[str]] | None,
+    *,
+    results: Path = ROOT / "bench" / "results.json",
+    doc: Path = ROOT / "docs" / "benchmarks.md",
+) -> None:
+    """Write the parts measured (records and report lines) over the previous ones.
+
+    A part not measured in this run (``None``) keeps what the last run that
+    measured it wrote: ``--isolation-only`` leaves the throughput tables alone
+    and ``--no-isolation`` the isolation table. ``results`` holds
+    ``{"throughput": [...], "isolation": {...}}``.
+    """
+    old_results: Any = json.loads(results.read_text()) if results.exists() else {}
+    if isinstance(old_results, list):  # written before the isolation part existed
+        old_results = {"throughput": old_results}
+    old_doc = doc.read_text() if doc.exists() else ""
+    cut = old_doc.find("\n" + ISOLATION_HEADING + "\n")
+    old_parts = (old_doc, "") if cut < 0 else (old_doc[: cut + 1], old_doc[cut + 1 :])
+    merged = dict(old_results)
+    parts = list(old_parts)
+    if throughput is not None:
+        merged["throughput"], lines = throughput
+        parts[0] = "\n".join(lines)
+    if isolated is not None:
+        merged["isolation"], lines = isolated
+        parts[1] = "\n".join(lines)
+    results.write_text(json.dumps(merged, indent=2) + "\n")
+    first, second = parts[0].rstrip("\n"), parts[1].strip("\n")
+    doc.write_text(first + ("\n\n" + second + "\n" if second else "\n"))
 
 
 def main() -> int:
@@ -695,7 +661,9 @@ def main() -> int:
     )
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: one small level, one repeat"
+        "--quick",
+        action="store_true",
+        help="a smoke run: one small level, one repeat; every attack class with one attacker for 2 s",
     )
     parser.add_argument(
         "--no-report", action="store_true", help="print the records, write nothing"
@@ -711,7 +679,22 @@ def main() -> int:
         help="run the relay from this source tree (e.g. a git worktree of another commit), to compare versions",
     )
     parser.add_argument(
-        "--out", type=Path, help="also write the records to this JSON file"
+        "--out", type=Path, help="also write the throughput records to this JSON file"
+    )
+    parser.add_argument(
+        "--isolation-only",
+        action="store_true",
+        help="only the isolation benchmark (attackers against well-behaved sessions); the report keeps its throughput part",
+    )
+    parser.add_argument(
+        "--no-isolation",
+        action="store_true",
+        help="only the throughput benchmark; the report keeps its isolation part",
+    )
+    parser.add_argument(
+        "--classes",
+        default=",".join(c.name for c in isolation.CLASSES),
+        help="attack classes of the isolation benchmark",
     )
     args = parser.parse_args()
     global RELAY_SRC
@@ -726,7 +709,42 @@ def main() -> int:
         for name in ("nginx", "haproxy")
     }
     paths = [p for p in args.paths.split(",") if installed.get(p, True)]
-    started = time.monotonic()
+    by_name = {c.name: c for c in isolation.CLASSES}
+    classes = [by_name[name] for name in args.classes.split(",")]
+    throughput = None
+    if not args.isolation_only:
+        started = time.monotonic()
+        records = measure_throughput(args, paths)
+        if args.out:
+            args.out.write_text(json.dumps(records, indent=2) + "\n")
+        lines = throughput_report(records, args, time.monotonic() - started)
+        throughput = (records, lines)
+    isolated = None
+    if not args.no_isolation:
+        timing = isolation.QUICK if args.quick else isolation.Timing()
+        with tempfile.TemporaryDirectory(prefix="relay-isolation-") as tmp:
+            result = isolation.Isolation(Path(tmp), timing, args.relay_src).run(classes)
+        command = " ".join(["python", "bench/run.py", *sys.argv[1:]])
+        isolated = (result, isolation.report(result, command))
+    if args.no_report:
+        print(
+            json.dumps(
+                {
+                    "throughput": throughput and throughput[0],
+                    "isolation": isolated and isolated[0],
+                },
+                indent=2,
+            )
+        )
+    else:
+        publish(throughput, isolated)
+    return 0
+
+
+def measure_throughput(
+    args: argparse.Namespace, paths: list[str]
+) -> list[dict[str, Any]]:
+    """Every path at every level (until the relay saturates); the median records."""
     runs: dict[tuple[str, int, int], list[Run]] = {}
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         bench = Bench(Path(tmp), duration=args.duration, warmup=args.warmup)
@@ -763,14 +781,7 @@ def main() -> int:
             idle_kib = idle_rss_per_session(
                 bench, upstream_port, 20 if args.quick else 200
             )
-    records = with_ratios([median_run(group) for group in runs.values()], idle_kib)
-    if args.out:
-        args.out.write_text(json.dumps(records, indent=2) + "\n")
-    if args.no_report:
-        print(json.dumps(records, indent=2))
-    else:
-        write_report(records, args, time.monotonic() - started)
-    return 0
+    return with_ratios([median_run(group) for group in runs.values()], idle_kib)
 
 
 def _saturated(runs: dict[tuple[str, int, int], list[Run]], sessions: int) -> bool:

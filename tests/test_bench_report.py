@@ -3,14 +3,16 @@
 The report's figures are what the performance issue is judged on, so the
 pairing (added latency against direct, CPU against nginx, both at the same
 level), the sessions-per-core rule and the target verdicts are checked on
-hand-made records. The pipe is run as a process and a real WebSocket session
-is spliced through it to a real server.
+hand-made records, and so is how a run that measured one part of the report
+keeps the other. The pipe is run as a process and a real WebSocket session
+is spliced through it to a real server. The isolation part has its own
+tests (test_bench_isolation.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import json
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -22,6 +24,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from tests.helpers.bench import load
 from tests.helpers.timing import SECOND
 
 
@@ -30,15 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "bench_run", ROOT / "bench" / "run.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module
+    return load("run")
 
 
 def record(path: str, sessions: int, **fields: Any) -> dict[str, Any]:
@@ -132,6 +127,35 @@ def test_targets_report_met_and_not_met(bench: ModuleType) -> None:
 def test_targets_without_measurements_say_so(bench: ModuleType) -> None:
     table = "\n".join(bench.targets([], None))
     assert table.count("not measured") == 4  # the sessions figure is 0, and not met
+
+
+def test_publish_keeps_the_part_not_measured(bench: ModuleType, tmp_path: Path) -> None:
+    """--isolation-only rewrites only the isolation part of both files, and
+    --no-isolation only the throughput part; records written as a bare list
+    (before the isolation part existed) are kept as the throughput records."""
+    results, doc = tmp_path / "results.json", tmp_path / "benchmarks.md"
+    results.write_text(json.dumps([{"path": "relay"}]))
+    doc.write_text("# Benchmarks\n\nold throughput\n")
+    isolation = ({"rows": [1]}, ["## Isolation", "", "first isolation"])
+    bench.publish(None, isolation, results=results, doc=doc)
+    assert json.loads(results.read_text()) == {
+        "throughput": [{"path": "relay"}],
+        "isolation": {"rows": [1]},
+    }
+    assert doc.read_text() == (
+        "# Benchmarks\n\nold throughput\n\n## Isolation\n\nfirst isolation\n"
+    )
+    throughput = ([{"path": "nginx"}], ["# Benchmarks", "", "new throughput", ""])
+    bench.publish(throughput, None, results=results, doc=doc)
+    assert json.loads(results.read_text())["throughput"] == [{"path": "nginx"}]
+    assert doc.read_text() == (
+        "# Benchmarks\n\nnew throughput\n\n## Isolation\n\nfirst isolation\n"
+    )
+    bench.publish(
+        None, ({"rows": [2]}, ["## Isolation", "", "second"]), results=results, doc=doc
+    )
+    assert doc.read_text().endswith("new throughput\n\n## Isolation\n\nsecond\n")
+    assert json.loads(results.read_text())["isolation"] == {"rows": [2]}
 
 
 # -- bench/pipe.py -------------------------------------------------------------

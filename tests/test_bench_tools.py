@@ -1,8 +1,9 @@
-"""The benchmark's C tools (bench/c): ``echo_upstream`` and ``loadgen``.
+"""The benchmark's C tools (bench/c): ``echo_upstream``, ``loadgen`` and ``attack``.
 
 Built into a temporary directory with ``make -C bench/c OUT=...``, then run against
-each other and against the ``websockets`` library (a client for the echo server, a
-server for the load generator), on 127.0.0.1 only. ``BENCH_C_CFLAGS`` overrides the
+each other, against the ``websockets`` library (a client for the echo server, a
+server for the load generator) and against raw RFC 6455 servers written here (for
+the attacker, whose frames must be seen as sent), on 127.0.0.1 only. ``BENCH_C_CFLAGS`` overrides the
 build's CFLAGS (e.g. ``-O1 -g -fsanitize=address,undefined``).
 """
 
@@ -20,6 +21,7 @@ import signal
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,7 @@ pytestmark = pytest.mark.skipif(
 class Tools:
     echo: Path
     loadgen: Path
+    attack: Path
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def tools(tmp_path_factory: pytest.TempPathFactory) -> Tools:
         command.append(f"CFLAGS={flags}")
     built = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert built.returncode == 0, built.stdout + built.stderr
-    return Tools(out / "echo_upstream", out / "loadgen")
+    return Tools(out / "echo_upstream", out / "loadgen", out / "attack")
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -89,7 +92,9 @@ class Echo:
 
 
 @contextlib.asynccontextmanager
-async def echo_upstream(tools: Tools, tmp_path: Path) -> AsyncIterator[Echo]:
+async def echo_upstream(
+    tools: Tools, tmp_path: Path, *args: str
+) -> AsyncIterator[Echo]:
     stats = tmp_path / "echo-stats.json"
     process = await asyncio.create_subprocess_exec(
         str(tools.echo),
@@ -99,6 +104,7 @@ async def echo_upstream(tools: Tools, tmp_path: Path) -> AsyncIterator[Echo]:
         "0",
         "--stats-file",
         str(stats),
+        *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -204,8 +210,9 @@ def header(head: str, name: str) -> str | None:
 
 
 def test_selftests(tools: Tools) -> None:
-    """SHA-1, base64 and framing test vectors compiled into both tools."""
-    for tool in (tools.echo, tools.loadgen):
+    """SHA-1, base64 and framing test vectors compiled into every tool; the
+    attacker's streams parsed back frame by frame."""
+    for tool in (tools.echo, tools.loadgen, tools.attack):
         run = subprocess.run(
             [str(tool), "--selftest"], capture_output=True, text=True, timeout=10
         )
@@ -620,3 +627,388 @@ async def test_loadgen_connection_refused(tools: Tools, tmp_path: Path) -> None:
         )
     assert results["connect_failure_reasons"] == {"connect": 2}
     assert results["sessions_connected"] == 0
+
+
+async def test_loadgen_trace(tools: Tools, tmp_path: Path) -> None:
+    """--trace: one CSV line per measured send, on the clock of time.monotonic,
+    its round trip matching the histogram's samples."""
+    sessions = 3
+    before_us = time.monotonic() * 1e6
+    async with echo_upstream(tools, tmp_path) as echo:
+        results = await run_loadgen(
+            tools,
+            tmp_path / "results.json",
+            f"ws://127.0.0.1:{echo.port}/openai/realtime?api-version=x&deployment=d",
+            "--sessions",
+            str(sessions),
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--trace",
+            str(tmp_path / "trace.csv"),
+        )
+        await echo.stop()
+    after_us = time.monotonic() * 1e6
+    lines = (tmp_path / "trace.csv").read_text().splitlines()
+    assert lines[0] == "send_us,session,rtt_us"
+    records = [tuple(int(v) for v in line.split(",")) for line in lines[1:]]
+    assert len(records) == results["sent"] == sessions * 25
+    sent = [r[0] for r in records]
+    assert sent == sorted(sent)
+    assert before_us < sent[0]
+    assert sent[-1] < after_us
+    assert {r[1] for r in records} == set(range(sessions))
+    rtts = sorted(r[2] for r in records)
+    assert rtts[0] >= 0  # all answered
+    assert rtts[-1] == results["rtt_us"]["max"]
+    assert rtts[len(rtts) // 2] == results["rtt_us"]["p50"]  # nearest rank, exact here
+
+
+async def test_echo_upstream_max_frame_and_no_deltas(
+    tools: Tools, tmp_path: Path
+) -> None:
+    """--max-frame lifts the 1 MiB limit; --no-deltas counts appends unanswered."""
+    big = json.dumps(
+        {"type": "input_audio_buffer.append", "audio": "A" * (2 << 20)}
+    ).encode()
+    async with echo_upstream(
+        tools, tmp_path, "--max-frame", str(3 << 20), "--no-deltas"
+    ) as echo:
+        reader, writer, head = await raw_handshake(echo.port, RFC_KEY)
+        try:
+            async with asyncio.timeout(5 * SECOND):
+                assert head.startswith("HTTP/1.1 101 ")
+                await read_frame(reader)  # session.created
+                writer.write(client_frame(1, big))
+                writer.write(client_frame(9, b"after"))
+                # The pong is the next frame: the append got no answer.
+                assert await read_frame(reader) == (10, b"after")
+                writer.write(client_frame(8, struct.pack("!H", 1000)))
+                assert await read_frame(reader) == (8, struct.pack("!H", 1000))
+        finally:
+            await close_writer(writer)
+        stats = await echo.stop()
+    assert stats["appends"] == 1
+    assert stats["overflows"] == stats["errors"] == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "frame"),
+    [("ping", (9, b"")), ("text", (1, b"{}"))],
+)
+async def test_echo_upstream_floods_marked_sessions(
+    tools: Tools, tmp_path: Path, kind: str, frame: tuple[int, bytes]
+) -> None:
+    """A session whose request target holds the marker is flooded once it has
+    session.updated; one without it is served as usual."""
+    async with echo_upstream(tools, tmp_path, "--flood", f"{kind}:model=flood") as echo:
+        async with asyncio.timeout(10 * SECOND):
+            plain = await _open_session(echo.port, "/openai/v1/realtime?model=calm")
+            flooded = await _open_session(
+                echo.port, "/openai/v1/realtime?model=flood&x=1"
+            )
+            try:
+                for reader, writer in (plain, flooded):
+                    writer.write(client_frame(1, b'{"type":"session.update"}'))
+                    _, payload = await read_frame(reader)
+                    assert json.loads(payload)["type"] == "session.updated"
+                for _ in range(5000):  # more than one refill of the flood
+                    assert await read_frame(flooded[0]) == frame
+                # The calm session's next frame answers its own ping.
+                plain[1].write(client_frame(9, b"calm"))
+                assert await read_frame(plain[0]) == (10, b"calm")
+            finally:
+                for _, writer in (plain, flooded):
+                    await close_writer(writer)
+        stats = await echo.stop()
+    assert stats["flooded"] == 1
+    assert stats["flood_frames"] >= 5000
+
+
+async def _open_session(
+    port: int, target: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw client session on ``target``, its session.created read."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        (
+            f"GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {RFC_KEY}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
+    _, payload = await read_frame(reader)
+    assert json.loads(payload)["type"] == "session.created"
+    return reader, writer
+
+
+# -- attack against a raw server ---------------------------------------------------
+
+
+async def read_client_frame(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
+    """One masked client frame: (opcode, fin, unmasked payload)."""
+    first, second = await reader.readexactly(2)
+    assert second & 0x80, "client frames are masked"
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", await reader.readexactly(8))
+    key = await reader.readexactly(4)
+    data = await reader.readexactly(length)
+    payload = bytes(b ^ key[i % 4] for i, b in enumerate(data))
+    return first & 0x0F, bool(first & 0x80), payload
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple[int, bytes, int]:
+    """One client message, reassembled: (opcode, payload, frames it took)."""
+    opcode, fin, payload = await read_client_frame(reader)
+    frames, parts = 1, [payload]
+    while not fin:
+        continuation, fin, payload = await read_client_frame(reader)
+        assert continuation == 0
+        frames += 1
+        parts.append(payload)
+    return opcode, b"".join(parts), frames
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    return client_frame(opcode, payload, mask=False)
+
+
+CREATED = server_frame(1, json.dumps({"type": "session.created"}).encode())
+
+
+@dataclass
+class RawServer:
+    """Accepts WebSocket handshakes and hands each connection to a queue."""
+
+    connections: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+    refused: asyncio.Queue[str]
+    heads: list[str] = field(default_factory=list)
+    port: int = 0
+
+
+@contextlib.asynccontextmanager
+async def raw_server(answer: str = "101") -> AsyncIterator[RawServer]:
+    """A server answering every upgrade with ``answer`` (101: then session.created)."""
+    server = RawServer(asyncio.Queue(), asyncio.Queue())
+    writers: list[asyncio.StreamWriter] = []
+
+    async def accept(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writers.append(writer)
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        server.heads.append(head)
+        key = header(head, "Sec-WebSocket-Key")
+        assert key is not None
+        if answer != "101":
+            writer.write(f"HTTP/1.1 {answer}\r\nContent-Length: 0\r\n\r\n".encode())
+            await close_writer(writer)
+            await server.refused.put(head)
+            return
+        writer.write(
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Accept: {expected_accept(key)}\r\n\r\n"
+            ).encode()
+            + CREATED
+        )
+        await server.connections.put((reader, writer))
+
+    listener = await asyncio.start_server(accept, "127.0.0.1", 0)
+    server.port = listener.sockets[0].getsockname()[1]
+    try:
+        yield server
+    finally:
+        for writer in writers:
+            writer.close()
+        listener.close()
+        await listener.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def attacker(
+    tools: Tools, tmp_path: Path, port: int, *args: str
+) -> AsyncIterator[Path]:
+    """Runs ``attack`` until the block ends (SIGTERM); yields its stats path."""
+    stats = tmp_path / "attack.json"
+    process = await asyncio.create_subprocess_exec(
+        str(tools.attack),
+        "--url",
+        f"ws://127.0.0.1:{port}/openai/v1/realtime?model=attack",
+        "--header",
+        "api-key: hostile",
+        "--out",
+        str(stats),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield stats
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(5 * SECOND):
+            _, stderr = await process.communicate()
+        assert process.returncode == 0, stderr.decode(errors="replace")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.communicate()
+
+
+async def _check_keys(payload: bytes, size: int) -> None:
+    event = json.loads(payload)
+    assert event.pop("type") == "response.cancel"
+    assert len(event) == (size - 26) // 12
+    assert set(event.values()) == {0}
+
+
+async def _check_array(payload: bytes, size: int) -> None:
+    event = json.loads(payload)
+    assert event["type"] == "response.cancel"
+    assert event["a"] == [0] * (1 + (size - 34) // 2)
+
+
+async def _check_append(payload: bytes, size: int) -> None:
+    event = json.loads(payload)
+    assert event["type"] == "input_audio_buffer.append"
+    assert set(event["audio"]) == {"A"}
+    assert size - 4 < len(payload) <= size
+
+
+@pytest.mark.parametrize(
+    ("mode", "opcode", "frames", "check"),
+    [
+        pytest.param("ping", 9, 1, None, id="ping"),
+        pytest.param("tiny", 1, 1, None, id="tiny"),
+        pytest.param("large", 1, 1, _check_append, id="large"),
+        pytest.param("fragments", 1, 69, _check_append, id="fragments"),
+        pytest.param("json-keys", 1, 1, _check_keys, id="json-keys"),
+        pytest.param("json-array", 1, 1, _check_array, id="json-array"),
+    ],
+)
+async def test_attack_modes(
+    tools: Tools,
+    tmp_path: Path,
+    mode: str,
+    opcode: int,
+    frames: int,
+    check: Callable[[bytes, int], Awaitable[None]] | None,
+) -> None:
+    """Each mode sends its messages over and over once the session is created,
+    and a session the server closes is opened again at once."""
+    size = 70_000  # 69 fragments of 1 KiB
+    async with raw_server() as server:
+        async with (
+            asyncio.timeout(10 * SECOND),
+            attacker(
+                tools,
+                tmp_path,
+                server.port,
+                "--mode",
+                mode,
+                "--sessions",
+                "1",
+                "--size",
+                str(size),
+            ) as stats,
+        ):
+            reader, writer = await server.connections.get()
+            for _ in range(3):
+                got, payload, taken = await read_message(reader)
+                assert (got, taken) == (opcode, frames)
+                if check is not None:
+                    await check(payload, size)
+                elif mode == "tiny":
+                    assert payload == b"{}"
+                else:
+                    assert payload == b""
+            writer.write(server_frame(8, struct.pack("!H", 1008)))
+            # A fresh session replaces the closed one, and attacks again.
+            reader, writer = await server.connections.get()
+            got, payload, taken = await read_message(reader)
+            assert (got, taken) == (opcode, frames)
+        result = read_json(stats)
+    assert result["mode"] == mode
+    assert result["close_codes"] == {"1008": 1}
+    assert result["handshakes"] == result["up"] >= 2
+    assert result["bytes_out"] > 3 * size if check else result["writes"] > 0
+    for head in server.heads:
+        assert header(head, "api-key") == "hostile"
+        assert head.startswith("GET /openai/v1/realtime?model=attack HTTP/1.1\r\n")
+
+
+async def test_attack_large_writes_pieces(tools: Tools, tmp_path: Path) -> None:
+    """`large` writes at most --piece bytes per write (4 KiB by default)."""
+    async with raw_server() as server:
+        async with (
+            asyncio.timeout(10 * SECOND),
+            attacker(
+                tools,
+                tmp_path,
+                server.port,
+                "--mode",
+                "large",
+                "--sessions",
+                "1",
+                "--size",
+                "100000",
+            ) as stats,
+        ):
+            reader, _ = await server.connections.get()
+            for _ in range(3):
+                await read_message(reader)
+        result = read_json(stats)
+    assert result["writes"] >= result["bytes_out"] // 4096
+
+
+async def test_attack_read_mode_only_reads(tools: Tools, tmp_path: Path) -> None:
+    """`read` sends nothing after the handshake; it discards what comes (large
+    frames and pings too) and leaves when the server closes, without answering."""
+    async with raw_server() as server:
+        async with (
+            asyncio.timeout(10 * SECOND),
+            attacker(
+                tools, tmp_path, server.port, "--mode", "read", "--sessions", "2"
+            ) as stats,
+        ):
+            for _ in range(2):
+                reader, writer = await server.connections.get()
+                writer.write(server_frame(9, b"ping"))
+                writer.write(server_frame(2, os.urandom(300_000)))
+                writer.write(server_frame(1, b"{}"))
+                writer.write(server_frame(8, struct.pack("!H", 4002)))
+                # Nothing came from the attacker before it closed (EOF).
+                assert await reader.read() == b""
+        result = read_json(stats)
+    assert result["close_codes"] == {"4002": 2}
+    assert result["frames_in"] >= 2 * 5  # session.created + 4 each
+    assert result["bytes_in"] > 2 * 300_000
+
+
+async def test_attack_retries_refused_handshakes(tools: Tools, tmp_path: Path) -> None:
+    """A refused upgrade is counted by status and tried again after --retry-ms."""
+    async with raw_server("429 Too Many Requests") as server:
+        async with (
+            asyncio.timeout(10 * SECOND),
+            attacker(
+                tools,
+                tmp_path,
+                server.port,
+                "--mode",
+                "tiny",
+                "--sessions",
+                "1",
+                "--retry-ms",
+                "10",
+            ) as stats,
+        ):
+            for _ in range(3):
+                await server.refused.get()
+        result = read_json(stats)
+    assert result["http_statuses"]["429"] >= 3
+    assert result["up"] == 0

@@ -20,19 +20,36 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define MAX_FRAME ((size_t)1 << 20) /* largest accepted payload */
+#define MAX_FRAME_DEFAULT ((size_t)1 << 20) /* largest accepted payload */
 #define IN_INIT ((size_t)16384)
-#define IN_MAX (MAX_FRAME + 65536)
 #define OUT_INIT ((size_t)16384)
-#define OUT_MAX ((size_t)8 << 20) /* unsent bytes per connection */
-#define HS_MAX ((size_t)16384)    /* request head */
+#define OUT_MIN_MAX ((size_t)8 << 20) /* unsent bytes per connection, at least */
+#define HS_MAX ((size_t)16384)        /* request head */
 #define READ_MIN ((size_t)4096)
 #define MAX_EVENTS 256
+#define MAX_FLOODS 8
+#define FLOOD_CHUNK ((size_t)65536) /* flood frames queued per refill */
 
 enum { ST_HS, ST_OPEN, ST_CLOSING };
+enum { FLOOD_NONE, FLOOD_PING, FLOOD_TEXT };
+
+/* --max-frame: the largest payload accepted; buffers are sized from it. */
+static size_t max_frame = MAX_FRAME_DEFAULT, in_max, out_max;
+
+/* --flood KIND:MARKER: connections whose request target contains MARKER are
+ * flooded with KIND frames once they are open (see README.md). */
+static struct {
+    int kind;
+    const char *marker;
+} floods[MAX_FLOODS];
+static int n_floods;
+/* --no-deltas: appends are counted, never answered (an upstream that only listens). */
+static int no_deltas;
 
 struct conn {
     int fd, state, dead;
+    int flood;    /* FLOOD_* chosen at the handshake */
+    int flooding; /* the flood has started (after the first session.update) */
     uint32_t events; /* current epoll interest */
     size_t hs_scan;
     struct buf in, out;
@@ -43,7 +60,7 @@ static struct {
     uint64_t connections, handshakes, open, open_max, frames_in, frames_out, bytes_in,
         bytes_out, appends, session_updates, ignored, pings, close_frames, eof_without_close,
         handshake_failures, protocol_errors, unsupported_frames, overflows, io_errors,
-        accept_errors;
+        accept_errors, flooded, flood_frames;
 } st;
 
 static int ep = -1;
@@ -126,8 +143,32 @@ static void fail(struct conn *c, unsigned code)
     c->state = ST_CLOSING;
 }
 
+/* Queue FLOOD_CHUNK bytes of flood frames (empty pings, or `{}` text frames). */
+static void flood_refill(struct conn *c)
+{
+    static const uint8_t PING_FRAME[2] = {0x80 | WS_PING, 0};
+    static const uint8_t TEXT_FRAME[4] = {0x80 | WS_TEXT, 2, '{', '}'};
+    const uint8_t *f = c->flood == FLOOD_PING ? PING_FRAME : TEXT_FRAME;
+    size_t fl = c->flood == FLOOD_PING ? sizeof PING_FRAME : sizeof TEXT_FRAME;
+    size_t n = FLOOD_CHUNK / fl;
+    uint8_t *p = out_room(c, n * fl);
+    if (!p)
+        return;
+    for (size_t i = 0; i < n; i++)
+        memcpy(p + i * fl, f, fl);
+    c->out.len += n * fl;
+    st.frames_out += n;
+    st.flood_frames += n;
+}
+
 static void flush(struct conn *c)
 {
+    /* A flooded connection always has more to send while it is open: the
+     * flood goes as fast as the peer reads. */
+    if (c->flooding && c->state == ST_OPEN && buf_used(&c->out) < FLOOD_CHUNK)
+        flood_refill(c);
+    if (c->dead)
+        return;
     size_t pending = buf_used(&c->out);
     if (pending) {
         ssize_t n = write(c->fd, c->out.data + c->out.start, pending);
@@ -143,7 +184,7 @@ static void flush(struct conn *c)
         buf_consume(&c->out, (size_t)n);
         pending -= (size_t)n;
     }
-    if (pending)
+    if (pending || (c->flooding && c->state == ST_OPEN))
         set_events(c, c->state == ST_CLOSING ? EPOLLOUT : EPOLLIN | EPOLLOUT);
     else if (c->state == ST_CLOSING)
         conn_close(c);
@@ -189,6 +230,14 @@ static void handshake(struct conn *c)
                       "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                       "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
                       acc);
+    /* The request target is the first line's second word. */
+    const char *line_end = memchr(h, '\r', hl);
+    size_t target_len = line_end ? (size_t)(line_end - h) : hl;
+    for (int i = 0; i < n_floods && !c->flood; i++)
+        if (memmem(h, target_len, floods[i].marker, strlen(floods[i].marker)))
+            c->flood = floods[i].kind;
+    if (c->flood)
+        st.flooded++;
     buf_consume(&c->in, hl);
     uint8_t *p = out_room(c, (size_t)rl);
     if (!p)
@@ -204,7 +253,9 @@ static void on_text(struct conn *c, const uint8_t *pl, size_t len)
 {
     static const char APPEND[] = "\"input_audio_buffer.append\"";
     static const char UPDATE[] = "\"session.update\"";
-    if (memmem(pl, len, APPEND, SLEN(APPEND))) {
+    if (memmem(pl, len, APPEND, SLEN(APPEND)) && no_deltas) {
+        st.appends++;
+    } else if (memmem(pl, len, APPEND, SLEN(APPEND))) {
         const uint8_t *eid = (const uint8_t *)"", *aud = eid;
         size_t el = 0, al = 0;
         json_str(pl, len, "\"event_id\"", &eid, &el);
@@ -230,6 +281,9 @@ static void on_text(struct conn *c, const uint8_t *pl, size_t len)
     } else if (memmem(pl, len, UPDATE, SLEN(UPDATE))) {
         st.session_updates++;
         out_frame(c, WS_TEXT, UPDATED, SLEN(UPDATED));
+        /* The session is open at the relay once it has session.updated: the
+         * flood starts behind it. */
+        c->flooding = c->flood != FLOOD_NONE;
     } else {
         st.ignored++;
     }
@@ -249,7 +303,7 @@ static void frames(struct conn *c)
             fail(c, 1002);
             return;
         }
-        if (f.len > MAX_FRAME) {
+        if (f.len > max_frame) {
             st.overflows++;
             fail(c, 1009);
             return;
@@ -339,13 +393,13 @@ static void on_accept(int lfd)
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         struct conn *c = calloc(1, sizeof *c);
-        if (!c || buf_init(&c->in, IN_INIT, IN_MAX, 1) < 0) {
+        if (!c || buf_init(&c->in, IN_INIT, in_max, 1) < 0) {
             free(c);
             close(fd);
             st.accept_errors++;
             continue;
         }
-        buf_init(&c->out, OUT_INIT, OUT_MAX, 0);
+        buf_init(&c->out, OUT_INIT, out_max, 0);
         c->fd = fd;
         c->state = ST_HS;
         c->events = EPOLLIN;
@@ -385,6 +439,7 @@ static int write_stats(const char *path)
             "\"close_frames\": %lu, \"eof_without_close\": %lu, \"errors\": %lu, "
             "\"handshake_failures\": %lu, \"protocol_errors\": %lu, \"unsupported_frames\": %lu, "
             "\"overflows\": %lu, \"io_errors\": %lu, \"accept_errors\": %lu, "
+            "\"flooded\": %lu, \"flood_frames\": %lu, "
             "\"cpu_user_s\": %.3f, \"cpu_sys_s\": %.3f}\n",
             (unsigned long)st.connections, (unsigned long)st.handshakes, (unsigned long)st.open,
             (unsigned long)st.open_max, (unsigned long)st.frames_in,
@@ -396,6 +451,7 @@ static int write_stats(const char *path)
             (unsigned long)st.handshake_failures, (unsigned long)st.protocol_errors,
             (unsigned long)st.unsupported_frames, (unsigned long)st.overflows,
             (unsigned long)st.io_errors, (unsigned long)st.accept_errors,
+            (unsigned long)st.flooded, (unsigned long)st.flood_frames,
             (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
             (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6);
     if (fclose(f) != 0 || rename(tmp, path) != 0) {
@@ -405,10 +461,28 @@ static int write_stats(const char *path)
     return 0;
 }
 
+/* "ping:MARKER" or "text:MARKER" -> floods[]; -1 if malformed or too many. */
+static int add_flood(const char *arg)
+{
+    const char *colon = strchr(arg, ':');
+    if (!colon || !colon[1] || n_floods == MAX_FLOODS)
+        return -1;
+    size_t kl = (size_t)(colon - arg);
+    if (kl == 4 && memcmp(arg, "ping", 4) == 0)
+        floods[n_floods].kind = FLOOD_PING;
+    else if (kl == 4 && memcmp(arg, "text", 4) == 0)
+        floods[n_floods].kind = FLOOD_TEXT;
+    else
+        return -1;
+    floods[n_floods++].marker = colon + 1;
+    return 0;
+}
+
 static void usage(FILE *to)
 {
     fprintf(to, "usage: echo_upstream --host ADDR --port PORT [--stats-file PATH] "
                 "[--backlog N]\n"
+                "                     [--max-frame BYTES] [--no-deltas] [--flood ping|text:MARKER]...\n"
                 "       echo_upstream --selftest\n"
                 "PORT 0 picks a free port; the first stdout line is "
                 "'echo_upstream listening on ADDR:PORT'.\n"
@@ -422,8 +496,11 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"host", required_argument, NULL, 'h'},       {"port", required_argument, NULL, 'p'},
         {"stats-file", required_argument, NULL, 's'}, {"backlog", required_argument, NULL, 'b'},
+        {"max-frame", required_argument, NULL, 'm'},  {"flood", required_argument, NULL, 'f'},
+        {"no-deltas", no_argument, NULL, 'D'},
         {"selftest", no_argument, NULL, 'T'},         {"help", no_argument, NULL, 'H'},
         {NULL, 0, NULL, 0}};
+    char *end;
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
@@ -431,6 +508,21 @@ int main(int argc, char **argv)
         case 'p': port = optarg; break;
         case 's': stats_path = optarg; break;
         case 'b': backlog = atoi(optarg); break;
+        case 'D': no_deltas = 1; break;
+        case 'm':
+            errno = 0;
+            max_frame = (size_t)strtoull(optarg, &end, 10);
+            if (errno || *end || max_frame < 125 || max_frame > ((size_t)256 << 20)) {
+                usage(stderr);
+                return 2;
+            }
+            break;
+        case 'f':
+            if (add_flood(optarg) < 0) {
+                usage(stderr);
+                return 2;
+            }
+            break;
         case 'T': return ws_selftest() ? 1 : 0;
         case 'H': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -440,6 +532,10 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    in_max = max_frame + 65536;
+    /* Room for an answer to the largest append (its audio echoed) beside
+     * whatever is queued already. */
+    out_max = 2 * max_frame + 65536 > OUT_MIN_MAX ? 2 * max_frame + 65536 : OUT_MIN_MAX;
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
 

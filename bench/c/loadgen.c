@@ -49,7 +49,17 @@ enum { P_CONNECT, P_RUN, P_DRAIN, P_CLOSE, P_DONE };
 struct slot {
     uint64_t t_ns;
     uint32_t seq;
-    uint32_t st; /* 0 free/answered, 1 pending (measured), 2 pending (warmup) */
+    uint32_t st;    /* 0 free/answered, 1 pending (measured), 2 pending (warmup) */
+    uint32_t trace; /* index of its --trace record, or NO_TRACE */
+};
+
+#define NO_TRACE UINT32_MAX
+
+/* --trace: one record per measured send, its round trip filled in on answer. */
+struct trace_rec {
+    uint64_t send_ns;
+    int64_t rtt_us; /* -1: never answered */
+    uint32_t sess;
 };
 
 struct sess {
@@ -69,7 +79,7 @@ static struct {
     long sessions, chunk;
     uint64_t interval_ns, duration_ns, warmup_ns, connect_timeout_ns, tick_ns;
     double rate;
-    const char *out;
+    const char *out, *trace;
     struct sockaddr_storage addr;
     socklen_t addrlen;
 } cfg;
@@ -92,6 +102,8 @@ static uint64_t sched_k, t0, connect_deadline, run_start, measure_start, send_en
     close_deadline, connect_done;
 static struct rusage ru_run0, ru_run1;
 static int ru_run1_set;
+static struct trace_rec *trace;
+static size_t trace_n, trace_cap;
 
 static struct {
     uint64_t sent, answered, abandoned, sent_total, received_total, unmatched, other_events,
@@ -422,8 +434,11 @@ static void on_delta(struct sess *s, const uint8_t *pl, size_t len, uint64_t now
         return;
     }
     if (sl->st == 1) {
+        uint64_t us = (now - sl->t_ns + 500) / 1000;
         st.answered++;
-        hist_add((now - sl->t_ns + 500) / 1000);
+        hist_add(us);
+        if (sl->trace != NO_TRACE)
+            trace[sl->trace].rtt_us = (int64_t)us;
     }
     sl->st = 0;
 }
@@ -579,6 +594,11 @@ static void send_append(long i, uint64_t t_sched, int measured)
     sl->seq = seq;
     sl->t_ns = now;
     sl->st = measured ? 1 : 2;
+    sl->trace = NO_TRACE;
+    if (measured && trace_n < trace_cap) {
+        trace[trace_n] = (struct trace_rec){.send_ns = now, .rtt_us = -1, .sess = (uint32_t)i};
+        sl->trace = (uint32_t)trace_n++;
+    }
     uint64_t lag = now > t_sched ? now - t_sched : 0;
     if (lag > cfg.interval_ns) {
         st.late_sends_total++;
@@ -798,6 +818,27 @@ static int write_results(void)
     return 0;
 }
 
+/* CSV, one line per measured send in send order: the send time (CLOCK_MONOTONIC,
+ * microseconds), the session index, the round trip (us; -1 if unanswered). */
+static int write_trace(void)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", cfg.trace) >= (int)sizeof tmp)
+        return -1;
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "send_us,session,rtt_us\n");
+    for (size_t k = 0; k < trace_n; k++)
+        fprintf(f, "%lu,%u,%ld\n", (unsigned long)(trace[k].send_ns / 1000), trace[k].sess,
+                (long)trace[k].rtt_us);
+    if (fclose(f) != 0 || rename(tmp, cfg.trace) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- command line ---- */
 
 static void usage(FILE *to)
@@ -806,7 +847,7 @@ static void usage(FILE *to)
             "usage: loadgen --url ws://HOST:PORT/PATH?QUERY [--header 'Name: value']...\n"
             "               --sessions N [--interval-ms 20] [--chunk-bytes 960]\n"
             "               --duration S [--warmup S] [--connect-rate R] [--connect-timeout S]\n"
-            "               [--tick-us 500] --out results.json\n"
+            "               [--tick-us 500] [--trace sends.csv] --out results.json\n"
             "       loadgen --selftest\n");
 }
 
@@ -909,6 +950,7 @@ int main(int argc, char **argv)
         {"connect-timeout", required_argument, NULL, 'C'},
         {"tick-us", required_argument, NULL, 't'},
         {"out", required_argument, NULL, 'o'},
+        {"trace", required_argument, NULL, 'x'},
         {"selftest", no_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -926,6 +968,7 @@ int main(int argc, char **argv)
         case 'C': bad |= parse_double(optarg, 0, 86400, &connect_timeout) < 0; break;
         case 't': bad |= parse_double(optarg, 50, 1e6, &tick_us) < 0; break;
         case 'o': cfg.out = optarg; break;
+        case 'x': cfg.trace = optarg; break;
         case 'T': free(cfg.extra); return ws_selftest() ? 1 : 0;
         case 'h': usage(stdout); free(cfg.extra); return 0;
         default: bad = 1;
@@ -966,7 +1009,13 @@ int main(int argc, char **argv)
     scratch = malloc(14 + 128 + b64_len + 64 + HS_MAX + req_len);
     S = calloc((size_t)cfg.sessions, sizeof *S);
     up = calloc((size_t)cfg.sessions, sizeof *up);
-    if (!pcm || !append_tail || !req || !scratch || !S || !up) {
+    if (cfg.trace) {
+        /* Every measured send of every session: ceil(duration / interval) each. */
+        trace_cap = (size_t)cfg.sessions *
+                    (size_t)((cfg.duration_ns + cfg.interval_ns - 1) / cfg.interval_ns + 1);
+        trace = malloc(trace_cap * sizeof *trace);
+    }
+    if (!pcm || !append_tail || !req || !scratch || !S || !up || (cfg.trace && !trace)) {
         fprintf(stderr, "loadgen: out of memory\n");
         return 1;
     }
@@ -1050,6 +1099,10 @@ int main(int argc, char **argv)
         perror("loadgen: --out");
         status = 1;
     }
+    if (cfg.trace && write_trace() < 0) {
+        perror("loadgen: --trace");
+        status = 1;
+    }
     for (long i = 0; i < cfg.sessions; i++)
         if (S[i].state != S_IDLE && S[i].state != S_DONE)
             sess_close_fd(&S[i]);
@@ -1061,6 +1114,7 @@ int main(int argc, char **argv)
     free(scratch);
     free(req);
     free(append_tail);
+    free(trace);
     free(cfg.extra);
     return status;
 }
