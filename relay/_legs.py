@@ -168,7 +168,7 @@ class Leg:
             on_closed,
             on_writable,
         )
-        self._reader.admit = admit
+        self._reader.admit = _refuse_all if self.close_sent else admit
         pending, self._pending = self._pending, []
         for message in pending:
             if admit is None or admit(message[2], True):
@@ -237,7 +237,7 @@ class Leg:
         if not self.close_sent:
             payload = close_payload(failure.code, failure.reason)
             self._write(build_frame(CLOSE, payload, mask=self._mask))
-            self.close_sent = True
+            self._closing()
         self._finish(failure.code, failure.reason)
 
     def connection_lost(self) -> None:
@@ -324,7 +324,7 @@ class Leg:
         if self.finished or self.close_sent:
             return
         self._write(build_frame(CLOSE, close_payload(code, reason), mask=self._mask))
-        self.close_sent = True
+        self._closing()
         # Keep reading: the peer's close frame completes the handshake.
         self._set_reading(True)
         self._close_timer = self._loop.call_later(self._close_timeout, self.abort)
@@ -340,6 +340,14 @@ class Leg:
     def _write(self, data: bytes) -> None:
         if not self.finished and not self._transport.is_closing():
             self._transport.write(data)
+
+    def _closing(self) -> None:
+        # Our close frame is out: data is no longer relayed, so what the peer
+        # still sends is skipped at each frame's header, unread (a flooding
+        # peer costs no unmasking or decoding until its close arrives or
+        # close_timeout drops it).
+        self.close_sent = True
+        self._reader.admit = _refuse_all
 
     def _set_reading(self, reading: bool) -> None:
         if reading == self._reading:
@@ -373,7 +381,7 @@ class Leg:
                     mask=self._mask,
                 )
             )
-            self.close_sent = True
+            self._closing()
         self._transport.close()
         self._finish(code, reason)
 
@@ -423,3 +431,8 @@ class Leg:
         log.info("leg.keepalive_timeout", leg=self.name)
         # A dead or half-open peer: no close frame could arrive, drop it now.
         self.abort()
+
+
+def _refuse_all(length: int, first: bool) -> bool:
+    """The admission of a closing leg: every data message is skipped unread."""
+    return False

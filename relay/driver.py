@@ -148,6 +148,7 @@ class SessionDriver:
         self._queue: deque[_Queued] = deque()
         self._handling = False
         self._held_full = False
+        self._upstream_held_full = False
         # The pending Wakeup, if any, and the stall watchdog.
         self._timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -316,9 +317,14 @@ class SessionDriver:
     def _update_reading(self) -> None:
         # A message from either leg may cause writes to both: read only while
         # both can take more.
+        # Frames held while the policy is applied count against the same
+        # bound, each leg its own (pausing the upstream for the client's hold
+        # would keep the session.updated the hold waits for from arriving).
         both = self._client.writable and self._upstream.writable
-        self._held_full = self.session.held_bytes >= self._flow.buffer_bytes
-        self._upstream.set_reading(both)
+        bound = self._flow.buffer_bytes
+        self._held_full = self.session.held_bytes >= bound
+        self._upstream_held_full = self.session.held_upstream_bytes >= bound
+        self._upstream.set_reading(both and not self._upstream_held_full)
         self._client.set_reading(both and not self._held_full)
 
     # Events and commands
@@ -352,8 +358,14 @@ class SessionDriver:
             queued = self._queue.popleft()
             self._execute(session.handle(queued[0]), *queued[1:])
         # Writability changes call _update_reading themselves; what remains
-        # is the hold of client frames filling up or being released.
-        if self._held_full or session.held_bytes >= self._flow.buffer_bytes:
+        # is a hold of frames filling up or being released.
+        bound = self._flow.buffer_bytes
+        if (
+            self._held_full
+            or self._upstream_held_full
+            or session.held_bytes >= bound
+            or session.held_upstream_bytes >= bound
+        ):
             self._update_reading()
 
     def _crash(self) -> None:

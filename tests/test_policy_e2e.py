@@ -12,6 +12,8 @@ import pytest
 from openai import AsyncAzureOpenAI
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from relay.config import LimitsSettings, parse_settings
 from relay.simulator.audio import silence_pcm16, speech_like_pcm16
@@ -312,6 +314,44 @@ async def test_an_upstream_that_never_confirms_is_bounded() -> None:
                 await ws.wait_closed()
             assert ws.close_code == 1011
         await stack.settle()
+
+
+async def test_an_upstream_flooding_before_it_confirms_is_not_read() -> None:
+    """Upstream frames held while the policy is applied are bounded: reading pauses."""
+    cap = 64 * 1024 * 1024
+    sent = 0
+    flooded = asyncio.get_running_loop().create_future()
+    event = json.dumps({"type": "x", "pad": "a" * 65_000})
+
+    async def hostile(ws: ServerConnection) -> None:
+        # session.created, then events that are never session.updated.
+        nonlocal sent
+        created = {"type": "session.created", "event_id": "e0", "session": {}}
+        try:
+            await ws.send(json.dumps(created))
+            while sent < cap:
+                await ws.send(event)
+                sent += len(event)
+        except ConnectionClosed:
+            pass
+        flooded.set_result(sent)
+
+    limits = LimitsSettings(policy_timeout=1.0)
+    async with serve(hostile, "127.0.0.1", 0, max_size=None) as upstream:
+        port = upstream.sockets[0].getsockname()[1]
+        async with policy_stack(
+            limits=limits, upstream_url=f"http://127.0.0.1:{port}"
+        ) as stack:
+            async with connect_relay(stack.preview_url(), key=KEY_A) as ws:
+                error = await receive_event(
+                    ws, within=within(limits.policy_timeout, 5 * SECOND)
+                )
+                assert error["error"]["code"] == "policy_not_applied"
+            async with asyncio.timeout(10 * SECOND):
+                total = await flooded
+    # What the relay holds (flow.buffer_bytes), the sockets' buffers and the
+    # upstream's own: megabytes, not everything the upstream could send.
+    assert total < cap // 2, total
 
 
 async def test_client_frames_sent_early_wait_in_order() -> None:

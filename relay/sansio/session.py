@@ -100,7 +100,8 @@ class RelaySession:
     the returned commands in order (``Send``/``Close`` for one side are
     delivered in the order given), and feed a ``Tick`` when a ``Wakeup`` comes
     due. While :attr:`held_bytes` exceeds its buffer bound it should stop
-    reading the client until the value drops.
+    reading the client until the value drops; the same for
+    :attr:`held_upstream_bytes` and the upstream.
     """
 
     def __init__(
@@ -146,6 +147,9 @@ class RelaySession:
         self._held_client: deque[str | bytes] = deque()
         self.held_bytes = 0
         """Bytes of client frames held until the policy is in force."""
+        self.held_upstream_bytes = 0
+        """Bytes of upstream frames held until the policy is in force: a
+        flooding upstream is not read while they exceed the buffer bound."""
         # Hidden fields the client set itself: no longer hidden from it.
         self._client_set: set[str] = set()
         self._relay_events = 0
@@ -491,6 +495,7 @@ class RelaySession:
             if isinstance(error, dict) and error.get("event_id") == INIT_EVENT_ID:
                 return self._fail_init("the upstream refused the session policy")
         self._held_upstream.append(data)
+        self.held_upstream_bytes += len(data)
         return []
 
     def _open(self, updated: dict[str, JSON], now: float) -> list[Command]:
@@ -503,6 +508,7 @@ class RelaySession:
         for data in self._held_upstream:
             commands.extend(self._relay_upstream(data, now))
         self._held_upstream.clear()
+        self.held_upstream_bytes = 0
         while self._held_client and self.state is State.OPEN:
             commands.extend(self._from_client(self._held_client.popleft(), now))
         self._held_client.clear()
@@ -653,7 +659,7 @@ class RelaySession:
         self.state = State.CLOSING
         self._held_client.clear()
         self._held_upstream.clear()
-        self.held_bytes = 0
+        self.held_bytes = self.held_upstream_bytes = 0
         self._settle()
         return [ended, *closes]
 
