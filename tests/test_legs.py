@@ -227,24 +227,29 @@ async def test_a_closing_leg_skips_what_the_peer_still_sends_unread() -> None:
     """After our close frame, data frames are skipped at their header: never decoded."""
     loop = asyncio.get_running_loop()
     got_close: asyncio.Future[None] = loop.create_future()
+    handled: asyncio.Future[None] = loop.create_future()
 
     async def handle(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
-        writer.write(switching(request))
-        # Wait for the leg's (masked) close frame, then answer it late, after
-        # a text frame that is not UTF-8 (1007 if it were decoded).
-        first = await reader.readexactly(1)
-        assert first[0] == 0x88
-        got_close.set_result(None)
-        writer.write(
-            build_frame(TEXT, b"\xff" * 1000, mask=False)
-            + build_frame(CLOSE, close_payload(1000, ""), mask=False)
-        )
-        await writer.drain()
-        await reader.read()
-        writer.close()
+        try:
+            request = await reader.readuntil(b"\r\n\r\n")
+            writer.write(switching(request))
+            # Wait for the leg's (masked) close frame, then answer it late,
+            # after a text frame that is not UTF-8 (1007 if it were decoded).
+            first = await reader.readexactly(1)
+            assert first[0] == 0x88
+            got_close.set_result(None)
+            writer.write(
+                build_frame(TEXT, b"\xff" * 1000, mask=False)
+                + build_frame(CLOSE, close_payload(1000, ""), mask=False)
+            )
+            await writer.drain()
+            await reader.read()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            handled.set_result(None)
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     async with server:
@@ -256,6 +261,7 @@ async def test_a_closing_leg_skips_what_the_peer_still_sends_unread() -> None:
         async with asyncio.timeout(5 * SECOND):
             await got_close
             assert await leg.done == 1000
+            await handled
         assert recorder.messages == []
 
 

@@ -338,7 +338,7 @@ async def test_an_upstream_flooding_before_it_confirms_is_not_read() -> None:
 
     limits = LimitsSettings(policy_timeout=1.0)
     async with serve(hostile, "127.0.0.1", 0, max_size=None) as upstream:
-        port = upstream.sockets[0].getsockname()[1]
+        port = next(iter(upstream.sockets)).getsockname()[1]
         async with policy_stack(
             limits=limits, upstream_url=f"http://127.0.0.1:{port}"
         ) as stack:
