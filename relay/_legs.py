@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final, TypeAlias
 
 import structlog
@@ -36,6 +36,7 @@ from relay._frames import (
     parse_close,
 )
 from relay._sockets import send_queue, socket_fd
+from relay.lane import LANE_FROM, lane
 from relay.memory import LARGE_MESSAGE, trimmer
 from relay.sansio.quotas import TokenBucket
 
@@ -116,6 +117,11 @@ class Leg:
         )
         self._loop = asyncio.get_running_loop()
         self._trimmer = trimmer()
+        self._lane = lane()
+        # A large message of this leg is in the lane: nothing more is read or
+        # handled until it is (frames parsed meanwhile wait here, in order).
+        self._in_lane = False
+        self._after_lane: list[Frame] = []
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._close_timeout = close_timeout
@@ -203,9 +209,18 @@ class Leg:
             self._loop.call_soon(self._next_turn)
 
     def _handle(self, frames: list[Frame]) -> None:
-        for frame in frames:
+        if self._in_lane:
+            self._after_lane.extend(frames)
+            return
+        for index, frame in enumerate(frames):
             opcode = frame.opcode
             if opcode in (TEXT, BINARY):
+                if len(frame.payload) >= LANE_FROM and self._on_message is not None:
+                    self._in_lane = True
+                    self._after_lane = frames[index + 1 :]
+                    self._apply_reading()
+                    self._lane.submit(self._through_lane(frame))
+                    return
                 self._deliver(frame)
             elif not self._control.take(1, self._loop.time()):
                 self._fail(ProtocolFailure(1008, "control frames over budget"))
@@ -218,9 +233,30 @@ class Leg:
             if self.done.done():  # a callback or a close frame ended the leg
                 return
 
+    def _through_lane(self, frame: Frame) -> Iterator[None]:
+        # Step 1 (the read that completed the frame joined and unmasked it):
+        # decode; step 2: the driver's handling; then this leg goes on.
+        yield
+        data = None if self.finished or self.close_sent else self._decoded(frame)
+        yield
+        if data is not None and not self.finished:
+            self._hand_over(data, frame)
+        self._in_lane = False
+        after, self._after_lane = self._after_lane, []
+        if self.done.done():
+            return
+        self._handle(after)
+        if self.done.done() or self._in_lane:
+            return
+        self._apply_reading()
+        if self._reader.ready and not self._backlog:
+            self._backlog = True
+            self._apply_reading()
+            self._loop.call_soon(self._next_turn)
+
     def _next_turn(self) -> None:
         self._backlog = False
-        if self.finished:
+        if self.finished or self._in_lane:
             return
         if self._reading or self.close_sent:
             self.data_received(b"")
@@ -257,18 +293,27 @@ class Leg:
             self._on_writable()
 
     def _deliver(self, frame: Frame) -> None:
+        data = self._decoded(frame)
+        if data is not None:
+            self._hand_over(data, frame)
+
+    def _decoded(self, frame: Frame) -> str | bytes | None:
+        # The message's data (text as str); None if the leg failed on it.
+        if frame.text is not None:
+            return frame.text  # reassembled: validated fragment by fragment
+        payload = frame.payload
+        if frame.opcode != TEXT:
+            return payload
+        try:
+            return payload.decode()
+        except UnicodeDecodeError:
+            self._fail(ProtocolFailure(1007, "invalid UTF-8 in a text message"))
+            return None
+
+    def _hand_over(self, data: str | bytes, frame: Frame) -> None:
         payload = frame.payload
         if len(payload) >= LARGE_MESSAGE:
             self._trimmer.released(len(payload))  # its buffers are freed soon
-        data: str | bytes = payload
-        if frame.text is not None:
-            data = frame.text  # reassembled: validated fragment by fragment
-        elif frame.opcode == TEXT:
-            try:
-                data = payload.decode()
-            except UnicodeDecodeError:
-                self._fail(ProtocolFailure(1007, "invalid UTF-8 in a text message"))
-                return
         if self.close_sent:
             return  # closing: data is no longer relayed
         if self._on_message is None:
@@ -362,7 +407,7 @@ class Leg:
     def _apply_reading(self) -> None:
         if self._transport.is_closing():
             return
-        if self._reading and not self._backlog:
+        if self._reading and not self._backlog and not self._in_lane:
             self._transport.resume_reading()
         else:
             self._transport.pause_reading()
