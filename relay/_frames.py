@@ -39,6 +39,7 @@ __all__ = [
     "Frame",
     "FrameReader",
     "ProtocolFailure",
+    "Unjoined",
     "build_frame",
     "close_payload",
     "parse_close",
@@ -86,6 +87,37 @@ class Frame:
     payload: bytes
     raw: bytes | None
     text: str | None = None
+    unjoined: Unjoined | None = None
+    """A large frame not joined yet (see ``FrameReader(join_below=...)``):
+    ``payload`` and ``raw`` are empty until its owner joins it."""
+
+
+@dataclass(slots=True)
+class Unjoined:
+    """A large data frame as its reads delivered it, for its owner to join in steps.
+
+    Joining and unmasking megabytes costs tens of milliseconds; done when the
+    last read arrives, they would stall every other connection that long.
+    """
+
+    parts: list[bytes]
+    """The frame's bytes as received: header, mask and payload."""
+    header: int
+    """Bytes before the payload (the mask included)."""
+    mask: bytes | None
+    length: int
+    """The payload's length."""
+
+    def join(self) -> bytes:
+        """The frame as received (what forwarding it unchanged sends); the parts are let go."""
+        raw = b"".join(self.parts)
+        self.parts = []
+        return raw
+
+    def payload(self, raw: bytes) -> bytes:
+        """The unmasked payload of ``raw`` (what :meth:`join` returned)."""
+        payload = raw[self.header :]
+        return payload if self.mask is None else apply_mask(payload, self.mask)
 
 
 Admission: TypeAlias = Callable[[int, bool], bool]
@@ -125,6 +157,8 @@ class FrameReader:
         "_expect_mask",
         "_fragments",
         "_fragments_size",
+        "_join_below",
+        "_large",
         "_max_bytes",
         "_max_frames",
         "_max_size",
@@ -144,8 +178,14 @@ class FrameReader:
         max_size: int,
         max_frames: int = 1 << 62,
         max_bytes: int = 1 << 62,
+        join_below: int = 1 << 62,
     ) -> None:
         self._expect_mask = expect_mask
+        # A whole data frame with a payload of at least join_below bytes that
+        # arrives over several reads is returned unjoined (Frame.unjoined).
+        self._join_below = join_below
+        # Such a frame waiting for its payload: (header length, mask).
+        self._large: tuple[int, bytes | None] | None = None
         self._max_size = max_size
         self._max_frames = max_frames
         self._max_bytes = max_bytes
@@ -195,6 +235,8 @@ class FrameReader:
             self._pending += len(data)
             if self._pending < self._needed:
                 return []
+            if self._large is not None:
+                return [self._unjoined()]
             buffer = b"".join(self._chunks)
         else:
             buffer = data
@@ -286,6 +328,14 @@ class FrameReader:
                 if frame_end > end:
                     self._decided = not control
                     needed = frame_end - position
+                    if (
+                        length >= self._join_below
+                        and fin
+                        and not control
+                        and opcode != CONTINUATION
+                    ):
+                        mask = buffer[mask_at:payload_at] if masked else None
+                        self._large = (payload_at - position, mask)
                     break
                 self._decided = False
                 payload = buffer[payload_at:frame_end]
@@ -305,6 +355,7 @@ class FrameReader:
         except ProtocolFailure as failure:
             failure.frames = frames
             self._chunks = []
+            self._large = None
             self.ready = False
             raise
         if position < end:
@@ -317,6 +368,32 @@ class FrameReader:
             self._chunks = []
             self.ready = False
         return frames
+
+    def _unjoined(self) -> Frame:
+        # The large frame at the start of _chunks is complete: hand it over
+        # as its pieces; what follows it stays for the next feed.
+        assert self._large is not None
+        header, mask = self._large
+        self._large = None
+        self._decided = False
+        total = self._needed  # the frame's bytes, header included
+        opcode = self._chunks[0][0] & 0x0F
+        extra = self._pending - total  # bytes of the frames after it
+        parts = self._chunks
+        rest = b""
+        if extra:
+            last = parts[-1]
+            parts[-1], rest = last[: len(last) - extra], last[len(last) - extra :]
+        self._chunks = [rest] if rest else []
+        self._pending = extra
+        self._needed = 0
+        self.ready = bool(rest)
+        return Frame(
+            opcode,
+            b"",
+            None,
+            unjoined=Unjoined(parts, header, mask, total - header),
+        )
 
     @property
     def buffered(self) -> int:

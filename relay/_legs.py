@@ -114,6 +114,7 @@ class Leg:
             max_size=max_size,
             max_frames=FRAMES_PER_TURN,
             max_bytes=BYTES_PER_TURN,
+            join_below=LANE_FROM,
         )
         self._loop = asyncio.get_running_loop()
         self._trimmer = trimmer()
@@ -215,7 +216,8 @@ class Leg:
         for index, frame in enumerate(frames):
             opcode = frame.opcode
             if opcode in (TEXT, BINARY):
-                if len(frame.payload) >= LANE_FROM and self._on_message is not None:
+                large = frame.unjoined is not None or len(frame.payload) >= LANE_FROM
+                if large and self._on_message is not None:
                     self._in_lane = True
                     self._after_lane = frames[index + 1 :]
                     self._apply_reading()
@@ -234,9 +236,15 @@ class Leg:
                 return
 
     def _through_lane(self, frame: Frame) -> Iterator[None]:
-        # Step 1 (the read that completed the frame joined and unmasked it):
-        # decode; step 2: the driver's handling; then this leg goes on.
+        # A step each: join the pieces, unmask, decode, the driver's handling;
+        # then this leg goes on.
         yield
+        unjoined = frame.unjoined
+        if unjoined is not None and not (self.finished or self.close_sent):
+            raw = unjoined.join()
+            yield
+            frame = Frame(frame.opcode, unjoined.payload(raw), raw)
+            yield
         data = None if self.finished or self.close_sent else self._decoded(frame)
         yield
         if data is not None and not self.finished:
@@ -293,6 +301,10 @@ class Leg:
             self._on_writable()
 
     def _deliver(self, frame: Frame) -> None:
+        unjoined = frame.unjoined
+        if unjoined is not None:  # not through the lane: joined at once
+            raw = unjoined.join()
+            frame = Frame(frame.opcode, unjoined.payload(raw), raw)
         data = self._decoded(frame)
         if data is not None:
             self._hand_over(data, frame)

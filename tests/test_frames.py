@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -479,3 +480,57 @@ def test_a_bounded_reader_gives_the_same_frames_turn_by_turn(
         frames += turn
     assert not reader.ready
     assert frames == expected
+
+
+def joined(frame: Frame) -> Frame:
+    """``frame``, joined if the reader handed it over in pieces."""
+    if frame.unjoined is None:
+        return frame
+    raw = frame.unjoined.join()
+    return Frame(frame.opcode, frame.unjoined.payload(raw), raw)
+
+
+@given(
+    _STREAM_FRAMES,
+    st.booleans(),
+    st.lists(st.integers(min_value=0, max_value=7000), max_size=30),
+)
+def test_large_frames_in_pieces_come_unjoined_and_join_to_the_same(
+    messages: list[tuple[int, bytes, int]], masked: bool, cuts: list[int]
+) -> None:
+    """A reader that leaves large frames unjoined gives the same frames once they are joined."""
+    data = b""
+    for opcode, payload, parts in messages:
+        if opcode == PING:
+            data += serialize(PING, payload[:125], mask=masked)
+            continue
+        if opcode == TEXT:
+            payload = payload.decode("latin-1").encode()
+        size = -(-len(payload) // parts) or 1
+        pieces = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
+        for index, piece in enumerate(pieces):
+            kind = opcode if index == 0 else CONTINUATION
+            data += serialize(kind, piece, mask=masked, fin=index == len(pieces) - 1)
+    expected = FrameReader(expect_mask=masked, max_size=1 << 20).feed(data)
+    reader = FrameReader(expect_mask=masked, max_size=1 << 20, join_below=100)
+    frames = feed_in_pieces(reader, data, cuts)
+    assert [joined(frame) for frame in frames] == expected
+    for frame in frames:
+        if frame.unjoined is not None:
+            assert frame.unjoined.length >= 100
+
+
+def test_a_large_frame_arriving_in_reads_is_handed_over_in_pieces() -> None:
+    """Joining (and unmasking) it is left to the owner: the last read costs nothing more."""
+    payload = os.urandom(300_000)
+    data = serialize(BINARY, payload, mask=True) + serialize(TEXT, b"next", mask=True)
+    reader = FrameReader(expect_mask=True, max_size=1 << 20, join_below=200_000)
+    frames: list[Frame] = []
+    for offset in range(0, len(data), 4096):
+        frames += reader.feed(data[offset : offset + 4096])
+    frames += reader.feed(b"") if reader.ready else []
+    first, second = frames
+    assert first.unjoined is not None
+    assert len(first.unjoined.parts) > 70  # as the reads delivered it
+    assert joined(first).payload == payload
+    assert (second.opcode, second.payload) == (TEXT, b"next")
