@@ -395,6 +395,16 @@ class FrameReader:
             unjoined=Unjoined(parts, header, mask, total - header),
         )
 
+    def discard(self) -> None:
+        """Let go of everything buffered (the connection is gone).
+
+        A finished connection's objects may wait for the cyclic garbage
+        collector; its buffers, up to a maximum-size message, should not.
+        """
+        self._chunks, self._pending, self._needed = [], 0, 0
+        self._fragments, self._texts, self._decoder = [], [], None
+        self._fragments_size, self._large, self.ready = 0, None, False
+
     @property
     def buffered(self) -> int:
         """Bytes held for frames and messages not complete yet."""

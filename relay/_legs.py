@@ -447,6 +447,8 @@ class Leg:
             return
         self.finished = True
         self._trimmer.released(self._reader.buffered)
+        self._reader.discard()
+        self._after_lane = []
         for timer in (self._close_timer, self._ping_timer, self._pong_timer):
             if timer is not None:
                 timer.cancel()

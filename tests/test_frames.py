@@ -534,3 +534,14 @@ def test_a_large_frame_arriving_in_reads_is_handed_over_in_pieces() -> None:
     assert len(first.unjoined.parts) > 70  # as the reads delivered it
     assert joined(first).payload == payload
     assert (second.opcode, second.payload) == (TEXT, b"next")
+
+
+def test_discard_lets_go_of_partial_frames_and_messages() -> None:
+    """What a gone connection held is freed at once, not when the collector finds it."""
+    reader = FrameReader(expect_mask=True, max_size=1 << 24, join_below=1 << 20)
+    reader.feed(serialize(TEXT, b"a" * 300_000, mask=True, fin=False))
+    reader.feed(serialize(CONTINUATION, b"b" * (2 << 20), mask=True)[:500_000])
+    assert reader.buffered > 700_000
+    reader.discard()
+    assert reader.buffered == 0
+    assert not reader.ready
