@@ -7,8 +7,9 @@ complete. Once freed, glibc keeps those pages (it only returns the top of the
 heap, and other objects allocated meanwhile sit above them), so RSS stayed
 hundreds of MiB above baseline long after such an attack. ``malloc_trim``
 returns every free page of the heap; it costs about 35 ms for 320 MiB freed
-(2-core VM), so it runs at most once per :data:`TRIM_INTERVAL`, a while after
-a large message was let go, not per message.
+(2-core VM), and the loop waits meanwhile, so it runs once large messages
+have stopped coming for :data:`TRIM_QUIET` seconds: never in the middle of a
+stream of them (their memory is reused), soon after the last one.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from collections.abc import Callable
 from typing import Final
 
 
-__all__ = ["LARGE_MESSAGE", "TRIM_INTERVAL", "Trimmer", "malloc_trim", "trimmer"]
+__all__ = ["LARGE_MESSAGE", "TRIM_QUIET", "Trimmer", "malloc_trim", "trimmer"]
 
 LARGE_MESSAGE: Final = 1024 * 1024
 """Messages at least this large ask for a trim once they are let go."""
-TRIM_INTERVAL: Final = 1.0
-"""Seconds between a large message and the trim (and between two trims)."""
+TRIM_QUIET: Final = 0.25
+"""Seconds without a large message before the heap is trimmed."""
 
 
 def _load_trim() -> Callable[[], bool] | None:
@@ -51,22 +52,24 @@ def malloc_trim() -> bool:
 
 
 class Trimmer:
-    """Trims the heap a while after large messages, at most once per ``interval``.
+    """Trims the heap once large messages have stopped for ``quiet`` seconds.
 
     One per event loop (the relay's process has one). :meth:`released` is
-    cheap and may be called for every message: only large ones schedule
-    anything, and only when no trim is scheduled already.
+    cheap and may be called for every message: only large ones count, and
+    they only push the due time back (one timer at most, re-armed when it
+    fires early, none per message).
     """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        interval: float = TRIM_INTERVAL,
+        quiet: float = TRIM_QUIET,
         trim: Callable[[], object] = malloc_trim,
     ) -> None:
         self._loop = loop
-        self._interval = interval
+        self._quiet = quiet
         self._trim_now = trim
+        self._due = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self.trims = 0
         """Trims run so far (for tests and metrics)."""
@@ -78,8 +81,10 @@ class Trimmer:
 
     def released(self, size: int) -> None:
         """A message of ``size`` bytes is about to be let go."""
-        if size >= LARGE_MESSAGE and self._timer is None:
-            self._timer = self._loop.call_later(self._interval, self._trim)
+        if size >= LARGE_MESSAGE:
+            self._due = self._loop.time() + self._quiet
+            if self._timer is None:
+                self._timer = self._loop.call_at(self._due, self._trim)
 
     def close(self) -> None:
         """Cancel a scheduled trim (the loop is shutting down)."""
@@ -88,6 +93,9 @@ class Trimmer:
             self._timer = None
 
     def _trim(self) -> None:
+        if self._loop.time() < self._due:  # another large message meanwhile
+            self._timer = self._loop.call_at(self._due, self._trim)
+            return
         self._timer = None
         self._trim_now()
         self.trims += 1

@@ -68,7 +68,7 @@ async def test_large_messages_schedule_one_trim_a_while_later() -> None:
         if not done.done():
             done.set_result(None)
 
-    trims = Trimmer(loop, interval=0.05, trim=trim)
+    trims = Trimmer(loop, quiet=0.05, trim=trim)
     trims.released(LARGE_MESSAGE - 1)
     states = [trims.scheduled]  # ordinary messages cost a comparison
     started = loop.time()
@@ -86,6 +86,35 @@ async def test_large_messages_schedule_one_trim_a_while_later() -> None:
     trims.close()
     states.append(trims.scheduled)
     assert states == [False, True, True, False]
+
+
+async def test_no_trim_while_large_messages_keep_coming() -> None:
+    """A stream of them reuses its memory: a trim waits for a quiet spell."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    releases: list[float] = []
+    trimmed: list[float] = []
+
+    def trim() -> None:
+        trimmed.append(loop.time())
+        if len(releases) == 11 and not done.done():
+            done.set_result(None)
+
+    trims = Trimmer(loop, quiet=0.1, trim=trim)
+
+    def release(left: int) -> None:
+        releases.append(loop.time())
+        trims.released(LARGE_MESSAGE)
+        if left:
+            loop.call_later(0.03, release, left - 1)
+
+    release(10)
+    async with asyncio.timeout(5 * SECOND):
+        await done
+    # However late the timers ran: no trim within `quiet` of a release.
+    for at in trimmed:
+        assert not any(at - 0.1 < released <= at for released in releases)
+    assert trimmed[-1] >= releases[-1] + 0.1
 
 
 async def test_a_leg_asks_for_a_trim_after_a_large_message() -> None:
