@@ -101,23 +101,35 @@ class Unjoined:
     """
 
     parts: list[bytes]
-    """The frame's bytes as received: header, mask and payload."""
+    """The frame's bytes as received (header, mask and payload); for a
+    fragmented message, its fragments' unmasked payloads."""
     header: int
     """Bytes before the payload (the mask included)."""
     mask: bytes | None
     length: int
     """The payload's length."""
+    texts: list[str] | None = None
+    """A fragmented text message's fragments, decoded as they arrived."""
+    fragmented: bool = False
 
     def join(self) -> bytes:
-        """The frame as received (what forwarding it unchanged sends); the parts are let go."""
-        raw = b"".join(self.parts)
+        """The parts joined (then let go): the frame as received, or the message's payload."""
+        joined = b"".join(self.parts)
         self.parts = []
-        return raw
+        return joined
 
     def payload(self, raw: bytes) -> bytes:
         """The unmasked payload of ``raw`` (what :meth:`join` returned)."""
         payload = raw[self.header :]
         return payload if self.mask is None else apply_mask(payload, self.mask)
+
+    def complete(self, opcode: int, joined: bytes) -> Frame:
+        """The frame or message, from what :meth:`join` returned."""
+        if not self.fragmented:
+            return Frame(opcode, self.payload(joined), joined)
+        text = None if self.texts is None else "".join(self.texts)
+        self.texts = None
+        return Frame(opcode, joined, None, text)
 
 
 Admission: TypeAlias = Callable[[int, bool], bool]
@@ -440,8 +452,15 @@ class FrameReader:
                 return None
             started = self._opcode
             assert started is not None, "checked at the header"
-            text = "".join(self._texts) if self._decoder is not None else None
-            message = Frame(started, b"".join(self._fragments), None, text)
+            size = self._fragments_size
+            if size >= self._join_below:
+                # Joining is left to the owner, as for a large frame.
+                texts = self._texts if self._decoder is not None else None
+                pieces = Unjoined(self._fragments, 0, None, size, texts, True)
+                message = Frame(started, b"", None, unjoined=pieces)
+            else:
+                text = "".join(self._texts) if self._decoder is not None else None
+                message = Frame(started, b"".join(self._fragments), None, text)
             self._opcode, self._fragments, self._fragments_size = None, [], 0
             self._texts, self._decoder = [], None
             return message

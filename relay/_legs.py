@@ -241,9 +241,9 @@ class Leg:
         yield
         unjoined = frame.unjoined
         if unjoined is not None and not (self.finished or self.close_sent):
-            raw = unjoined.join()
+            joined = unjoined.join()
             yield
-            frame = Frame(frame.opcode, unjoined.payload(raw), raw)
+            frame = unjoined.complete(frame.opcode, joined)
             yield
         data = None if self.finished or self.close_sent else self._decoded(frame)
         yield
@@ -303,8 +303,7 @@ class Leg:
     def _deliver(self, frame: Frame) -> None:
         unjoined = frame.unjoined
         if unjoined is not None:  # not through the lane: joined at once
-            raw = unjoined.join()
-            frame = Frame(frame.opcode, unjoined.payload(raw), raw)
+            frame = unjoined.complete(frame.opcode, unjoined.join())
         data = self._decoded(frame)
         if data is not None:
             self._hand_over(data, frame)

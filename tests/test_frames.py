@@ -486,8 +486,7 @@ def joined(frame: Frame) -> Frame:
     """``frame``, joined if the reader handed it over in pieces."""
     if frame.unjoined is None:
         return frame
-    raw = frame.unjoined.join()
-    return Frame(frame.opcode, frame.unjoined.payload(raw), raw)
+    return frame.unjoined.complete(frame.opcode, frame.unjoined.join())
 
 
 @given(
