@@ -404,9 +404,10 @@ class SessionDriver:
                 case Abort(side=side):
                     self._closed_with(side, 1006)
                     (self._client if side == "client" else self._upstream).abort()
-                case Applied(action=action, field=field):
+                case Applied(action=action, field=field, logged=logged):
                     self._observer.policy_applied(action, field)
-                    log.info("policy.applied", action=action, field=field)
+                    if logged:
+                        log.info("policy.applied", action=action, field=field)
                 case Metered():
                     self._observer.metered(command)
                     if command.audio_seconds:

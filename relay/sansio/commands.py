@@ -78,11 +78,14 @@ class Applied:
     """The policy acted (``overwrite``, ``clamp``, ``refuse``, ``hide``) on ``field``.
 
     A fact for metrics and logs; ``field`` is a bounded name (a rule target,
-    ``event_type`` or ``message``), never a value.
+    ``event_type`` or ``message``), never a value. ``logged``: worth a log
+    line too (a flood of refusals is counted, and logged when the client is
+    told, at most once a second).
     """
 
     action: str
     field: str
+    logged: bool = True
 
 
 @dataclass(frozen=True, slots=True)

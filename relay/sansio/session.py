@@ -434,7 +434,9 @@ class RelaySession:
                 "rate_limit_exceeded",
                 "inbound rate limit exceeded for too long",
             )
-        commands: list[Command] = [Applied("refuse", "rate_limit")]
+        commands: list[Command] = [
+            Applied("refuse", "rate_limit", logged=verdict.notify)
+        ]
         if verdict.notify:
             commands.append(
                 Send(

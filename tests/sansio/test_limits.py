@@ -44,10 +44,12 @@ class TestAdmissionAtTheHeader:
         assert session.client_frame(50_000, True, 0.0) is None  # admitted, in debt
         refused = session.client_frame(10, True, 0.5)
         assert refused is not None
-        assert refused[0] == Applied("refuse", "rate_limit")
+        assert refused[0] == Applied("refuse", "rate_limit")  # logged: told
         assert error_code(refused[1]) == "rate_limit_exceeded"
         # Silent for the rest of that second; then admitted once repaid.
-        assert session.client_frame(10, True, 0.6) == [Applied("refuse", "rate_limit")]
+        assert session.client_frame(10, True, 0.6) == [
+            Applied("refuse", "rate_limit", logged=False)  # counted, not logged
+        ]
         assert session.client_frame(10, True, 48.1) is None
 
     def test_later_fragments_are_charged_and_never_refused(self) -> None:
@@ -210,7 +212,9 @@ class TestRate:
         book >> ClientMessage(APPEND, now=0.0) << Applied("refuse", "rate_limit")
         assert error_code(book._pending.pop(0)) == "rate_limit_exceeded"
         (
-            book >> ClientMessage(APPEND, now=0.1) << Applied("refuse", "rate_limit")
+            book
+            >> ClientMessage(APPEND, now=0.1)
+            << Applied("refuse", "rate_limit", logged=False)
         ).done()
         # Half a second later one token is back.
         (book >> ClientMessage(APPEND, now=0.6) << Send("upstream", APPEND)).done()
