@@ -151,9 +151,8 @@ class FrameReader:
         max_size: the largest message accepted (payload bytes); larger ones
             fail with 1009.
         max_frames, max_bytes: the most one :meth:`feed` parses: that many
-            frames (control frames and fragments count; a frame skipped
-            unread counts as an eighth), and none after the one that takes
-            their payloads to ``max_bytes``.
+            frames (control frames, fragments and skipped frames count), and
+            none after the one that takes their payloads to ``max_bytes``.
             The rest stays buffered, :attr:`ready` says so, and ``feed(b"")``
             goes on. A caller bounds its work per read this way.
 
@@ -257,11 +256,7 @@ class FrameReader:
         position = 0
         end = len(buffer)
         needed = 2  # bytes the frame at ``position`` needs: its header first
-        # In eighths of a frame: a skipped frame (refused, never read) costs
-        # an eighth of one read, so what a peer floods after its refusal is
-        # drained eight times as fast (after a flood ends, the kernel may
-        # still hold megabytes of it).
-        budget_frames, budget_bytes = 8 * self._max_frames, self._max_bytes
+        budget_frames, budget_bytes = self._max_frames, self._max_bytes
         try:
             while end - position >= 2:
                 if budget_frames <= 0 or budget_bytes <= 0:
@@ -334,7 +329,7 @@ class FrameReader:
                         if admit is not None:
                             admit(length, False)
                     if not keep:
-                        budget_frames -= 1  # an eighth
+                        budget_frames -= 1
                         self._drop(opcode, bool(fin), length)
                         if frame_end > end:
                             self._skip = frame_end - end
@@ -364,7 +359,7 @@ class FrameReader:
                     else None
                 )
                 position = frame_end
-                budget_frames -= 8
+                budget_frames -= 1
                 budget_bytes -= length
                 frame = self._assemble(opcode, bool(fin), payload, raw)
                 if frame is not None:

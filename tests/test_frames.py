@@ -545,18 +545,3 @@ def test_discard_lets_go_of_partial_frames_and_messages() -> None:
     assert reader.buffered == 0
     assert not reader.ready
 
-
-def test_a_skipped_frame_costs_an_eighth_of_a_turn() -> None:
-    """What a peer floods after its refusal drains eight times as fast as frames read."""
-    reader = FrameReader(expect_mask=True, max_size=1 << 20, max_frames=2)
-    reader.admit = Admissions(set(range(100)))  # every message refused
-    flood = serialize(TEXT, b"{}", mask=True) * 40
-    assert reader.feed(flood) == []
-    assert reader.ready  # 16 skipped in this turn, the rest in the next ones
-    turns = 1
-    while reader.ready and turns < 10:
-        reader.feed(b"")
-        turns += 1
-    assert turns == 3  # 16 + 16 + 8
-    kept = FrameReader(expect_mask=True, max_size=1 << 20, max_frames=2)
-    assert len(kept.feed(flood)) == 2  # read frames: two per turn
