@@ -544,4 +544,3 @@ def test_discard_lets_go_of_partial_frames_and_messages() -> None:
     reader.discard()
     assert reader.buffered == 0
     assert not reader.ready
-
