@@ -150,6 +150,8 @@ class RelaySession:
         self.held_upstream_bytes = 0
         """Bytes of upstream frames held until the policy is in force: a
         flooding upstream is not read while they exceed the buffer bound."""
+        # When a policy action was last logged (see _log_due).
+        self._logged_at = float("-inf")
         # Hidden fields the client set itself: no longer hidden from it.
         self._client_set: set[str] = set()
         self._relay_events = 0
@@ -560,16 +562,18 @@ class RelaySession:
                 None,
                 "binary frames are not supported: send JSON text events",
                 "message",
+                now,
             )
         try:
             event = parse_event(data)
         except InvalidEvent as exc:
-            return self._invalid(None, str(exc), "message")
+            return self._invalid(None, str(exc), "message", now)
         client_event_id = event.get("event_id")
         verdict = judge(self.policy, self.family, event)
         commands: list[Command] = []
         if isinstance(verdict, Forward):
-            commands.extend(Applied(a.action, a.field) for a in verdict.actions)
+            logged = self._log_due(now) if verdict.actions else False
+            commands.extend(Applied(a.action, a.field, logged) for a in verdict.actions)
             self._client_set |= verdict.client_set
             governed = event["type"] in GOVERNED_EVENTS
             # Governed events go upstream exactly as inspected; others as received
@@ -577,7 +581,8 @@ class RelaySession:
             commands.append(Send("upstream", dump(verdict.event) if governed else data))
             commands.append(self._meter.client_event(verdict.event, now))
             return commands
-        commands.extend(Applied(a.action, a.field) for a in verdict.actions)
+        logged = self._log_due(now)
+        commands.extend(Applied(a.action, a.field, logged) for a in verdict.actions)
         commands.append(
             Send(
                 "client",
@@ -593,7 +598,7 @@ class RelaySession:
         return commands
 
     def _invalid(
-        self, client_event_id: JSON, message: str, field: str
+        self, client_event_id: JSON, message: str, field: str, now: float
     ) -> list[Command]:
         notice = error_event(
             self._event_id(),
@@ -602,7 +607,19 @@ class RelaySession:
             param=None,
             client_event_id=client_event_id,
         )
-        return [Applied("refuse", field), Send("client", notice)]
+        return [Applied("refuse", field, self._log_due(now)), Send("client", notice)]
+
+    def _log_due(self, now: float) -> bool:
+        """Whether a policy action at ``now`` is worth a log line: one a second.
+
+        Every action is counted (``Applied``); a client repeating one hundreds
+        of times a second would otherwise make the relay spend more on log
+        lines than on relaying (a log line costs more than the event).
+        """
+        if now - self._logged_at < 1.0:
+            return False
+        self._logged_at = now
+        return True
 
     def _from_upstream(self, data: str | bytes) -> str | bytes:
         # Only session.created/updated can need hiding; base64 audio cannot

@@ -140,6 +140,18 @@ class TestRelaying:
             )
         ).done()
 
+    def test_a_flood_of_refusals_is_counted_each_time_and_logged_once_a_second(
+        self,
+    ) -> None:
+        session = RelaySession()
+        session.handle(Started(0.0))
+        logged = [
+            next(c for c in session.client_message("{}", now) if isinstance(c, Applied))
+            for now in (0.0, 0.1, 0.9, 1.0, 1.5, 2.2)
+        ]
+        assert [a.logged for a in logged] == [True, False, False, True, False, True]
+        assert {(a.action, a.field) for a in logged} == {("refuse", "message")}
+
     def test_malformed_client_frames_are_refused_and_the_session_stays_open(
         self,
     ) -> None:
@@ -159,7 +171,7 @@ class TestRelaying:
             ],
             start=1,
         ):
-            book >> ClientMessage(garbage)
+            book >> ClientMessage(garbage, now=float(number))  # a second apart
             book << Applied("refuse", "message")
             command = book._pending.pop(0)
             event = sent(command)
