@@ -470,6 +470,14 @@ def test_client_options() -> None:
             "clients[0].limits.max_session_seconds: expected a number from 1.0 to 86400.0",
         ),
         (
+            ("idle_seconds: 60", "idle_seconds: 60, burst_bytes: 10"),
+            "clients[0].limits.burst_bytes: expected",
+        ),
+        (
+            ("idle_seconds: 60", "idle_seconds: 60, burst_bytes: lots"),
+            "clients[0].limits.burst_bytes: expected",
+        ),
+        (
             ("idle_seconds: 60", "idle_seconds: 60, burst: 9"),
             "clients[0].limits.burst: unknown key",
         ),
