@@ -181,6 +181,7 @@ class FrameReader:
         "_texts",
         "admit",
         "ready",
+        "skipped",
     )
 
     def __init__(
@@ -205,6 +206,10 @@ class FrameReader:
         """Whether buffered bytes may already hold frames: ``feed(b"")`` would parse them."""
         self.admit: Admission | None = None
         """Asked about each data frame at its header; ``None`` admits all."""
+        self.skipped = False
+        """Set when a feed refused a message or skipped bytes of one; the
+        caller clears it (a leg paces the reading of a peer whose messages
+        are being refused)."""
         # Received bytes not yet part of a frame. They are kept as the reads
         # delivered them and joined only once the incomplete frame can be
         # complete (``_needed``): a 16 MiB frame arriving in 4 KiB reads is
@@ -235,8 +240,9 @@ class FrameReader:
                 the connection with the failure's code, after handling the
                 frames completed before it (``failure.frames``).
         """
-        if self._skip:
+        if self._skip and data:
             # The rest of a refused frame: dropped as it arrives.
+            self.skipped = True
             if len(data) <= self._skip:
                 self._skip -= len(data)
                 return []
@@ -330,6 +336,7 @@ class FrameReader:
                             admit(length, False)
                     if not keep:
                         budget_frames -= 1
+                        self.skipped = True
                         self._drop(opcode, bool(fin), length)
                         if frame_end > end:
                             self._skip = frame_end - end

@@ -46,6 +46,7 @@ __all__ = [
     "CONTROL_BURST",
     "CONTROL_RATE",
     "FRAMES_PER_TURN",
+    "REFUSED_PAUSE",
     "Leg",
     "MessageHandler",
 ]
@@ -66,6 +67,20 @@ CONTROL_RATE: Final = 8.0
 """... and per second after that. Keepalives need one every few seconds at
 most; a peer over this budget is flooding, and its connection is closed with
 1008 (policy violation)."""
+
+REFUSED_PAUSE: Final = 0.02
+"""Seconds a leg sits out after a turn in which it refused a message (or
+skipped bytes of one): no reading from that peer meanwhile.
+
+Refusing is cheap per message, not free: every frame header is still parsed.
+A peer over its rate limit that sends as fast as the socket takes (thousands
+of fragments or tiny frames per turn) would otherwise cost the loop a full
+turn's budget every turn, and after it stops, its backlog in the kernel's
+buffers (and in its own send queue) still costs that until it is read. Paced,
+such a peer costs at most one turn's budget per pause, about 3,200 frames a
+second; the rest waits in TCP, which pushes back on the sender. A client over
+its limit only briefly (a burst) loses nothing by it: what it sends during
+the pause waits in the kernel and is read, and judged, after it."""
 
 MessageHandler: TypeAlias = Callable[[str | bytes, bytes | None, int], None]
 """Receives each data message: text as ``str`` (valid UTF-8), binary as
@@ -131,6 +146,7 @@ class Leg:
         self._on_message: MessageHandler | None = None
         self._on_closed: Callable[[int, str], None] | None = None
         self._on_writable: Callable[[], None] | None = None
+        self._on_skipped: Callable[[], None] | None = None
         self._pending: list[tuple[str | bytes, bytes | None, int]] = []
         # Flow control.
         self.writable = True
@@ -139,6 +155,8 @@ class Leg:
         # frames already received wait for a later turn (fairness).
         self._reading = True
         self._backlog = False
+        # Sitting out after a turn that refused (REFUSED_PAUSE): the timer.
+        self._pause: asyncio.TimerHandle | None = None
         self._control = TokenBucket(CONTROL_RATE, CONTROL_BURST, self._loop.time())
         # Closing.
         self.close_sent = False
@@ -162,12 +180,15 @@ class Leg:
         on_closed: Callable[[int, str], None],
         on_writable: Callable[[], None],
         admit: Admission | None = None,
+        on_skipped: Callable[[], None] | None = None,
     ) -> None:
         """Start delivering to the driver: first what arrived before, then as it comes.
 
         ``admit`` decides on each data message from its first frame's header
         (see :data:`~relay._frames.Admission`); messages that arrived before
-        are put to it now, each as one frame. Reading resumes; the driver
+        are put to it now, each as one frame. ``on_skipped`` is called after
+        each read that skipped bytes of refused messages (then the leg sits
+        out :data:`REFUSED_PAUSE`). Reading resumes; the driver
         pauses it again as flow control needs.
         """
         self._on_message, self._on_closed, self._on_writable = (
@@ -175,6 +196,7 @@ class Leg:
             on_closed,
             on_writable,
         )
+        self._on_skipped = on_skipped
         self._reader.admit = _refuse_all if self.close_sent else admit
         pending, self._pending = self._pending, []
         for message in pending:
@@ -202,12 +224,25 @@ class Leg:
         self._handle(frames)
         if self.done.done():
             return
-        if self._reader.ready and not self._backlog:
+        reader = self._reader
+        if reader.skipped:
+            # Refused messages this turn: sit out a while (REFUSED_PAUSE).
+            reader.skipped = False
+            if self._pause is None:
+                self._pause = self._loop.call_later(REFUSED_PAUSE, self._paused)
+                self._apply_reading()
+            if self._on_skipped is not None:
+                self._on_skipped()
+        elif reader.ready and not self._backlog:
             # More frames arrived than one turn handles: yield to the other
             # connections, and go on in a later turn (without reading more).
             self._backlog = True
             self._apply_reading()
             self._loop.call_soon(self._next_turn)
+
+    def _paused(self) -> None:
+        self._pause = None
+        self._next_turn()
 
     def _handle(self, frames: list[Frame]) -> None:
         if self._in_lane:
@@ -264,8 +299,8 @@ class Leg:
 
     def _next_turn(self) -> None:
         self._backlog = False
-        if self.finished or self._in_lane:
-            return
+        if self.finished or self._in_lane or self._pause is not None:
+            return  # the lane, or the pause's end, goes on
         if self._reading or self.close_sent:
             self.data_received(b"")
         self._apply_reading()
@@ -418,7 +453,12 @@ class Leg:
     def _apply_reading(self) -> None:
         if self._transport.is_closing():
             return
-        if self._reading and not self._backlog and not self._in_lane:
+        if (
+            self._reading
+            and not self._backlog
+            and not self._in_lane
+            and self._pause is None
+        ):
             self._transport.resume_reading()
         else:
             self._transport.pause_reading()
@@ -448,7 +488,12 @@ class Leg:
         self._trimmer.released(self._reader.buffered)
         self._reader.discard()
         self._after_lane = []
-        for timer in (self._close_timer, self._ping_timer, self._pong_timer):
+        for timer in (
+            self._close_timer,
+            self._ping_timer,
+            self._pong_timer,
+            self._pause,
+        ):
             if timer is not None:
                 timer.cancel()
         if not self._transport.is_closing():

@@ -174,6 +174,7 @@ class SessionDriver:
             self._client_closed,
             self._writable_changed,
             self._admit,
+            self._skipping,
         )
         self._upstream.attach(
             self._upstream_message, self._upstream_closed, self._writable_changed
@@ -224,19 +225,29 @@ class SessionDriver:
             return True
         if refused:
             # Notices and, past the grace period, the closing handshake.
-            # Admission is asked from inside the client leg's read, never
-            # while an event is being handled, but nothing depends on that.
-            handling, self._handling = self._handling, True
-            try:
-                self._execute(refused, None, None, None)
-                if not handling:
-                    self._settle()
-            except Exception:
-                log.exception("session.crashed")
-                self._crash()
-            finally:
-                self._handling = handling
+            self._from_read(refused)
         return False
+
+    def _skipping(self) -> None:
+        """The client leg skipped bytes of refused messages in its last read."""
+        commands = self.session.client_skipping(self._loop.time())
+        if commands:
+            self._from_read(commands)
+
+    def _from_read(self, commands: list[Command]) -> None:
+        # Commands decided inside the client leg's read (admission): it is
+        # never called while an event is being handled, but nothing depends
+        # on that.
+        handling, self._handling = self._handling, True
+        try:
+            self._execute(commands, None, None, None)
+            if not handling:
+                self._settle()
+        except Exception:
+            log.exception("session.crashed")
+            self._crash()
+        finally:
+            self._handling = handling
 
     def _client_message(self, data: str | bytes, raw: bytes | None, size: int) -> None:
         counters = self.counters

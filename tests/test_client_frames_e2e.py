@@ -18,7 +18,17 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from relay._frames import BINARY, CLOSE, PING, PONG, TEXT, build_frame, close_payload
+from relay._frames import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    PONG,
+    TEXT,
+    build_frame,
+    close_payload,
+)
+from relay._legs import FRAMES_PER_TURN, REFUSED_PAUSE
 from relay.config import ClientLimits
 from tests.helpers.clients import connect_relay, receive_event
 from tests.helpers.events import flat
@@ -169,6 +179,72 @@ async def test_a_message_over_the_byte_rate_is_refused_at_its_header() -> None:
         assert stack.registry.get_sample_value(
             "relay_policy_actions_total", {"action": "refuse", "field": "rate_limit"}
         )
+
+
+async def test_a_client_flooding_refused_messages_is_read_at_a_pace() -> None:
+    """Over its rate, a client is read one turn's frames per pause: the rest waits in TCP.
+
+    50,000 tiny events at once, at 10 a second: without the pause the relay
+    would parse and refuse them all within a few hundred turns of its loop
+    (and after the client stops, whatever its kernel still holds). The count
+    in the window is an upper bound on the relay's work, so a busy machine
+    passes too.
+    """
+    limits = ClientLimits(messages_per_second=10)
+    async with relay_stack(clients=clients_with(limits=limits)) as stack:
+        _reader, writer = await raw_session(stack)
+        writer.write(build_frame(TEXT, b"{}", mask=True) * 50_000)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # An observation window, not a wait for an event.
+        await asyncio.sleep(15 * REFUSED_PAUSE)
+        elapsed = loop.time() - started
+        refused = stack.registry.get_sample_value(
+            "relay_policy_actions_total", {"action": "refuse", "field": "rate_limit"}
+        )
+        assert refused is not None
+        assert 0 < refused <= FRAMES_PER_TURN * (elapsed / REFUSED_PAUSE + 2)
+        writer.close()
+        await stack.settle()
+
+
+def fragment(opcode: int, payload: bytes) -> bytes:
+    """A masked frame that does not end its message (FIN clear)."""
+    frame = bytearray(build_frame(opcode, payload, mask=True))
+    frame[0] &= 0x7F
+    return bytes(frame)
+
+
+async def test_one_endless_refused_message_is_closed_with_4029() -> None:
+    """Its fragments, skipped unread, keep the client over its rate: closed after the grace period (5 s)."""
+    limits = ClientLimits(messages_per_second=1)
+    async with relay_stack(clients=clients_with(limits=limits)) as stack:
+        reader, writer = await raw_session(stack)
+        for _ in range(2):  # the burst: two seconds' worth
+            writer.write(build_frame(TEXT, b'{"type":"response.cancel"}', mask=True))
+        writer.write(fragment(TEXT, b'{"type":"input_audio_buffer.append","audio":"'))
+        codes: list[str] = []
+        close: bytes | None = None
+        async with asyncio.timeout(20 * SECOND):
+            # A fragment every 50 ms until the relay closes (bounded: 20 s).
+            for _ in range(400):
+                writer.write(fragment(CONTINUATION, b"A" * 1000))
+                try:
+                    async with asyncio.timeout(0.05):
+                        opcode, payload = await read_frame(reader)
+                except TimeoutError:
+                    continue
+                if opcode == CLOSE:
+                    close = payload
+                    break
+                event = json.loads(payload)
+                if event["type"] == "error":
+                    codes.append(event["error"]["code"])
+        assert close is not None
+        assert struct.unpack("!H", close[:2])[0] == 4029
+        assert codes[-1] == "rate_limit_exceeded"  # the notice before the close
+        writer.close()
+        await stack.settle()
 
 
 async def test_binary_frames_are_refused_with_an_error_event() -> None:

@@ -309,6 +309,31 @@ def test_a_refused_message_is_skipped_unread() -> None:
     assert admit.calls == [(8 << 20, True), (4, True), (1, True), (5, True)]
 
 
+def test_skipped_says_a_feed_refused_or_skipped_bytes() -> None:
+    """Set by a refusal and by every read that skips a refused frame's bytes; never by an empty feed."""
+    admit = Admissions({1})
+    reader = FrameReader(expect_mask=True, max_size=1 << 24)
+    reader.admit = admit
+
+    def skipped() -> bool:
+        # What a leg does after each feed: read the flag and clear it.
+        was, reader.skipped = reader.skipped, False
+        return was
+
+    assert reader.feed(serialize(TEXT, b"kept", mask=True))
+    assert not skipped()
+    refused = serialize(TEXT, b"x" * 100_000, mask=True)
+    assert reader.feed(refused[:20]) == []
+    assert skipped()
+    assert reader.feed(b"") == []  # what a leg feeds after its pause
+    assert not skipped()
+    assert reader.feed(refused[20:50_000]) == []
+    assert skipped()
+    frames = reader.feed(refused[50_000:] + serialize(TEXT, b"after", mask=True))
+    assert [f.payload for f in frames] == [b"after"]
+    assert skipped()
+
+
 def test_a_refused_fragmented_message_still_obeys_the_rules() -> None:
     """Dropping a message does not suspend the fragmentation rules or the size limit."""
     reader = FrameReader(expect_mask=True, max_size=100)

@@ -19,7 +19,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 
 from relay._frames import BINARY, CLOSE, PING, PONG, TEXT, build_frame, close_payload
-from relay._legs import CONTROL_BURST, FRAMES_PER_TURN, Leg
+from relay._legs import CONTROL_BURST, FRAMES_PER_TURN, REFUSED_PAUSE, Leg
 from relay.config import FlowSettings
 from relay.upstream import open_upstream
 from tests.helpers.timing import SECOND, within
@@ -421,6 +421,44 @@ async def test_many_frames_in_one_read_are_handled_over_several_turns() -> None:
         assert per_turn <= FRAMES_PER_TURN
         leg.close(1000, "done")
         async with asyncio.timeout(2 * SECOND):
+            await leg.done
+
+
+async def test_a_peer_whose_messages_are_refused_is_read_at_a_pace() -> None:
+    """After a turn that refused a message the leg sits out REFUSED_PAUSE.
+
+    A peer flooding refused messages costs at most one turn's frames per
+    pause: 20,000 refused frames, all received at once, take about 300
+    pauses, not 300 turns of the loop. What the window holds is an upper
+    bound on work (a busy machine does less), so the check holds anywhere.
+    """
+    count = 20_000
+    script = b"".join(build_frame(TEXT, b"{}", mask=False) for _ in range(count))
+    loop = asyncio.get_running_loop()
+    asked: list[float] = []
+
+    def refuse(length: int, first: bool) -> bool:
+        asked.append(loop.time())
+        return False
+
+    async with scripted(script) as peer:
+        leg = await open_leg(peer.url)
+        delivered: list[object] = []
+        leg.attach(
+            lambda data, raw, size: delivered.append(data),
+            lambda code, reason: None,
+            lambda: None,
+            refuse,
+        )
+        started = loop.time()
+        # An observation window, not a wait for an event: ten pauses' worth.
+        await asyncio.sleep(10 * REFUSED_PAUSE)
+        elapsed = loop.time() - started
+        assert asked, "the leg read nothing"
+        assert len(asked) <= FRAMES_PER_TURN * (elapsed / REFUSED_PAUSE + 2)
+        assert delivered == []
+        leg.close(1000, "done")
+        async with asyncio.timeout(5 * SECOND):
             await leg.done
 
 

@@ -119,15 +119,25 @@ class InboundRate:
         )
         if allowed:
             return RateVerdict(True)
-        if now - self._last_refusal > 1.0:
-            self._streak = now
-        self._last_refusal = now
-        if now - self._streak >= self._grace:
+        if self.refusing(now):
             return RateVerdict(False, close=True)
         notify = now - self._last_notice >= 1.0
         if notify:
             self._last_notice = now
         return RateVerdict(False, notify=notify)
+
+    def refusing(self, now: float) -> bool:
+        """Note that the client is sending refused data at ``now``; say whether it is past the grace period.
+
+        Called for each refused message, and while the rest of a refused
+        message (its later fragments, or the rest of a long frame) is being
+        skipped: a client sending one endless refused message is over its
+        rate as much as one sending refused messages one after another.
+        """
+        if now - self._last_refusal > 1.0:
+            self._streak = now
+        self._last_refusal = now
+        return now - self._streak >= self._grace
 
     def charge(self, size: int, now: float) -> None:
         """Charge ``size`` bytes of a message already decided on (a later fragment)."""

@@ -228,6 +228,27 @@ class RelaySession:
             return None
         return self._over_rate(size, now)
 
+    def client_skipping(self, now: float) -> list[Command]:
+        """The client's reader skipped bytes of refused messages at ``now``.
+
+        They prolong the client's time over its rate (see
+        :meth:`~relay.sansio.limits.InboundRate.refusing`): past the grace
+        period the session is closed as when a refused message arrives. The
+        caller reports this at most once per read.
+        """
+        rate = self._rate
+        if not self._running or rate is None or not rate.refusing(now):
+            return []
+        return self._rate_close()
+
+    def _rate_close(self) -> list[Command]:
+        return self._limit_close(
+            RATE_LIMITED,
+            "rate_limited",
+            "rate_limit_exceeded",
+            "inbound rate limit exceeded for too long",
+        )
+
     def client_message(
         self, data: str | bytes, now: float, *, admitted: bool = False
     ) -> list[Command]:
@@ -430,12 +451,7 @@ class RelaySession:
         if verdict.allowed:
             return None
         if verdict.close:
-            return self._limit_close(
-                RATE_LIMITED,
-                "rate_limited",
-                "rate_limit_exceeded",
-                "inbound rate limit exceeded for too long",
-            )
+            return self._rate_close()
         commands: list[Command] = [
             Applied("refuse", "rate_limit", logged=verdict.notify)
         ]

@@ -238,6 +238,43 @@ class TestRate:
                 break
         assert closed_at == 2.2
 
+    def test_skipping_a_refused_message_prolongs_the_time_over_the_rate(
+        self,
+    ) -> None:
+        """One endless refused message (fragments skipped unread) is closed like a stream of refused ones."""
+        session = RelaySession(
+            limits=SessionLimits(messages_per_second=1, rate_grace=2.0)
+        )
+        session.handle(Started(0.0))
+        assert session.client_frame(10, True, now=0.0) is None  # the burst: two
+        assert session.client_frame(10, True, now=0.0) is None
+        refused = session.client_frame(10, True, now=0.0)
+        assert refused is not None
+        assert Applied("refuse", "rate_limit") in refused
+        # Its later fragments are skipped by the reader: reported as skipping.
+        closed_at = None
+        for step in range(1, 40):
+            now = step / 10
+            commands = session.client_skipping(now)
+            if commands:
+                assert error_code(commands[0]) == "rate_limit_exceeded"
+                assert Ended("rate_limited", 4029, "rate limit exceeded") in commands
+                closed_at = now
+                break
+        assert closed_at == 2.0
+        assert session.client_skipping(2.1) == []  # ending: nothing more
+
+    def test_a_pause_in_skipping_ends_the_streak(self) -> None:
+        rate = InboundRate(SessionLimits(messages_per_second=1, rate_grace=2.0), 0.0)
+        assert not rate.refusing(0.0)
+        assert not rate.refusing(0.9)
+        assert not rate.refusing(1.8)
+        assert rate.refusing(2.0)  # two seconds over the rate
+        assert not rate.refusing(3.1)  # over a second since 2.0: a new streak
+        assert not rate.refusing(4.0)
+        assert not rate.refusing(5.0)
+        assert rate.refusing(5.2)
+
     def test_a_message_larger_than_the_burst_passes_once_then_the_debt_is_repaid(
         self,
     ) -> None:
