@@ -130,7 +130,7 @@ class ToolAllowList:
         if not isinstance(tool, dict):
             return False
         if tool.get("type") == "function":
-            return tool.get("name") in self.functions
+            return _approved_name(tool.get("name"), self.functions)
         if tool.get("type") == "mcp":
             return any(server.matches(tool) for server in self.mcp_servers)
         return False
@@ -142,16 +142,27 @@ class ToolAllowList:
         if not isinstance(choice, dict):
             return False
         if choice.get("type") == "function":
-            # GA's flat shape, or Azure's preview {function: {name}}.
-            nested = choice.get("function")
-            name = (
-                nested.get("name") if isinstance(nested, dict) else choice.get("name")
+            # GA's flat {name}, or Azure's preview {function: {name}}. A choice
+            # spelling both passes only if both names are approved: which one
+            # an upstream acts on is not ours to guess (no parser differential).
+            names = [choice["name"]] if "name" in choice else []
+            if "function" in choice:
+                nested = choice["function"]
+                names.append(nested.get("name") if isinstance(nested, dict) else None)
+            return bool(names) and all(
+                _approved_name(name, self.functions) for name in names
             )
-            return name in self.functions
         if choice.get("type") == "mcp":
             label = choice.get("server_label")
             return any(server.server_label == label for server in self.mcp_servers)
         return False
+
+
+def _approved_name(name: JSON, functions: frozenset[str]) -> bool:
+    # A name is client input of any JSON type: a list or an object is not
+    # hashable, and asking a frozenset about one raised TypeError, which ended
+    # the session with 1011 instead of judging the tool.
+    return isinstance(name, str) and name in functions
 
 
 @dataclass(frozen=True, slots=True)
