@@ -35,8 +35,13 @@ The rules apply to ``session.update`` (and OpenAI's
 ``conversation.item.create``: a ``system`` message is an instruction, so it is
 a violation of an ``instructions`` deny, as is GA's stored ``prompt``.
 
+Under ``deny: [tools]`` (with ``tool_choice`` neither denied nor set), a
+named ``tool_choice`` must name one of the relay's own tools: it is a
+violation of the ``tools`` rule otherwise.
+
 Order of evaluation: event type lists, ``deny``, the documented corrections,
-``set``, ``allow`` (then the tool allow-list), ``range``.
+``set``, ``allow`` (then the tool allow-list, then the ``tool_choice`` under a
+tools deny), ``range``.
 
 The relay's own values reach each family only in the form it accepts
 (:func:`~relay.sansio.fields.for_family`): GA-only parts are never sent to a
@@ -380,6 +385,7 @@ class _Judgement:
         self._set(container)
         self._allow(container)
         self._tools(container)
+        self._pinned_choice(container)
         self._range(container)
         if self.response:
             self._system_input(container)
@@ -528,6 +534,47 @@ class _Judgement:
                 self._violation(
                     "tools",
                     "tool_choice names a tool that is not approved for clients of this relay",
+                    f"{self.key}.{path}",
+                    self._remove(container, "tool_choice"),
+                )
+                break
+
+    def _pinned_choice(self, container: dict[str, JSON]) -> None:
+        # Under a tools deny the session holds only the relay's tools, but a
+        # named tool_choice still steers the model to call the tool it names,
+        # defined or not (the simulator calls an undefined function, with {}).
+        # So it must name one of the relay's tools, as under an allow-list.
+        # A denied or set tool_choice is the deny's or the set's business.
+        if "tools" not in self.policy.deny or {"tool_choice"} & {
+            *self.policy.deny,
+            *self.policy.set,
+        }:
+            return
+        pinned = [
+            tool
+            for tools in self.policy.unchanged("tools", self.family)
+            if isinstance(tools, list)
+            for tool in tools
+            if isinstance(tool, dict)
+        ]
+        relays = ToolAllowList(
+            frozenset(
+                tool["name"]
+                for tool in pinned
+                if tool.get("type") == "function" and isinstance(tool.get("name"), str)
+            ),
+            frozenset(
+                McpServer(tool["server_label"])
+                for tool in pinned
+                if tool.get("type") == "mcp"
+                and isinstance(tool.get("server_label"), str)
+            ),
+        )
+        for path, value in self._read(container, "tool_choice"):
+            if not relays.admits_choice(value):
+                self._violation(
+                    "tools",
+                    "tool_choice names a tool clients of this relay may not set",
                     f"{self.key}.{path}",
                     self._remove(container, "tool_choice"),
                 )

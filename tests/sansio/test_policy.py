@@ -933,6 +933,75 @@ class TestMcpApproval:
         assert not approved.admits_choice(5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+class TestChoiceUnderToolsDeny:
+    """deny: [tools] alone: tool_choice may still be set, but only to name the relay's tools."""
+
+    ORG = Policy("org", set={"tools": [fn("lookup")]}, deny=frozenset({"tools"}))
+
+    @pytest.mark.parametrize(
+        "choice",
+        [
+            {"type": "function", "name": "wire_money"},
+            {"type": "function", "function": {"name": "wire_money"}},
+            {"type": "mcp", "server_label": "docs"},
+            {"type": "function", "name": ["lookup"]},
+            5,
+            None,
+        ],
+    )
+    def test_a_choice_naming_another_tool_is_a_tools_violation(
+        self, family: Family, choice: Any
+    ) -> None:
+        """Stripped by default, refused with refuse; in a session or a response."""
+        event = update(family, tool_choice=choice, instructions="x")
+        verdict = judge(self.ORG, family, copy.deepcopy(event))
+        assert isinstance(verdict, Forward)
+        assert "tool_choice" not in verdict.event["session"]
+        assert verdict.actions == (Action("strip", "tools"),)
+        strict = replace(self.ORG, on_violation="refuse")
+        refused = judge(strict, family, event)
+        assert isinstance(refused, Refuse)
+        assert refused.param == "session.tool_choice"
+        refused = judge(strict, family, response_create(family, tool_choice=choice))
+        assert isinstance(refused, Refuse)
+        assert refused.param == "response.tool_choice"
+
+    def test_modes_and_the_relays_tools_pass(self, family: Family) -> None:
+        """auto, none, required and a choice naming a set tool change nothing the policy guards."""
+        for choice in (
+            "auto",
+            "none",
+            "required",
+            {"type": "function", "name": "lookup"},
+        ):
+            verdict = judge(self.ORG, family, update(family, tool_choice=choice))
+            assert isinstance(verdict, Forward)
+            assert verdict.actions == ()
+
+    def test_with_no_tool_in_the_session_only_modes_pass(self, family: Family) -> None:
+        """required with nothing to call is the upstream's to answer; a named tool is not."""
+        policy = Policy("p", deny=frozenset({"tools"}), on_violation="refuse")
+        assert isinstance(
+            judge(policy, family, update(family, tool_choice="required")), Forward
+        )
+        named = update(family, tool_choice={"type": "function", "name": "lookup"})
+        assert isinstance(judge(policy, family, named), Refuse)
+
+    def test_a_denied_or_set_choice_follows_its_own_rule(self, family: Family) -> None:
+        """With tool_choice denied or set, its own rule decides (no second verdict)."""
+        lookup = {"type": "function", "name": "lookup"}
+        denied = replace(self.ORG, deny=frozenset({"tools", "tool_choice"}))
+        verdict = judge(denied, family, update(family, tool_choice=lookup))
+        assert isinstance(verdict, Forward)
+        assert verdict.actions == (Action("strip", "tool_choice"),)
+        forced = replace(self.ORG, set={**self.ORG.set, "tool_choice": lookup})
+        verdict = judge(forced, family, update(family, tool_choice="none"))
+        assert isinstance(verdict, Forward)
+        assert verdict.event["session"]["tool_choice"] == lookup
+        assert verdict.actions == (Action("overwrite", "tool_choice"),)
+
+
 # --- Fields rendered per family --------------------------------------------------------
 
 GA_ONLY = Policy(
