@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server, ServerConnection, serve
 
-from tests.helpers.fault_proxy import FaultProxy
+from tests.helpers.fault_proxy import FaultProxy, websocket_messages
 from tests.helpers.timing import SECOND, within
 
 
@@ -233,6 +235,61 @@ class TestPassThrough:
             async with connection(proxy.port) as (reader, writer):
                 await round_trip(reader, writer, b"found")
             assert (proxy.stats.refused, proxy.stats.opened) == (1, 1)
+
+
+def port_of(server: Server) -> int:
+    """The port a ``websockets`` server listens on."""
+    return int(next(iter(server.sockets)).getsockname()[1])
+
+
+class TestRecording:
+    async def test_a_recording_proxy_keeps_each_connections_bytes(self) -> None:
+        """With record=True the bytes delivered each way are kept, per connection."""
+        async with (
+            echo_server() as (_, port),
+            FaultProxy(("127.0.0.1", port), record=True) as proxy,
+        ):
+            for payload in (b"first", b"second"):
+                async with connection(proxy.port) as (reader, writer):
+                    await round_trip(reader, writer, payload)
+            await proxy.wait_idle()
+        assert [bytes(r["upstream"]) for r in proxy.recordings] == [b"first", b"second"]
+        assert [bytes(r["downstream"]) for r in proxy.recordings] == [
+            b"first",
+            b"second",
+        ]
+
+    async def test_without_record_nothing_is_kept(self) -> None:
+        """Recording is opt-in: a long fault test keeps no bytes."""
+        async with proxied_echo() as (proxy, _):
+            async with connection(proxy.port) as (reader, writer):
+                await round_trip(reader, writer, b"hello")
+            await proxy.wait_idle()
+        assert proxy.recordings == []
+
+    async def test_websocket_messages_reads_both_directions(self) -> None:
+        """Text, binary and fragmented messages come out as sent; pings do not."""
+
+        async def echo(ws: ServerConnection) -> None:
+            async for message in ws:
+                await ws.send(message)
+
+        expected: list[str | bytes] = ["hello", b"\x00\x01", "in two frames"]
+        async with (
+            serve(echo, "127.0.0.1", 0, compression=None) as server,
+            FaultProxy(("127.0.0.1", port_of(server)), record=True) as proxy,
+        ):
+            async with connect(f"{proxy.ws}/", compression=None) as ws:
+                await ws.send("hello")
+                await ws.send(b"\x00\x01")
+                await ws.ping()
+                await ws.send(iter(["in two", " frames"]))
+                async with asyncio.timeout(2 * SECOND):
+                    assert [await ws.recv() for _ in expected] == expected
+            await proxy.wait_idle()
+        [recording] = proxy.recordings
+        assert websocket_messages(recording["upstream"], masked=True) == expected
+        assert websocket_messages(recording["downstream"], masked=False) == expected
 
 
 class TestLatency:

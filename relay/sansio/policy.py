@@ -35,8 +35,13 @@ The rules apply to ``session.update`` (and OpenAI's
 ``conversation.item.create``: a ``system`` message is an instruction, so it is
 a violation of an ``instructions`` deny, as is GA's stored ``prompt``.
 
+Under ``deny: [tools]`` (with ``tool_choice`` neither denied nor set), a
+named ``tool_choice`` must name one of the relay's own tools: it is a
+violation of the ``tools`` rule otherwise.
+
 Order of evaluation: event type lists, ``deny``, the documented corrections,
-``set``, ``allow`` (then the tool allow-list), ``range``.
+``set``, ``allow`` (then the tool allow-list, then the ``tool_choice`` under a
+tools deny), ``range``.
 
 The relay's own values reach each family only in the form it accepts
 (:func:`~relay.sansio.fields.for_family`): GA-only parts are never sent to a
@@ -130,7 +135,7 @@ class ToolAllowList:
         if not isinstance(tool, dict):
             return False
         if tool.get("type") == "function":
-            return tool.get("name") in self.functions
+            return _approved_name(tool.get("name"), self.functions)
         if tool.get("type") == "mcp":
             return any(server.matches(tool) for server in self.mcp_servers)
         return False
@@ -142,16 +147,27 @@ class ToolAllowList:
         if not isinstance(choice, dict):
             return False
         if choice.get("type") == "function":
-            # GA's flat shape, or Azure's preview {function: {name}}.
-            nested = choice.get("function")
-            name = (
-                nested.get("name") if isinstance(nested, dict) else choice.get("name")
+            # GA's flat {name}, or Azure's preview {function: {name}}. A choice
+            # spelling both passes only if both names are approved: which one
+            # an upstream acts on is not ours to guess (no parser differential).
+            names = [choice["name"]] if "name" in choice else []
+            if "function" in choice:
+                nested = choice["function"]
+                names.append(nested.get("name") if isinstance(nested, dict) else None)
+            return bool(names) and all(
+                _approved_name(name, self.functions) for name in names
             )
-            return name in self.functions
         if choice.get("type") == "mcp":
             label = choice.get("server_label")
             return any(server.server_label == label for server in self.mcp_servers)
         return False
+
+
+def _approved_name(name: JSON, functions: frozenset[str]) -> bool:
+    # A name is client input of any JSON type: a list or an object is not
+    # hashable, and asking a frozenset about one raised TypeError, which ended
+    # the session with 1011 instead of judging the tool.
+    return isinstance(name, str) and name in functions
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +385,7 @@ class _Judgement:
         self._set(container)
         self._allow(container)
         self._tools(container)
+        self._pinned_choice(container)
         self._range(container)
         if self.response:
             self._system_input(container)
@@ -517,6 +534,47 @@ class _Judgement:
                 self._violation(
                     "tools",
                     "tool_choice names a tool that is not approved for clients of this relay",
+                    f"{self.key}.{path}",
+                    self._remove(container, "tool_choice"),
+                )
+                break
+
+    def _pinned_choice(self, container: dict[str, JSON]) -> None:
+        # Under a tools deny the session holds only the relay's tools, but a
+        # named tool_choice still steers the model to call the tool it names,
+        # defined or not (the simulator calls an undefined function, with {}).
+        # So it must name one of the relay's tools, as under an allow-list.
+        # A denied or set tool_choice is the deny's or the set's business.
+        if "tools" not in self.policy.deny or {"tool_choice"} & {
+            *self.policy.deny,
+            *self.policy.set,
+        }:
+            return
+        pinned = [
+            tool
+            for tools in self.policy.unchanged("tools", self.family)
+            if isinstance(tools, list)
+            for tool in tools
+            if isinstance(tool, dict)
+        ]
+        relays = ToolAllowList(
+            frozenset(
+                tool["name"]
+                for tool in pinned
+                if tool.get("type") == "function" and isinstance(tool.get("name"), str)
+            ),
+            frozenset(
+                McpServer(tool["server_label"])
+                for tool in pinned
+                if tool.get("type") == "mcp"
+                and isinstance(tool.get("server_label"), str)
+            ),
+        )
+        for path, value in self._read(container, "tool_choice"):
+            if not relays.admits_choice(value):
+                self._violation(
+                    "tools",
+                    "tool_choice names a tool clients of this relay may not set",
                     f"{self.key}.{path}",
                     self._remove(container, "tool_choice"),
                 )

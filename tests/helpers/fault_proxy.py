@@ -22,6 +22,11 @@ They may be changed at any time and apply to live connections at once:
 them or by not listening at all. A peer's reset is passed on as a reset, its
 end of stream as an end of stream (half-close). Leaving the ``async with``
 block closes the listener and every connection, cancelling their tasks.
+
+With ``record=True`` the proxy is also a tap: :attr:`FaultProxy.recordings`
+holds, per proxied connection, the bytes delivered each way, and
+:func:`websocket_messages` reads the messages of a WebSocket connection out of
+them (what a peer put on the wire, not what a library made of it).
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Literal, Self, TypedDict, Unpack
 
+from websockets.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, Frame
+from websockets.streams import StreamReader
+
 from relay._tasks import TaskSet
 from tests.helpers.timing import SECOND
 
@@ -48,6 +56,7 @@ __all__ = [
     "RefuseMode",
     "ToxicChanges",
     "Toxics",
+    "websocket_messages",
 ]
 
 Direction = Literal["upstream", "downstream"]
@@ -136,6 +145,10 @@ class _Connection:
         self._finished: set[Direction] = set()
         # Set once the connection is over: both ends of stream delivered, or a fault.
         self._over = asyncio.Event()
+        # Bytes delivered each way, kept when the proxy records.
+        self.recorded: dict[Direction, bytearray] = {
+            direction: bytearray() for direction in _DIRECTIONS
+        }
 
     def reset(self, toward: Directions = "both") -> None:
         """End now: RST the peer(s) ``toward`` delivers to, close the other."""
@@ -234,6 +247,8 @@ class _Connection:
             writer.write(piece)
             await writer.drain()
             self._proxy.count(direction, len(piece))
+            if self._proxy.record:
+                self.recorded[direction] += piece
 
 
 class FaultProxy:
@@ -249,9 +264,14 @@ class FaultProxy:
         *,
         connect_timeout: float = 5 * SECOND,
         seed: int = 0,
+        record: bool = False,
     ) -> None:
         self.target = target
         """``(host, port)`` new connections are forwarded to."""
+        self.record = record
+        """Whether the bytes delivered are kept in :attr:`recordings`."""
+        self.recordings: list[dict[Direction, bytearray]] = []
+        """With ``record``: per proxied connection, in order, the bytes delivered each way."""
         self.stats = ProxyStats()
         self.random = random.Random(seed)
         """Source of the latency jitter (seeded, so runs repeat)."""
@@ -460,6 +480,8 @@ class FaultProxy:
             upstream[1].transport.abort()
             raise
         connection = _Connection(self, client, upstream)
+        if self.record:
+            self.recordings.append(connection.recorded)
         self._connections.add(connection)
         self.stats.opened += 1
         self._notify()
@@ -472,3 +494,43 @@ class FaultProxy:
             self._connections.discard(connection)
             self.stats.closed += 1
             self._notify()
+
+
+def websocket_messages(data: bytes | bytearray, *, masked: bool) -> list[str | bytes]:
+    """The data messages in one direction of a recorded WebSocket connection.
+
+    ``data`` starts with the HTTP upgrade request or response; the frames
+    after it are parsed with ``websockets``' own parser (``masked``: the
+    client's direction), fragments joined, control frames skipped, up to a
+    close frame or the end of ``data`` (a frame cut short there is ignored).
+    No extension may have been negotiated: the relay offers none.
+    """
+    head_end = data.index(b"\r\n\r\n") + 4
+    reader = StreamReader()
+    reader.feed_data(bytes(data[head_end:]))
+    reader.feed_eof()
+    messages: list[str | bytes] = []
+    fragments: list[Frame] = []
+    parser = Frame.parse(reader.read_exact, mask=masked)
+    # Each frame is at least two bytes: that many frames at most.
+    for _ in range(len(data)):
+        try:
+            next(parser)
+        except StopIteration as done:
+            frame: Frame = done.value
+        except EOFError:
+            break
+        else:
+            raise AssertionError("unreachable: all of data was fed")
+        parser = Frame.parse(reader.read_exact, mask=masked)
+        if frame.opcode == OP_CLOSE:
+            break
+        if frame.opcode not in (OP_TEXT, OP_BINARY, OP_CONT):
+            continue
+        fragments.append(frame)
+        if frame.fin:
+            payload = b"".join(fragment.data for fragment in fragments)
+            text = fragments[0].opcode == OP_TEXT
+            messages.append(payload.decode() if text else payload)
+            fragments = []
+    return messages

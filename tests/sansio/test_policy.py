@@ -809,7 +809,9 @@ class TestToolAllowList:
         assert isinstance(verdict, Forward)
         assert "tool_choice" not in verdict.event["session"]
         for fine in (
+            "auto",
             "none",
+            "required",
             {"type": "function", "name": "get_weather"},
             {"type": "function", "function": {"name": "get_weather"}},
             {"type": "mcp", "server_label": "docs"},
@@ -823,6 +825,74 @@ class TestToolAllowList:
         verdict = judge(TOOLS, family, update(family, tools={"type": "function"}))
         assert isinstance(verdict, Forward)
         assert "tools" not in verdict.event["session"]
+
+    @pytest.mark.parametrize(
+        "name", [42, None, True, ["get_weather"], {"name": "get_weather"}]
+    )
+    def test_a_name_of_another_type_is_judged_not_raised(
+        self, family: Family, name: Any
+    ) -> None:
+        """A list or object name (unhashable) is an unapproved tool, not a TypeError."""
+        bad = {"type": "function", "name": name}
+        for choice in (bad, {"type": "function", "function": {"name": name}}):
+            event = update(family, tools=[bad, fn("get_weather")], tool_choice=choice)
+            verdict = judge(TOOLS, family, copy.deepcopy(event))
+            assert isinstance(verdict, Forward)
+            assert verdict.event["session"]["tools"] == [fn("get_weather")]
+            assert "tool_choice" not in verdict.event["session"]
+            refused = judge(replace(TOOLS, on_violation="refuse"), family, event)
+            assert isinstance(refused, Refuse)
+            assert refused.param == "session.tools[0]"
+            alone = update(family, tool_choice=choice)
+            refused = judge(replace(TOOLS, on_violation="refuse"), family, alone)
+            assert isinstance(refused, Refuse)
+            assert refused.param == "session.tool_choice"
+
+    @pytest.mark.parametrize(
+        ("flat", "nested"),
+        [("wire_money", "get_weather"), ("get_weather", "wire_money")],
+    )
+    def test_a_choice_spelling_two_names_needs_both_approved(
+        self, family: Family, flat: str, nested: str
+    ) -> None:
+        """Which spelling an upstream reads is not the relay's to guess."""
+        choice = {"type": "function", "name": flat, "function": {"name": nested}}
+        verdict = judge(TOOLS, family, update(family, tool_choice=choice))
+        assert isinstance(verdict, Forward)
+        assert "tool_choice" not in verdict.event["session"]
+        both = {
+            "type": "function",
+            "name": "get_weather",
+            "function": {"name": "get_weather"},
+        }
+        kept = judge(TOOLS, family, update(family, tool_choice=both))
+        assert isinstance(kept, Forward)
+        assert kept.actions == ()
+
+    def test_response_tools_obey_the_allow_list(self, family: Family) -> None:
+        """response.create's own tools and tool_choice: the same rule, param under response."""
+        event = response_create(
+            family,
+            tools=[fn("get_weather"), fn("wire_money")],
+            tool_choice={"type": "function", "name": "wire_money"},
+            instructions="Be brief.",
+        )
+        stripped = judge(TOOLS, family, copy.deepcopy(event))
+        assert isinstance(stripped, Forward)
+        assert stripped.event["response"] == {
+            "tools": [fn("get_weather")],
+            "instructions": "Be brief.",
+        }
+        assert stripped.actions == (Action("strip", "tools"),)
+        refused = judge(replace(TOOLS, on_violation="refuse"), family, event)
+        assert isinstance(refused, Refuse)
+        assert refused.param == "response.tools[1]"
+        choice = response_create(
+            family, tool_choice={"type": "function", "name": "wire_money"}
+        )
+        refused = judge(replace(TOOLS, on_violation="refuse"), family, choice)
+        assert isinstance(refused, Refuse)
+        assert refused.param == "response.tool_choice"
 
 
 class TestMcpApproval:
@@ -861,6 +931,75 @@ class TestMcpApproval:
         assert not approved.admits({"type": "web_search"})
         assert not approved.admits("get_weather")
         assert not approved.admits_choice(5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+class TestChoiceUnderToolsDeny:
+    """deny: [tools] alone: tool_choice may still be set, but only to name the relay's tools."""
+
+    ORG = Policy("org", set={"tools": [fn("lookup")]}, deny=frozenset({"tools"}))
+
+    @pytest.mark.parametrize(
+        "choice",
+        [
+            {"type": "function", "name": "wire_money"},
+            {"type": "function", "function": {"name": "wire_money"}},
+            {"type": "mcp", "server_label": "docs"},
+            {"type": "function", "name": ["lookup"]},
+            5,
+            None,
+        ],
+    )
+    def test_a_choice_naming_another_tool_is_a_tools_violation(
+        self, family: Family, choice: Any
+    ) -> None:
+        """Stripped by default, refused with refuse; in a session or a response."""
+        event = update(family, tool_choice=choice, instructions="x")
+        verdict = judge(self.ORG, family, copy.deepcopy(event))
+        assert isinstance(verdict, Forward)
+        assert "tool_choice" not in verdict.event["session"]
+        assert verdict.actions == (Action("strip", "tools"),)
+        strict = replace(self.ORG, on_violation="refuse")
+        refused = judge(strict, family, event)
+        assert isinstance(refused, Refuse)
+        assert refused.param == "session.tool_choice"
+        refused = judge(strict, family, response_create(family, tool_choice=choice))
+        assert isinstance(refused, Refuse)
+        assert refused.param == "response.tool_choice"
+
+    def test_modes_and_the_relays_tools_pass(self, family: Family) -> None:
+        """auto, none, required and a choice naming a set tool change nothing the policy guards."""
+        for choice in (
+            "auto",
+            "none",
+            "required",
+            {"type": "function", "name": "lookup"},
+        ):
+            verdict = judge(self.ORG, family, update(family, tool_choice=choice))
+            assert isinstance(verdict, Forward)
+            assert verdict.actions == ()
+
+    def test_with_no_tool_in_the_session_only_modes_pass(self, family: Family) -> None:
+        """required with nothing to call is the upstream's to answer; a named tool is not."""
+        policy = Policy("p", deny=frozenset({"tools"}), on_violation="refuse")
+        assert isinstance(
+            judge(policy, family, update(family, tool_choice="required")), Forward
+        )
+        named = update(family, tool_choice={"type": "function", "name": "lookup"})
+        assert isinstance(judge(policy, family, named), Refuse)
+
+    def test_a_denied_or_set_choice_follows_its_own_rule(self, family: Family) -> None:
+        """With tool_choice denied or set, its own rule decides (no second verdict)."""
+        lookup = {"type": "function", "name": "lookup"}
+        denied = replace(self.ORG, deny=frozenset({"tools", "tool_choice"}))
+        verdict = judge(denied, family, update(family, tool_choice=lookup))
+        assert isinstance(verdict, Forward)
+        assert verdict.actions == (Action("strip", "tool_choice"),)
+        forced = replace(self.ORG, set={**self.ORG.set, "tool_choice": lookup})
+        verdict = judge(forced, family, update(family, tool_choice="none"))
+        assert isinstance(verdict, Forward)
+        assert verdict.event["session"]["tool_choice"] == lookup
+        assert verdict.actions == (Action("overwrite", "tool_choice"),)
 
 
 # --- Fields rendered per family --------------------------------------------------------
@@ -1101,3 +1240,88 @@ def test_strip_drops_exactly_what_refuse_refuses(
     key = "response" if event["type"] == "response.create" else "session"
     if "extra" in event[key]:
         assert stripped.event[key]["extra"] == event[key]["extra"]
+
+
+# Tool-shaped client input: the keys a tool or a tool_choice has, with the
+# approved values, their near misses and any other JSON (lists and objects too).
+_tool_values: st.SearchStrategy[Any] = (
+    st.sampled_from(["get_weather", "wire_money", "docs", DOCS["server_url"]])
+    | st.lists(st.just("get_weather"), min_size=1, max_size=1)
+    | st.just({"name": "get_weather"})
+    | _json
+)
+_tool_like: st.SearchStrategy[Any] = st.fixed_dictionaries(
+    {"type": st.sampled_from(["function", "mcp"]) | _json},
+    optional={
+        "name": _tool_values,
+        "function": st.fixed_dictionaries({"name": _tool_values}) | _tool_values,
+        "server_label": _tool_values,
+        "server_url": _tool_values,
+        "connector_id": _tool_values,
+    },
+)
+
+
+def _approved_tool(tool: Any) -> bool:
+    """TOOLS' approvals, written out independently of ToolAllowList."""
+    if not isinstance(tool, dict):
+        return False
+    if tool.get("type") == "function":
+        return tool.get("name") == "get_weather"
+    return (
+        tool.get("type") == "mcp"
+        and tool.get("server_label") == "docs"
+        and tool.get("server_url") == DOCS["server_url"]
+        and "connector_id" not in tool
+        and "tunnel_id" not in tool
+    )
+
+
+def _approved_choice(choice: Any) -> bool:
+    if isinstance(choice, str):
+        return True
+    if not isinstance(choice, dict):
+        return False
+    if choice.get("type") == "mcp":
+        return choice.get("server_label") == "docs"
+    nested = choice.get("function")
+    names = [choice["name"]] if "name" in choice else []
+    if "function" in choice:
+        names.append(nested.get("name") if isinstance(nested, dict) else None)
+    return (
+        choice.get("type") == "function"
+        and names != []
+        and all(name == "get_weather" for name in names)
+    )
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(FAMILIES),
+    st.sampled_from(["session.update", "response.create"]),
+    st.lists(_tool_like | _tool_values, max_size=4) | _tool_values,
+    _tool_like | _tool_values,
+    st.sampled_from(["strip", "refuse"]),
+)
+def test_the_tool_allow_list_holds_for_any_input(
+    family: Family, kind: str, tools: Any, choice: Any, mode: str
+) -> None:
+    """Whatever a client puts in tools and tool_choice: judged (never raised), and only approvals pass."""
+    build = update if kind == "session.update" else response_create
+    event = build(family, tools=tools, tool_choice=choice)
+    policy = replace(TOOLS, on_violation="refuse" if mode == "refuse" else "strip")
+    verdict = judge(policy, family, copy.deepcopy(event))
+    key = "session" if kind == "session.update" else "response"
+    if isinstance(verdict, Refuse):
+        assert mode == "refuse"
+        assert verdict.param is not None
+        assert verdict.param.startswith(f"{key}.tool")
+        return
+    forwarded = verdict.event[key]
+    if "tools" in forwarded:
+        assert isinstance(forwarded["tools"], list)
+        assert all(_approved_tool(tool) for tool in forwarded["tools"])
+    if "tool_choice" in forwarded:
+        assert _approved_choice(forwarded["tool_choice"])
+    if mode == "refuse":
+        assert verdict.event == event
