@@ -2,7 +2,7 @@
 
 A client authenticates with one of its static keys (stored as SHA-256 digests)
 or, when ``auth.jwt`` is configured, with a JWT whose client claim names it.
-Each client has a policy, limits (defaults in :class:`relay.config.ClientLimits`),
+Each client has a policy, limits (defaults in :class:`relay.sansio.settings.ClientLimits`),
 an Origin allow-list (empty: any ``Origin`` header is refused), the deployments
 it may use, and whether it may put credentials in the query string.
 """
@@ -12,19 +12,22 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from relay._policies import check_reachable, resolve_policy
 from relay._reader import Node, Section
 from relay.exceptions import ConfigError
-from relay.jwt_auth import JwtSettings
 from relay.sansio.policy import Policy
+from relay.sansio.settings import (
+    ClientLimits,
+    ClientSettings,
+    DeploymentSettings,
+    JwtSettings,
+    MiB,
+)
 from relay.typing import ClientId
 
-
-if TYPE_CHECKING:
-    from relay.config import ClientLimits, ClientSettings, DeploymentSettings
 
 __all__ = ["parse_auth", "parse_clients"]
 
@@ -113,8 +116,6 @@ def parse_clients(
     jwt: JwtSettings | None,
 ) -> tuple[ClientSettings, ...]:
     """Every configured client; ids and keys unique, policies and deployments resolved."""
-    from relay.config import ClientSettings
-
     clients: list[ClientSettings] = []
     owners: dict[bytes, str] = {}
     used: set[str] = set()
@@ -178,8 +179,6 @@ def _digests(node: Node) -> tuple[bytes, ...]:
 
 
 def _limits(section: Section) -> ClientLimits:
-    from relay.config import ClientLimits, MiB
-
     kwargs: dict[str, Any] = {}
     for key, maximum in (("max_sessions", 100_000), ("sessions_per_minute", 1_000_000)):
         if node := section.get(key):
