@@ -9,15 +9,14 @@ it may use, and whether it may put credentials in the query string.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from relay._policies import check_reachable, resolve_policy
 from relay._reader import Node, Section
 from relay.exceptions import ConfigError
+from relay.sansio.jwks import ASYMMETRIC_ALGORITHMS
 from relay.sansio.policy import Policy
 from relay.sansio.settings import (
     ClientLimits,
@@ -25,6 +24,7 @@ from relay.sansio.settings import (
     DeploymentSettings,
     JwtSettings,
     MiB,
+    jwks_url_allowed,
 )
 from relay.typing import ClientId
 
@@ -35,19 +35,6 @@ _CLIENT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
 _ORIGIN: Final = re.compile(
     r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:]+\](:[0-9]{1,5})?"
-)
-# Asymmetric algorithms only: "none" and HS* (shared secrets, key confusion) never.
-JWT_ALGORITHMS: Final = (
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "ES256",
-    "ES384",
-    "ES512",
-    "EdDSA",
 )
 
 
@@ -67,7 +54,7 @@ def parse_auth(section: Section) -> JwtSettings | None:
     if claim := jwt.get("client_claim"):
         kwargs["client_claim"] = claim.as_str()
     if algorithms := jwt.get("algorithms"):
-        names = [item.as_choice(JWT_ALGORITHMS) for item in algorithms.as_list()]
+        names = [item.as_choice(ASYMMETRIC_ALGORITHMS) for item in algorithms.as_list()]
         if not names:
             algorithms.fail("at least one algorithm")
         kwargs["algorithms"] = tuple(dict.fromkeys(names))
@@ -86,25 +73,9 @@ def parse_auth(section: Section) -> JwtSettings | None:
 
 def _jwks_url(node: Node) -> str:
     url = node.as_str()
-    expected = "an https URL (http only for a loopback host)"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        node.fail(expected)
-    host = parts.hostname or ""
-    if parts.scheme == "https" and host:
-        return url
-    if parts.scheme == "http" and _loopback(host):
-        return url
-    node.fail(expected)
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+    if not jwks_url_allowed(url):
+        node.fail("an https URL (http only for a loopback host)")
+    return url
 
 
 def parse_clients(
