@@ -2,29 +2,32 @@
 
 A client authenticates with one of its static keys (stored as SHA-256 digests)
 or, when ``auth.jwt`` is configured, with a JWT whose client claim names it.
-Each client has a policy, limits (defaults in :class:`relay.config.ClientLimits`),
+Each client has a policy, limits (defaults in :class:`relay.sansio.settings.ClientLimits`),
 an Origin allow-list (empty: any ``Origin`` header is refused), the deployments
 it may use, and whether it may put credentials in the query string.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from typing import Any, Final
 
 from relay._policies import check_reachable, resolve_policy
 from relay._reader import Node, Section
 from relay.exceptions import ConfigError
-from relay.jwt_auth import JwtSettings
+from relay.sansio.jwks import ASYMMETRIC_ALGORITHMS
 from relay.sansio.policy import Policy
+from relay.sansio.settings import (
+    ClientLimits,
+    ClientSettings,
+    DeploymentSettings,
+    JwtSettings,
+    MiB,
+    jwks_url_allowed,
+)
 from relay.typing import ClientId
 
-
-if TYPE_CHECKING:
-    from relay.config import ClientLimits, ClientSettings, DeploymentSettings
 
 __all__ = ["parse_auth", "parse_clients"]
 
@@ -32,19 +35,6 @@ _CLIENT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
 _ORIGIN: Final = re.compile(
     r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:]+\](:[0-9]{1,5})?"
-)
-# Asymmetric algorithms only: "none" and HS* (shared secrets, key confusion) never.
-JWT_ALGORITHMS: Final = (
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "ES256",
-    "ES384",
-    "ES512",
-    "EdDSA",
 )
 
 
@@ -64,7 +54,7 @@ def parse_auth(section: Section) -> JwtSettings | None:
     if claim := jwt.get("client_claim"):
         kwargs["client_claim"] = claim.as_str()
     if algorithms := jwt.get("algorithms"):
-        names = [item.as_choice(JWT_ALGORITHMS) for item in algorithms.as_list()]
+        names = [item.as_choice(ASYMMETRIC_ALGORITHMS) for item in algorithms.as_list()]
         if not names:
             algorithms.fail("at least one algorithm")
         kwargs["algorithms"] = tuple(dict.fromkeys(names))
@@ -83,25 +73,9 @@ def parse_auth(section: Section) -> JwtSettings | None:
 
 def _jwks_url(node: Node) -> str:
     url = node.as_str()
-    expected = "an https URL (http only for a loopback host)"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        node.fail(expected)
-    host = parts.hostname or ""
-    if parts.scheme == "https" and host:
-        return url
-    if parts.scheme == "http" and _loopback(host):
-        return url
-    node.fail(expected)
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+    if not jwks_url_allowed(url):
+        node.fail("an https URL (http only for a loopback host)")
+    return url
 
 
 def parse_clients(
@@ -113,8 +87,6 @@ def parse_clients(
     jwt: JwtSettings | None,
 ) -> tuple[ClientSettings, ...]:
     """Every configured client; ids and keys unique, policies and deployments resolved."""
-    from relay.config import ClientSettings
-
     clients: list[ClientSettings] = []
     owners: dict[bytes, str] = {}
     used: set[str] = set()
@@ -178,8 +150,6 @@ def _digests(node: Node) -> tuple[bytes, ...]:
 
 
 def _limits(section: Section) -> ClientLimits:
-    from relay.config import ClientLimits, MiB
-
     kwargs: dict[str, Any] = {}
     for key, maximum in (("max_sessions", 100_000), ("sessions_per_minute", 1_000_000)):
         if node := section.get(key):

@@ -14,22 +14,20 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from relay._reader import Node, Section
 from relay.exceptions import ConfigError
+from relay.sansio.settings import (
+    ApiKeyAuth,
+    DeploymentSettings,
+    EntraAuth,
+    FailoverSettings,
+    UpstreamSettings,
+    UpstreamTarget,
+)
 
-
-if TYPE_CHECKING:
-    from relay.config import (
-        ApiKeyAuth,
-        DeploymentSettings,
-        EntraAuth,
-        FailoverSettings,
-        UpstreamSettings,
-        UpstreamTarget,
-    )
 
 __all__ = [
     "MAX_UPSTREAMS",
@@ -82,7 +80,6 @@ def require_upstream(
 
 def parse_upstream(section: Section, environ: Mapping[str, str]) -> UpstreamSettings:
     """The top-level ``upstream`` section."""
-    from relay.config import UpstreamSettings
 
     endpoint_node = section.require("endpoint", "an http(s) or ws(s) URL")
     endpoint = endpoint_node.as_str()
@@ -108,7 +105,6 @@ def parse_deployments(
     ``upstream`` (the top-level section) provides the timeouts an upstream
     entry does not set.
     """
-    from relay.config import DeploymentSettings
 
     section = node.as_section()
     deployments: dict[str, DeploymentSettings] = {}
@@ -145,7 +141,6 @@ def parse_deployments(
 
 def parse_failover(section: Section) -> FailoverSettings:
     """The ``failover`` section: circuit breakers and ``Retry-After`` holds."""
-    from relay.config import FailoverSettings
 
     kwargs: dict[str, Any] = {}
     if node := section.get("failures_to_open"):
@@ -164,7 +159,6 @@ def _upstream_list(
     upstream: UpstreamSettings | None,
     environ: Mapping[str, str],
 ) -> tuple[UpstreamTarget, ...]:
-    from relay.config import UpstreamTarget
 
     items = node.as_list()
     if not items:
@@ -253,7 +247,6 @@ def _ws_base(node: Node, endpoint: str) -> str:
 
 
 def _auth(section: Section, environ: Mapping[str, str]) -> ApiKeyAuth | EntraAuth:
-    from relay.config import ApiKeyAuth, EntraAuth
 
     kind = section.require("type", "api_key or entra").as_choice(("api_key", "entra"))
     if kind == "api_key":

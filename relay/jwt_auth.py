@@ -17,22 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
 import structlog
 
 from relay._tasks import TaskSet
-from relay.exceptions import ConfigError, Unauthenticated
+from relay.exceptions import Unauthenticated
 from relay.sansio.jwks import (
-    ASYMMETRIC_ALGORITHMS,
     MAX_JWKS_BYTES,
     FetchState,
     JwksPolicy,
@@ -50,6 +46,7 @@ from relay.sansio.jwks import (
     parse_jwks,
     refresh_delay,
 )
+from relay.sansio.settings import JwtSettings
 
 
 if TYPE_CHECKING:
@@ -76,76 +73,6 @@ _DECODE_OPTIONS: Final[Options] = {
     # Refuse keys below the recommended size instead of warning per token.
     "enforce_minimum_key_length": True,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class JwtSettings:
-    """How client JWTs are verified (``auth.jwt`` in the configuration).
-
-    Invalid values raise :exc:`~relay.exceptions.ConfigError` on construction:
-    ``none``, ``HS*`` and unknown algorithms, a non-https URL (http is allowed
-    for a loopback host), empty names, and non-positive durations.
-    """
-
-    jwks_url: str
-    """Where the key set is published, e.g. ``https://login.example.com/.well-known/jwks.json``."""
-    issuer: str
-    """The required ``iss``."""
-    audience: str
-    """The required ``aud`` (or one of its values)."""
-    client_claim: str = "azp"
-    """The claim whose string value is the client id returned by ``verify``."""
-    algorithms: tuple[str, ...] = ("RS256",)
-    """Allowed ``alg`` values; asymmetric only."""
-    leeway: float = 30.0
-    """Clock skew allowed for ``exp``, ``nbf`` and ``iat``, in seconds."""
-    jwks_cache_seconds: float = 300.0
-    """A fetched key set is refreshed in the background after this long."""
-    jwks_refetch_interval: float = 30.0
-    """At most one fetch per this many seconds is caused by unknown ``kid``s."""
-    jwks_timeout: float = 5.0
-    """Bound on one fetch of the key set, connection included."""
-
-    def __post_init__(self) -> None:
-        if not _jwks_url_allowed(self.jwks_url):
-            _fail("jwks_url", "an https URL (http only for a loopback host)")
-        for name in ("issuer", "audience", "client_claim"):
-            if not getattr(self, name):
-                _fail(name, "a non-empty string")
-        if not self.algorithms:
-            _fail("algorithms", "at least one algorithm")
-        for alg in self.algorithms:
-            if alg not in ASYMMETRIC_ALGORITHMS:
-                _fail("algorithms", f"asymmetric algorithms only, not {alg!r}")
-        if not (math.isfinite(self.leeway) and self.leeway >= 0):
-            _fail("leeway", "a number of seconds >= 0")
-        for name in ("jwks_cache_seconds", "jwks_refetch_interval", "jwks_timeout"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                _fail(name, "a number of seconds > 0")
-
-
-def _fail(name: str, expected: str) -> None:
-    raise ConfigError(f"auth.jwt.{name}: expected {expected}")
-
-
-def _jwks_url_allowed(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        return False
-    host = parts.hostname or ""
-    if parts.scheme == "https":
-        return bool(host)
-    if parts.scheme != "http":
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, slots=True)

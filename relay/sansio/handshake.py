@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 from urllib.parse import parse_qsl, quote, urlencode
 
-from relay.config import ClientSettings, DeploymentSettings
 from relay.exceptions import BadRequest, Forbidden, NotFound, Unauthenticated
+from relay.sansio.settings import ClientSettings, DeploymentSettings
 from relay.typing import ClientId, Family
 
 

@@ -49,24 +49,23 @@ __all__ = [
     "refresh_delay",
 ]
 
-ASYMMETRIC_ALGORITHMS: Final = frozenset(
-    {
-        "RS256",
-        "RS384",
-        "RS512",
-        "PS256",
-        "PS384",
-        "PS512",
-        "ES256",
-        "ES384",
-        "ES512",
-        "EdDSA",
-    }
+ASYMMETRIC_ALGORITHMS: Final = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
 )
-"""Algorithms a key set of public keys can verify.
+"""Algorithms a key set of public keys can verify: the only ones ``auth.jwt.algorithms`` accepts.
 
 ``none`` and the HMAC family (``HS*``) are never accepted: with a public key
 set, ``HS256`` is the key-confusion attack (the public key used as a secret).
+A tuple, not a set: configuration errors list the choices in this order.
 """
 MAX_TOKEN_LENGTH: Final = 16 * 1024
 """Longer tokens are refused unread (Entra tokens are a few kilobytes)."""
