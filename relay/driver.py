@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, assert_never
+from typing import Any, Protocol, assert_never
 
 import structlog
 
@@ -219,35 +219,18 @@ class SessionDriver:
     # Leg callbacks
 
     def _admit(self, size: int, first: bool) -> bool:
-        """The client leg's :data:`~relay._frames.Admission`: the core decides at the header."""
-        refused = self.session.client_frame(size, first, self._loop.time())
-        if refused is None:
-            return True
-        if refused:
-            # Notices and, past the grace period, the closing handshake.
-            self._from_read(refused)
-        return False
+        """The client leg's :data:`~relay._frames.Admission`: the core decides at the header.
+
+        A refusal's commands (notices and, past the grace period, the
+        closing handshake) are executed at once: admission is asked from
+        inside the client leg's read, never while an event is handled.
+        """
+        refused = self._run(self.session.client_frame, (size, first, self._loop.time()))
+        return refused is None
 
     def _skipping(self) -> None:
         """The client leg skipped bytes of refused messages in its last read."""
-        commands = self.session.client_skipping(self._loop.time())
-        if commands:
-            self._from_read(commands)
-
-    def _from_read(self, commands: list[Command]) -> None:
-        # Commands decided inside the client leg's read (admission): it is
-        # never called while an event is being handled, but nothing depends
-        # on that.
-        handling, self._handling = self._handling, True
-        try:
-            self._execute(commands, None, None, None)
-            if not handling:
-                self._settle()
-        except Exception:
-            log.exception("session.crashed")
-            self._crash()
-        finally:
-            self._handling = handling
+        self._run(self.session.client_skipping, (self._loop.time(),))
 
     def _client_message(self, data: str | bytes, raw: bytes | None, size: int) -> None:
         counters = self.counters
@@ -265,19 +248,13 @@ class SessionDriver:
             )
             return
         # The hot path: what _feed does, without building the event.
-        self._handling = True
-        try:
-            commands = self.session.client_message(
-                data, self._loop.time(), admitted=True
-            )
-            self._execute(commands, data, raw, "upstream")
-            self._settle()
-        except Exception:
-            # A bug in the relay must end this session cleanly and no other.
-            log.exception("session.crashed")
-            self._crash()
-        finally:
-            self._handling = False
+        self._run(
+            self.session.client_message,
+            (data, self._loop.time(), True),
+            data,
+            raw,
+            "upstream",
+        )
 
     def _upstream_message(
         self, data: str | bytes, raw: bytes | None, size: int
@@ -291,17 +268,13 @@ class SessionDriver:
                 (UpstreamMessage(data, self._loop.time()), data, raw, "client")
             )
             return
-        self._handling = True
-        try:
-            commands = self.session.upstream_message(data, self._loop.time())
-            self._execute(commands, data, raw, "client")
-            self._settle()
-        except Exception:
-            # A bug in the relay must end this session cleanly and no other.
-            log.exception("session.crashed")
-            self._crash()
-        finally:
-            self._handling = False
+        self._run(
+            self.session.upstream_message,
+            (data, self._loop.time()),
+            data,
+            raw,
+            "client",
+        )
 
     def _client_closed(self, code: int, reason: str) -> None:
         self._closed_with("client", code)
@@ -351,16 +324,37 @@ class SessionDriver:
         if self._handling:
             self._queue.append((event, data, raw, raw_to))
             return
-        self._handling = True
+        self._run(self.session.handle, (event,), data, raw, raw_to)
+
+    def _run(
+        self,
+        decide: Callable[..., list[Command] | None],
+        args: tuple[Any, ...],
+        data: str | bytes | None = None,
+        raw: bytes | None = None,
+        raw_to: Side | None = None,
+    ) -> list[Command] | None:
+        """The one way into the core: ``decide(*args)``, its commands executed, then what was queued meanwhile.
+
+        Returns what the core decided (``None``: an admission's yes). A bug
+        in the relay, in the core or in executing its commands, must end
+        this session cleanly and no other: it is logged, the session is
+        closed with 1011, and the answer is ``[]``.
+        """
+        handling, self._handling = self._handling, True
         try:
-            self._execute(self.session.handle(event), data, raw, raw_to)
-            self._settle()
+            commands = decide(*args)
+            if commands is not None:
+                self._execute(commands, data, raw, raw_to)
+            if not handling:
+                self._settle()
         except Exception:
-            # A bug in the relay must end this session cleanly and no other.
             log.exception("session.crashed")
             self._crash()
+            return []
         finally:
-            self._handling = False
+            self._handling = handling
+        return commands
 
     def _settle(self) -> None:
         """Handle the events queued meanwhile; adjust reading to the hold."""

@@ -250,7 +250,7 @@ class RelaySession:
         )
 
     def client_message(
-        self, data: str | bytes, now: float, *, admitted: bool = False
+        self, data: str | bytes, now: float, admitted: bool = False
     ) -> list[Command]:
         """``handle(ClientMessage(data, now, admitted))``, without building the event.
 
