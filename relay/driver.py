@@ -33,7 +33,6 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol, assert_never
 
 import structlog
@@ -63,12 +62,13 @@ from relay.sansio.events import (
     UpstreamClosed,
     UpstreamMessage,
 )
+from relay.sansio.meter import SessionCounters
 from relay.sansio.session import RelaySession
 from relay.sansio.stalls import StallWatch
 from relay.typing import Side
 
 
-__all__ = ["Observer", "SessionCounters", "SessionDriver"]
+__all__ = ["Observer", "SessionDriver"]
 
 log = structlog.get_logger("relay.session")
 
@@ -83,10 +83,6 @@ _CRASHED = Ended("relay_error", 1011, "internal relay error")
 class Observer(Protocol):
     """Where the driver reports facts of a session (metrics, at the edge)."""
 
-    def client_to_upstream(self, size: int) -> None: ...
-
-    def upstream_to_client(self, size: int) -> None: ...
-
     def policy_applied(self, action: str, field: str) -> None: ...
 
     def stalled(self, side: Side) -> None: ...
@@ -98,20 +94,6 @@ class Observer(Protocol):
     def first_audio(self, seconds: float) -> None: ...
 
 
-@dataclass(slots=True)
-class SessionCounters:
-    """Messages and bytes received from each leg during one session."""
-
-    client_messages: int = 0
-    client_bytes: int = 0
-    upstream_messages: int = 0
-    upstream_bytes: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    audio_in_seconds: float = 0.0
-    audio_out_seconds: float = 0.0
-
-
 # An event to handle, with the frame it came in (for unchanged forwarding).
 _Queued = tuple[Event, "str | bytes | None", "bytes | None", "Side | None"]
 
@@ -120,6 +102,8 @@ class SessionDriver:
     """Relays between the client's leg and the upstream's leg of one session.
 
     Args:
+        counters: where the session's counts go (one made if not given):
+            the endpoint shares it with the session's metrics.
         responsive: maps the loop's time to the stall watchdog's clock, which
             stops while the loop is blocked (:meth:`relay.lag.LoopLagProbe.responsive`);
             the loop's own time by default.
@@ -133,6 +117,7 @@ class SessionDriver:
         *,
         flow: FlowSettings,
         observer: Observer,
+        counters: SessionCounters | None = None,
         responsive: Callable[[float], float] | None = None,
     ) -> None:
         self._client = client
@@ -140,7 +125,8 @@ class SessionDriver:
         self._flow = flow
         self._observer = observer
         self.session = session
-        self.counters = SessionCounters()
+        self.counters = SessionCounters() if counters is None else counters
+        """What the session relayed (the observer may read the same object)."""
         self._loop = asyncio.get_running_loop()
         # The outcome, once the core (or a crash) has decided it.
         self.ended: Ended | None = None
@@ -236,7 +222,6 @@ class SessionDriver:
         counters = self.counters
         counters.client_messages += 1
         counters.client_bytes += size
-        self._observer.client_to_upstream(size)
         if self._handling:
             self._queue.append(
                 (
@@ -262,7 +247,6 @@ class SessionDriver:
         counters = self.counters
         counters.upstream_messages += 1
         counters.upstream_bytes += size
-        self._observer.upstream_to_client(size)
         if self._handling:
             self._queue.append(
                 (UpstreamMessage(data, self._loop.time()), data, raw, "client")

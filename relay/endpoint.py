@@ -45,6 +45,7 @@ from relay.gate import Gate, Reservation, session_limits
 from relay.metrics import RelayMetrics
 from relay.pools import UpstreamPools
 from relay.sansio.handshake import Admission, HandshakeRequest
+from relay.sansio.meter import SessionCounters
 from relay.sansio.session import RelaySession
 from relay.upstream import UpstreamConnection
 
@@ -250,8 +251,9 @@ class RealtimeEndpoint:
                 limits=session_limits(admission.client, self._settings),
                 drain_notice=admission.client.drain_notice,
             )
+            counters = SessionCounters()
             observer = self._metrics.for_session(
-                admission.client_id, admission.deployment.name
+                admission.client_id, admission.deployment.name, counters
             )
             driver = SessionDriver(
                 client,
@@ -259,6 +261,7 @@ class RealtimeEndpoint:
                 session,
                 flow=self._settings.flow,
                 observer=observer,
+                counters=counters,
                 responsive=self._responsive,
             )
             started = time.monotonic()
@@ -287,7 +290,6 @@ class RealtimeEndpoint:
                 self._metrics.sessions_active.dec()
                 self._metrics.sessions.labels(outcome).inc()
                 self._metrics.session_duration.observe(duration)
-                counters = driver.counters
                 log.info(
                     "session.end",
                     outcome=outcome,

@@ -22,7 +22,7 @@ from relay import __version__
 from relay.sansio.closes import OUTCOMES
 from relay.sansio.commands import Metered, TokensUsed
 from relay.sansio.fields import CLIENT_EVENT_TYPES as _CLIENT_EVENT_TYPES
-from relay.sansio.meter import EVENT_TYPES
+from relay.sansio.meter import EVENT_TYPES, SessionCounters
 
 
 __all__ = ["DIRECTIONS", "UPSTREAM_RESULTS", "RelayMetrics", "TlsMetrics"]
@@ -377,12 +377,14 @@ class RelayMetrics:
         label = str(code) if str(code) in CLOSE_CODES else "other"
         self.close_codes.labels(side, label).inc()
 
-    def for_session(self, client: str, deployment: str) -> SessionMetrics:
-        """An observer for one session of ``client`` on ``deployment``.
+    def for_session(
+        self, client: str, deployment: str, counters: SessionCounters
+    ) -> SessionMetrics:
+        """An observer for one session of ``client`` on ``deployment``, whose counts are ``counters``.
 
         Counted until :meth:`SessionMetrics.close`.
         """
-        session = SessionMetrics(self, client, deployment)
+        session = SessionMetrics(self, client, deployment, counters)
         self._live.add(session)
         return session
 
@@ -435,75 +437,82 @@ class _Flush:
 
 
 class SessionMetrics:
-    """The metrics of one session: per-message counts kept locally, the rest bound once.
+    """The metrics of one session: its counts read from its counters, the rest bound once.
 
-    Messages, bytes, events and audio seconds accumulate in plain attributes
-    and reach the shared series on :meth:`flush`: before every collection
-    (see :class:`RelayMetrics`) and when the session closes. Scrapes are
+    Messages, bytes and audio seconds are the session's
+    :class:`~relay.sansio.meter.SessionCounters`, which the driver keeps
+    (the same object the ``session.end`` line reports); events per type
+    accumulate here. What was added since the last flush reaches the shared
+    series on :meth:`flush`: before every collection (see
+    :class:`RelayMetrics`) and when the session closes. Scrapes are
     therefore exact; only the work per message is saved.
     """
 
     __slots__ = (
         "_audio_in",
-        "_audio_in_s",
         "_audio_out",
-        "_audio_out_s",
-        "_c2u_bytes",
-        "_c2u_messages",
+        "_counters",
         "_events",
+        "_flushed",
         "_metrics",
         "_tokens",
-        "_u2c_bytes",
-        "_u2c_messages",
     )
 
-    def __init__(self, metrics: RelayMetrics, client: str, deployment: str) -> None:
+    def __init__(
+        self,
+        metrics: RelayMetrics,
+        client: str,
+        deployment: str,
+        counters: SessionCounters,
+    ) -> None:
         self._metrics = metrics
+        self._counters = counters
         self._audio_in = metrics.audio_seconds.labels(client, "input")
         self._audio_out = metrics.audio_seconds.labels(client, "output")
         self._tokens = {
             kind: metrics.tokens.labels(client, deployment, *kind)
             for kind in TOKEN_KINDS
         }
-        self._c2u_messages = self._c2u_bytes = 0
-        self._u2c_messages = self._u2c_bytes = 0
-        self._audio_in_s = self._audio_out_s = 0.0
+        # The counters as of the last flush.
+        self._flushed = SessionCounters()
         self._events: dict[tuple[str, str], int] = {}
 
     def flush(self) -> None:
         """Add what was counted since the last flush to the shared series."""
-        metrics = self._metrics
-        if self._c2u_messages:
-            metrics.client_to_upstream(self._c2u_bytes, self._c2u_messages)
-            self._c2u_messages = self._c2u_bytes = 0
-        if self._u2c_messages:
-            metrics.upstream_to_client(self._u2c_bytes, self._u2c_messages)
-            self._u2c_messages = self._u2c_bytes = 0
+        metrics, now, then = self._metrics, self._counters, self._flushed
+        if now.client_messages != then.client_messages:
+            metrics.client_to_upstream(
+                now.client_bytes - then.client_bytes,
+                now.client_messages - then.client_messages,
+            )
+            then.client_messages, then.client_bytes = (
+                now.client_messages,
+                now.client_bytes,
+            )
+        if now.upstream_messages != then.upstream_messages:
+            metrics.upstream_to_client(
+                now.upstream_bytes - then.upstream_bytes,
+                now.upstream_messages - then.upstream_messages,
+            )
+            then.upstream_messages, then.upstream_bytes = (
+                now.upstream_messages,
+                now.upstream_bytes,
+            )
         if self._events:
             events, self._events = self._events, {}
             for (direction, kind), count in events.items():
                 metrics.event(direction, kind, count)
-        if self._audio_in_s:
-            self._audio_in.inc(self._audio_in_s)
-            self._audio_in_s = 0.0
-        if self._audio_out_s:
-            self._audio_out.inc(self._audio_out_s)
-            self._audio_out_s = 0.0
+        if now.audio_in_seconds != then.audio_in_seconds:
+            self._audio_in.inc(now.audio_in_seconds - then.audio_in_seconds)
+            then.audio_in_seconds = now.audio_in_seconds
+        if now.audio_out_seconds != then.audio_out_seconds:
+            self._audio_out.inc(now.audio_out_seconds - then.audio_out_seconds)
+            then.audio_out_seconds = now.audio_out_seconds
 
     def close(self) -> None:
         """The session ended: flush, and stop being flushed."""
         self.flush()
         self._metrics.forget(self)
-
-    def client_to_upstream(self, size: int) -> None:
-        """Count one message of ``size`` bytes received from the client."""
-        self._c2u_messages += 1
-        self._c2u_bytes += size
-
-    def upstream_to_client(self, size: int) -> None:
-        """Count one message of ``size`` bytes received from the upstream."""
-        self._u2c_messages += 1
-        self._u2c_bytes += size
 
     def policy_applied(self, action: str, field: str) -> None:
         """See :meth:`RelayMetrics.policy_applied`."""
@@ -514,15 +523,10 @@ class SessionMetrics:
         self._metrics.stalled(side)
 
     def metered(self, fact: Metered) -> None:
-        """Count one relayed event and the audio it carried."""
+        """Count one relayed event (its audio is in the session's counters)."""
         key = (fact.direction, fact.event_type)
         events = self._events
         events[key] = events.get(key, 0) + 1
-        if fact.audio_seconds:
-            if fact.direction == DIRECTIONS[0]:
-                self._audio_in_s += fact.audio_seconds
-            else:
-                self._audio_out_s += fact.audio_seconds
 
     def tokens(self, usage: TokensUsed) -> None:
         """Add one response's usage."""

@@ -68,12 +68,6 @@ class _LegProtocol(asyncio.Protocol):
 class _Quiet:
     """An observer that records nothing."""
 
-    def client_to_upstream(self, size: int) -> None:
-        pass
-
-    def upstream_to_client(self, size: int) -> None:
-        pass
-
     def policy_applied(self, action: str, field: str) -> None:
         pass
 

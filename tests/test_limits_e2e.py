@@ -242,6 +242,47 @@ class TestSessionLimits:
         assert len(forwarded) <= 2 * rate + rate * elapsed
 
 
+async def test_the_end_line_and_the_metrics_count_the_same() -> None:
+    """One count per session feeds both: totals in session.end equal the series, scraped mid-session too."""
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        async with relay_stack() as stack:
+            async with connect_relay(stack.preview_url()) as ws:
+                await receive_event(ws)
+                audio = "AAAA" * 2400  # 7,200 bytes: 0.15 s of PCM16 24 kHz
+                for _ in range(3):
+                    await send_event(
+                        ws, {"type": "input_audio_buffer.append", "audio": audio}
+                    )
+                await send_event(ws, {"type": "input_audio_buffer.clear"})
+                await events_until(ws, "input_audio_buffer.cleared")
+                # A scrape in the middle flushes what was counted so far.
+                middle = metric(
+                    stack, "relay_messages_total", direction="client_to_upstream"
+                )
+                assert middle == 4
+                await send_event(ws, {"type": "input_audio_buffer.clear"})
+                await events_until(ws, "input_audio_buffer.cleared")
+            await stack.settle()
+    end = next(line for line in logs if line["event"] == "session.end")
+    assert end["client_messages"] == 5
+    for direction, messages, size in (
+        ("client_to_upstream", "client_messages", "client_bytes"),
+        ("upstream_to_client", "upstream_messages", "upstream_bytes"),
+    ):
+        assert (
+            metric(stack, "relay_messages_total", direction=direction) == end[messages]
+        )
+        assert (
+            metric(stack, "relay_message_bytes_total", direction=direction) == end[size]
+        )
+    assert end["audio_in_s"] == pytest.approx(0.45)
+    assert metric(
+        stack, "relay_audio_seconds_total", client="app-a", direction="input"
+    ) == pytest.approx(end["audio_in_s"])
+
+
 async def test_audit_trail() -> None:
     """One line at session start and one at the end carry who, what, how long and how much."""
     with structlog.testing.capture_logs(

@@ -16,6 +16,7 @@ session's format is used).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Final
 
 from relay.sansio.commands import FirstAudio, Metered, TokensUsed
@@ -24,7 +25,35 @@ from relay.sansio.wire import parse_upstream
 from relay.typing import Family
 
 
-__all__ = ["EVENT_TYPES", "Meter", "event_label", "upstream_type", "usage_of"]
+__all__ = [
+    "EVENT_TYPES",
+    "Meter",
+    "SessionCounters",
+    "event_label",
+    "upstream_type",
+    "usage_of",
+]
+
+
+@dataclass(slots=True)
+class SessionCounters:
+    """What one session relayed: the one count of it.
+
+    The driver adds to it as messages and facts go by; the session's
+    metrics flush what was added since their last flush (before each
+    scrape, and at the end), and the ``session.end`` log line reports the
+    totals.
+    """
+
+    client_messages: int = 0
+    client_bytes: int = 0
+    upstream_messages: int = 0
+    upstream_bytes: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    audio_in_seconds: float = 0.0
+    audio_out_seconds: float = 0.0
+
 
 _SERVER_TYPES: Final = frozenset(
     {
