@@ -10,9 +10,11 @@ endpoint and key pointed at the relay, under the policy ``make run`` serves
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 import yaml
 from agents import function_tool
 from agents.realtime import RealtimeAgent, RealtimeRunner, RealtimeSession
@@ -36,6 +38,14 @@ from tests.helpers.servers import (
 )
 from tests.helpers.timing import SECOND
 
+
+# openai-agents imports mcp, whose sse_starlette swaps uvicorn.Server.handle_exit
+# for a wrapper of its own in the whole process. The relay never imports them:
+# give the rest of the suite uvicorn as shipped (tests/test_uvicorn_seam.py
+# checks its signatures).
+_sse = sys.modules.get("sse_starlette.sse")
+if _sse is not None and _sse.AppStatus.original_handler is not None:
+    uvicorn.Server.handle_exit = _sse.AppStatus.original_handler  # type: ignore[method-assign]
 
 DEV_YAML = Path(__file__).parent.parent / "examples" / "dev.yaml"
 ENVIRON = {"AZURE_OPENAI_API_KEY": "unused"}
