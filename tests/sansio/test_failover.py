@@ -76,6 +76,11 @@ class TestWeightedOrder:
         """A value just below 1 still picks an index."""
         assert weighted_order([1, 1, 1], always(0.9999999999999999)) == [2, 1, 0]
 
+    def test_an_overshooting_draw_takes_the_last_index_in_play(self) -> None:
+        """Weights past a float's exact integers can leave the draw past every bound."""
+        weights = [10**15 - 3, 10**16 - 3]
+        assert weighted_order(weights, always(0.9999999999999999)) == [1, 0]
+
     def test_weights_below_one_are_refused(self) -> None:
         """A weight of 0 would never be tried first: config forbids it, so does this."""
         with pytest.raises(ValueError, match="weights"):

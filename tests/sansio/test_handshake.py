@@ -136,6 +136,11 @@ class TestCredentials:
                 )
             )
 
+    def test_a_query_searched_for_a_key_must_be_ascii(self) -> None:
+        """Without a header or subprotocol credential, a non-ASCII query is a 400, not a 401."""
+        with pytest.raises(BadRequest, match="not ASCII"):
+            GATE.admit(request(headers=[], query=PREVIEW_QUERY + b"&api-key=\xff"))
+
     def test_auth_comes_before_routing_details(self) -> None:
         """An unauthenticated caller cannot probe deployments or parameters."""
         with pytest.raises(Unauthenticated):

@@ -289,6 +289,14 @@ class TestRate:
         rate.charge(5000, now=8.1)  # a later fragment: charged whatever the balance
         assert not rate.check(10, now=9.0).allowed
 
+    def test_without_a_byte_rate_later_fragments_cost_nothing(self) -> None:
+        """A message rate alone counts messages: fragments never spend a message token."""
+        rate = InboundRate(SessionLimits(messages_per_second=1), now=0.0)
+        assert rate.check(10, now=0.0).allowed
+        rate.charge(10**9, now=0.0)
+        assert rate.check(10, now=0.0).allowed  # the burst's second token
+        assert not rate.check(10, now=0.0).allowed
+
     def test_the_byte_burst_defaults_to_two_seconds_of_the_rate(self) -> None:
         rate = InboundRate(SessionLimits(bytes_per_second=1000), now=0.0)
         assert rate.check(1500, now=0.0).allowed

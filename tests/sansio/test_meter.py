@@ -128,6 +128,35 @@ class TestAudio:
         [fact] = meter.upstream_frame('{"type":"response.audio.delta"}', 0.0)
         assert isinstance(fact, Metered)
         assert fact.audio_seconds == 0.0
+        [fact] = meter.upstream_frame('{"type":"response.audio.delta","delta":""}', 0.0)
+        assert isinstance(fact, Metered)
+        assert fact.audio_seconds == 0.0
+
+    def test_formats_without_a_known_rate_keep_the_last_known_one(self) -> None:
+        """An undocumented format, or a session event that does not parse, changes no rate."""
+        meter = Meter("preview")
+        for frame in (
+            json.dumps(
+                {
+                    "type": "session.updated",
+                    "session": {
+                        "input_audio_format": "g711_ulaw",
+                        "output_audio_format": 7,
+                    },
+                }
+            ),
+            '{"type":"session.updated","session":{"input_audio_format":"opus"}}',
+            '{"type":"session.updated","session":',
+        ):
+            assert meter.upstream_frame(frame, 0.0) == [
+                Metered("upstream_to_client", "session.updated")
+            ]
+        append = {"type": "input_audio_buffer.append", "audio": b64(8_000)}
+        assert meter.client_event(append, 0.0).audio_seconds == 1.0  # still G.711
+        delta = json.dumps({"type": "response.audio.delta", "delta": b64(48_000)})
+        [fact] = meter.upstream_frame(delta, 0.0)
+        assert isinstance(fact, Metered)
+        assert fact.audio_seconds == 1.0  # still PCM16
 
 
 class TestUsageAndLatency:
@@ -200,6 +229,16 @@ class TestUsageAndLatency:
             )[1:]
             == []
         )
+
+    def test_a_response_done_that_does_not_parse_still_ends_the_wait(self) -> None:
+        """Its type is read from the first bytes; no usage is made up for it."""
+        meter = Meter("preview")
+        meter.client_event({"type": "response.create"}, 1.0)
+        assert meter.upstream_frame('{"type":"response.done","response":{', 2.0) == [
+            Metered("upstream_to_client", "response.done")
+        ]
+        delta = json.dumps({"type": "response.audio.delta", "delta": b64(3)})
+        assert meter.upstream_frame(delta, 9.0)[1:] == []
 
     def test_binary_upstream_frames(self) -> None:
         """Binary frames are counted as other."""

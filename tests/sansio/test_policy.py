@@ -307,6 +307,34 @@ class TestResponseCreate:
         assert isinstance(verdict, Refuse)
         assert verdict.param == "response.input[1].role"
 
+    def test_a_single_system_input_object_is_refused_or_stripped(
+        self, family: Family
+    ) -> None:
+        """An input given as one system message, not a list, is an instruction too."""
+        event = {
+            "type": "response.create",
+            "response": {
+                "conversation": "none",
+                "input": {"type": "message", "role": "system", "content": []},
+            },
+        }
+        verdict = judge(STANDARD, family, copy.deepcopy(event))
+        assert isinstance(verdict, Refuse)
+        assert verdict.param == "response.input.role"
+        stripped = judge(STRIPPING, family, event)
+        assert isinstance(stripped, Forward)
+        assert stripped.event["response"] == {"conversation": "none"}
+        assert stripped.actions == (Action("strip", "instructions"),)
+
+    def test_input_without_system_items_passes_untouched(self, family: Family) -> None:
+        """User items in the out-of-band input are no instruction."""
+        items = [{"type": "message", "role": "user", "content": []}, "odd"]
+        event = {"type": "response.create", "response": {"input": list(items)}}
+        verdict = judge(STANDARD, family, event)
+        assert isinstance(verdict, Forward)
+        assert verdict.event["response"]["input"] == items
+        assert verdict.actions == ()
+
     def test_bare_response_create_passes(self, family: Family) -> None:
         """No overrides, nothing to judge."""
         assert isinstance(judge(STANDARD, family, {"type": "response.create"}), Forward)
@@ -421,6 +449,22 @@ class TestSubFieldRules:
             ],
             int,
         )
+
+    def test_a_sub_field_range_ignores_objects_without_the_sub_field(self) -> None:
+        """Nothing to clamp in a null turn_detection or one that leaves threshold out."""
+        policy = Policy("sub", range={"turn_detection.threshold": (0.4, 0.8)})
+        for turn in (None, {"type": "server_vad", "silence_duration_ms": 900}):
+            event = update("ga", turn_detection=copy.deepcopy(turn))
+            verdict = judge(policy, "ga", event)
+            assert isinstance(verdict, Forward)
+            assert verdict.actions == ()
+            assert verdict.event == update("ga", turn_detection=turn)
+
+    def test_a_sub_field_rule_refuses_a_value_that_is_no_object(self) -> None:
+        """turn_detection: 5 has no type at all, so no allowed one."""
+        verdict = judge(self.POLICY, "preview", update("preview", turn_detection=5))
+        assert isinstance(verdict, Refuse)
+        assert verdict.param == "session.turn_detection.type"
 
     def test_null_turn_detection_is_type_none(self) -> None:
         """Turning detection off is refused when only server_vad is allowed."""
@@ -566,6 +610,24 @@ class TestPinnedValues:
         assert isinstance(
             judge(self.ORG, family, update(family, tool_choice="auto")), Forward
         )
+
+    def test_a_set_value_the_family_cannot_receive_pins_nothing(
+        self, family: Family
+    ) -> None:
+        """A GA-only set voice overrides the default, so a preview session gets neither."""
+        policy = Policy(
+            "marin",
+            set={"voice": "marin"},
+            default={"voice": "alloy"},
+            deny=frozenset({"voice"}),
+            on_violation="refuse",
+        )
+        pinned = ["marin"] if family == "ga" else []
+        assert policy.unchanged("voice", family) == pinned
+        assert (policy.initial_session(family) is None) == (family == "preview")
+        for voice in ("marin", "alloy"):
+            verdict = judge(policy, family, update(family, voice=voice))
+            assert isinstance(verdict, Forward) == (voice in pinned)
 
     def test_unchanged_values(self, family: Family) -> None:
         """What each denied field may repeat: set, then default, then the upstream default."""

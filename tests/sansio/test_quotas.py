@@ -44,6 +44,23 @@ def test_refused_attempts_count_nothing() -> None:
     assert ledger.acquire("a", "s2", quota, 2.0) is None
 
 
+def test_a_client_with_nothing_left_in_the_window_is_forgotten() -> None:
+    """The ledger holds only clients with a slot or a recent start (its memory is bounded)."""
+    ledger = QuotaLedger()
+    quota = SessionQuota(max_sessions=1, sessions_per_minute=5)
+    ledger.release("nobody", "s0")  # never seen: nothing to give back
+    assert ledger.sessions("nobody") == 0
+    assert ledger.acquire("a", "s1", quota, 0.0) is None
+    ledger.release("a", "s1")
+    assert "a" in ledger._clients  # its start still counts for a minute
+    assert ledger.acquire("a", "s2", quota, 1.0) is None
+    # A minute later the refused attempt has pruned both starts from the window.
+    assert ledger.acquire("a", "s3", quota, 1.0 + WINDOW) == Denial("max_sessions", 5.0)
+    ledger.release("a", "s2")
+    assert "a" not in ledger._clients
+    assert ledger.sessions("a") == 0
+
+
 @given(
     st.lists(
         st.tuples(st.booleans(), st.floats(min_value=0, max_value=0.5)), max_size=200

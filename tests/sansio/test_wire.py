@@ -198,6 +198,29 @@ class TestDepth:
         assert complexity_error(text) is None
 
 
+class TestMalformed:
+    """A malformed text is counted up to the string where the parser stops."""
+
+    @pytest.mark.parametrize(
+        "string",
+        [
+            '"\\n',  # unterminated
+            '"\\q"',  # an escape JSON does not have
+            '"\\n\n"',  # a raw control character
+        ],
+    )
+    def test_nothing_after_a_malformed_string_counts(self, string: str) -> None:
+        """Brackets before it are nesting; brackets from it on are never parsed."""
+        rest = "[" * 100
+        with pytest.raises(ValueError, match=r"Invalid|Unterminated"):
+            json.loads("[" + string + rest)
+        assert complexity_error("[" + string + rest, max_depth=4) is None
+        assert (
+            complexity_error("[" * 5 + string + rest, max_depth=4)
+            == "the event is nested too deeply"
+        )
+
+
 class TestEscapes:
     def test_too_many_escapes_are_refused(self) -> None:
         text = json.dumps({"type": "x", "s": "\n" * (MAX_ESCAPES + 1)})
