@@ -199,11 +199,10 @@ def _voice(value: object, param: str, default: str, voices: tuple[str, ...]) -> 
 
 
 def _instructions(obj: dict[str, object], default: str) -> str:
-    return (
-        as_str(obj["instructions"], "response.instructions")
-        if "instructions" in obj
-        else default
-    )
+    # null means "the session's", as for the voice: LiveKit's generate_reply
+    # sends ``instructions: null`` whenever it has none to add.
+    value = obj.get("instructions")
+    return default if value is None else as_str(value, "response.instructions")
 
 
 def _out_of_band(obj: dict[str, object]) -> bool:

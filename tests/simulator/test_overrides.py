@@ -40,6 +40,16 @@ def test_no_overrides_use_the_session(family: Family) -> None:
     assert result.input is None
 
 
+@pytest.mark.parametrize("family", list(Family))
+def test_null_instructions_are_the_sessions(family: Family) -> None:
+    """``instructions: null`` (LiveKit's ``generate_reply``) keeps the session's; a number is refused."""
+    session = default_session(family, session_id="s", model="m", expires_at=0)
+    assert (
+        params(family, {"instructions": None}).instructions == session["instructions"]
+    )
+    assert error(family, {"instructions": 1}).param == "response.instructions"
+
+
 def test_preview_overrides() -> None:
     """Preview overrides modalities, voice, format, instructions and limits."""
     result = params(
