@@ -56,10 +56,12 @@ class Initial:
         session: the ``session`` of the relay's own update (the policy's
             initial values), or ``None``: nothing to apply, the session opens
             at once.
+        timeout: how long the upstream has to confirm it, from :meth:`start`.
     """
 
-    def __init__(self, session: dict[str, JSON] | None) -> None:
+    def __init__(self, session: dict[str, JSON] | None, timeout: float) -> None:
         self.session = session
+        self._timeout = timeout
         self.deadline = 0.0
         """When the upstream must have confirmed the update (monotonic seconds)."""
         # The upstream's session.created, once received.
@@ -68,6 +70,10 @@ class Initial:
         """Client frames held until the policy is in force, in arrival order."""
         self.held_upstream: deque[str | bytes] = deque()
         """Upstream frames held until the policy is in force, in arrival order."""
+
+    def start(self, now: float) -> None:
+        """The session started at ``now``: the confirmation is due :attr:`deadline`."""
+        self.deadline = now + self._timeout
 
     def upstream(self, data: str | bytes) -> Step:
         """Read one upstream frame; a ``held`` one is kept in :attr:`held_upstream`."""

@@ -121,7 +121,6 @@ class RelaySession:
     ) -> None:
         self.policy = policy
         self.family: Family = family
-        self._init_timeout = init_timeout
         # Life-cycle state; see the module docstring.
         self.state = State.INITIALIZING
         # Whether each leg has been seen closed (by an event, not by our command).
@@ -131,7 +130,7 @@ class RelaySession:
         self.outcome: str | None = None
         # The concerns; see "Parts" in the module docstring. The rate exists
         # once Started came (None: not started).
-        self._initial = Initial(policy.initial_session(family))
+        self._initial = Initial(policy.initial_session(family), init_timeout)
         self._deadlines = Deadlines(limits)
         self._rate: InboundRate | None = None
         self._notices = Notices(drain_notice)
@@ -305,7 +304,7 @@ class RelaySession:
         if self._initial.session is None:
             self.state = State.OPEN
         else:
-            self._initial.deadline = now + self._init_timeout
+            self._initial.start(now)
         return [self._wakeup()]
 
     def _initializing(self, data: str | bytes, now: float) -> list[Command]:
