@@ -53,10 +53,10 @@ MiB: Final = 1024 * 1024
 
 # The relay's defaults, written out so the RSS bound can be computed without
 # importing the relay (``--relay-src`` may measure another tree). The module
-# tests check them against relay/config.py, relay/_legs.py and uvloop.
+# tests check them against relay/config/__init__.py, relay/ws/leg.py and uvloop.
 MAX_MESSAGE_BYTES: Final = 16 * MiB  # limits.max_message_bytes
 BUFFER_BYTES: Final = 1 * MiB  # flow.buffer_bytes
-BYTES_PER_TURN: Final = 256 * 1024  # relay._legs.BYTES_PER_TURN
+BYTES_PER_TURN: Final = 256 * 1024  # relay.ws.leg.BYTES_PER_TURN
 READ_BYTES: Final = 256_000  # uvloop's receive buffer: the most one read delivers
 FRAME_HEADER: Final = 14
 
@@ -864,7 +864,7 @@ def report(result: dict[str, Any], command: str) -> list[str]:
         "### RSS bound",
         "",
         "What the configured limits let one session hold between turns of the event loop "
-        "(`relay/_frames.py`, `relay/_legs.py`, `relay/driver.py`), with M = `limits.max_message_bytes`, "
+        "(`relay/ws/frames.py`, `relay/ws/leg.py`, `relay/service/driver.py`), with M = `limits.max_message_bytes`, "
         "B = `flow.buffer_bytes`, T = `BYTES_PER_TURN` (what one turn parses before the frame that crosses it) "
         "and R = the largest read (uvloop's 256,000-byte receive buffer):",
         "",

@@ -5,7 +5,7 @@ Subcommands:
 * ``run`` — serve the relay from a configuration file (``--config`` or
   ``RELAY_CONFIG``); ``--with-simulator`` also starts the built-in Azure
   simulator at the configured upstream address, and ``--dev-tls`` serves TLS
-  with a certificate from a local development CA (:mod:`relay.devtls`), both
+  with a certificate from a local development CA (:mod:`relay.service.devtls`), both
   for local development.
 * ``simulate`` — only the Azure Realtime simulator.
 * ``demo`` — one scripted voice session through a fresh simulator and relay.
@@ -17,7 +17,7 @@ Exit status: 0 on a requested stop, 2 for an invalid configuration or usage,
 Output of ``run``: until the configuration is loaded and valid, the log format
 is unknown, so usage and configuration errors (exit status 2) are plain
 ``realtime-relay: ...`` lines on stderr. From then on everything goes through
-:func:`relay.logs.configure_logging` in ``log.format``: with ``json`` the start
+:func:`relay.service.logs.configure_logging` in ``log.format``: with ``json`` the start
 banner is one ``relay.serving`` event and a failure to serve one
 ``relay.cannot_serve`` event, so every line is a JSON object; with ``console``
 both stay human text.
@@ -41,13 +41,13 @@ from urllib.parse import urlsplit
 import structlog
 
 from relay import __version__
-from relay._policies import preview_warnings
 from relay.config import ApiKeyAuth, Settings, TlsSettings, load_settings
-from relay.devtls import DEV_HOSTS, DevTls, ensure_dev_tls, trust_hints
+from relay.config.policies import preview_warnings
 from relay.exceptions import ConfigError
-from relay.logs import configure_logging
-from relay.server import RunningRelay, serve_forever
-from relay.tls import server_context
+from relay.service.devtls import DEV_HOSTS, DevTls, ensure_dev_tls, trust_hints
+from relay.service.logs import configure_logging
+from relay.service.server import RunningRelay, serve_forever
+from relay.service.tls import server_context
 
 
 __all__ = ["log_config_warnings", "main"]

@@ -22,8 +22,8 @@ from typing import Any, TextIO
 from websockets.asyncio.client import ClientConnection, connect
 
 from relay.config import LogSettings, parse_settings
-from relay.logs import configure_logging
-from relay.server import running_relay
+from relay.service.logs import configure_logging
+from relay.service.server import running_relay
 from relay.simulator import Simulator
 from relay.simulator.audio import silence_pcm16, speech_like_pcm16
 

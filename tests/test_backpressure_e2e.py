@@ -16,8 +16,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from relay.config import ClientLimits, FlowSettings, load_settings
-from relay.lag import PROBE_INTERVAL
-from relay.metrics import DIRECTIONS
+from relay.service.lag import PROBE_INTERVAL
+from relay.service.metrics import DIRECTIONS
 from relay.simulator import AudioFormat, Simulator
 from relay.simulator.audio import response_audio
 from tests.helpers.clients import connect_relay, receive_event, send_event
@@ -32,7 +32,7 @@ UPSTREAM_KEY = "backpressure-upstream-key"
 FLOW = FlowSettings(buffer_bytes=256 * 1024, stall_timeout=2.0, close_timeout=1.0)
 SESSIONS = 8
 WATCHDOG_PERIOD = 1.0
-"""The stall watchdog looks at most once a second (relay/driver.py)."""
+"""The stall watchdog looks at most once a second (relay/service/driver.py)."""
 
 
 def stall_noticed_within(flow: FlowSettings) -> float:

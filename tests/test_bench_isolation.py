@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from relay._legs import BYTES_PER_TURN
 from relay.config import FlowSettings, LimitsSettings
+from relay.ws.leg import BYTES_PER_TURN
 from tests.helpers.bench import load
 
 

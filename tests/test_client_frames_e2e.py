@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from relay._frames import (
+from relay.config import ClientLimits
+from relay.ws.frames import (
     BINARY,
     CLOSE,
     CONTINUATION,
@@ -28,8 +29,7 @@ from relay._frames import (
     build_frame,
     close_payload,
 )
-from relay._legs import FRAMES_PER_TURN, REFUSED_PAUSE
-from relay.config import ClientLimits
+from relay.ws.leg import FRAMES_PER_TURN, REFUSED_PAUSE
 from tests.helpers.clients import connect_relay, receive_event
 from tests.helpers.events import flat
 from tests.helpers.servers import CLIENT_KEY, Stack, clients_with, relay_stack

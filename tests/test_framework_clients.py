@@ -41,7 +41,7 @@ from tests.helpers.timing import SECOND
 
 # openai-agents imports mcp, whose sse_starlette swaps uvicorn.Server.handle_exit
 # for a wrapper of its own in the whole process. The relay never imports them:
-# give the rest of the suite uvicorn as shipped (tests/test_uvicorn_seam.py
+# give the rest of the suite uvicorn as shipped (tests/ws/test_uvicorn_seam.py
 # checks its signatures).
 _sse = sys.modules.get("sse_starlette.sse")
 if _sse is not None and _sse.AppStatus.original_handler is not None:

@@ -365,3 +365,77 @@ class TestImportGraph:
         graph = import_graph(root, "pkg")
         assert graph["pkg.a"] == {"pkg.b"}
         assert cycles(graph) == []
+
+
+# Each folder of relay/ is one layer; a layer imports only the layers below it
+# (and itself). The package root holds the entry points and the vocabulary.
+LAYERS: dict[str, tuple[str, ...]] = {
+    "relay.sansio": ("relay.sansio", *VOCABULARY),
+    "relay.ws": ("relay.ws", "relay.sansio", *VOCABULARY),
+    "relay.config": ("relay.config", "relay.sansio", *VOCABULARY),
+    "relay.simulator": ("relay.simulator",),
+    "relay.service": (
+        "relay.service",
+        "relay.ws",
+        "relay.config",
+        "relay.sansio",
+        "relay",  # its version
+        *VOCABULARY,
+    ),
+}
+"""What each layer may import of ``relay``: the core nothing but itself, the
+transport and the configuration parser the core, the service all three, and the
+simulator stands alone (only the command line and the demo start it)."""
+
+
+def _layer(module: str) -> str | None:
+    for layer in LAYERS:
+        if module == layer or module.startswith(layer + "."):
+            return layer
+    return None
+
+
+def _allowed(target: str, allowed: tuple[str, ...]) -> bool:
+    return any(
+        target == name or (name != "relay" and target.startswith(name + "."))
+        for name in allowed
+    )
+
+
+def test_each_layer_imports_only_the_layers_below() -> None:
+    graph = import_graph(RELAY, "relay")
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in sorted(graph.items())
+        if (layer := _layer(module)) is not None
+        for target in sorted(targets)
+        if not _allowed(target, LAYERS[layer])
+    ]
+    assert wrong == []
+
+
+def test_only_the_command_line_and_the_demo_start_the_simulator() -> None:
+    graph = import_graph(RELAY, "relay")
+    importers = sorted(
+        module
+        for module, targets in graph.items()
+        if _layer(module) != "relay.simulator"
+        and any(
+            t == "relay.simulator" or t.startswith("relay.simulator.") for t in targets
+        )
+    )
+    assert importers == ["relay.cli", "relay.demo"]
+
+
+def test_every_module_is_in_a_layer_or_at_the_root() -> None:
+    """The root holds the entry points and the vocabulary; everything else sits in a layer's folder."""
+    graph = import_graph(RELAY, "relay")
+    root = sorted(m for m in graph if _layer(m) is None)
+    assert root == [
+        "relay",
+        "relay.__main__",
+        "relay.cli",
+        "relay.demo",
+        "relay.exceptions",
+        "relay.typing",
+    ]

@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from relay.config import load_settings
-from relay.limits_redis import PROBE_INTERVAL
+from relay.service.limits_redis import PROBE_INTERVAL
 from relay.simulator import Simulator
 from tests.helpers.clients import connect_relay, receive_event
 from tests.helpers.processes import RelayProcess, relay_process

@@ -55,21 +55,28 @@ and are never passed on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 
 __all__ = [
     "CLIENT_GONE",
     "DRAINED",
+    "DRAIN_CUTOFF",
+    "DURATION_CUTOFF",
     "EXPIRED",
     "IDLE_TIMEOUT",
     "MAX_DURATION",
     "OUTCOMES",
+    "RATE_CUTOFF",
     "RATE_LIMITED",
     "STALLED",
+    "Cutoff",
     "client_close_for_upstream",
     "client_status_for_upstream",
+    "idle_cutoff",
     "is_sendable",
+    "policy_cutoff",
     "truncate_reason",
 ]
 
@@ -170,3 +177,57 @@ def truncate_reason(reason: str) -> str:
     if len(encoded) <= MAX_REASON_BYTES:
         return reason
     return encoded[:MAX_REASON_BYTES].decode(errors="ignore")
+
+
+@dataclass(frozen=True, slots=True)
+class Cutoff:
+    """A session the relay ends itself: the outcome, the client's close, and what explains it.
+
+    The client gets the ``error`` event first, then the close; the upstream
+    leg is closed with 1000.
+    """
+
+    outcome: str
+    close: tuple[int, str]
+    """Close code and reason for the client (see the table above)."""
+    code: str | None = None
+    """Code of the ``error`` event sent first; ``None``: no event (the drain
+    was announced when it began)."""
+    message: str = ""
+    error_type: str = "invalid_request_error"
+
+
+DURATION_CUTOFF: Final = Cutoff(
+    "max_duration",
+    MAX_DURATION,
+    "session_duration_limit_reached",
+    "the session reached its maximum duration",
+)
+RATE_CUTOFF: Final = Cutoff(
+    "rate_limited",
+    RATE_LIMITED,
+    "rate_limit_exceeded",
+    "inbound rate limit exceeded for too long",
+)
+DRAIN_CUTOFF: Final = Cutoff("drained", DRAINED)
+
+
+def idle_cutoff(seconds: float) -> Cutoff:
+    """The end of a session whose client sent nothing for ``seconds``."""
+    return Cutoff(
+        "idle_timeout",
+        IDLE_TIMEOUT,
+        "idle_timeout",
+        f"no client event for {seconds:g} seconds",
+    )
+
+
+def policy_cutoff(reason: str) -> Cutoff:
+    """The end of a session whose initial policy could not be applied, for ``reason``."""
+    return Cutoff(
+        "policy_failed",
+        (1011, "session policy could not be applied"),
+        "policy_not_applied",
+        f"session policy could not be applied: {reason}",
+        "server_error",
+    )

@@ -1,6 +1,6 @@
 """Rules for client JWTs and the key set (JWKS) that verifies them, free of I/O.
 
-The edge, :mod:`relay.jwt_auth`, downloads the key set, loads keys with PyJWT
+The edge, :mod:`relay.service.jwt_auth`, downloads the key set, loads keys with PyJWT
 and checks signatures. Everything decided around that lives here: reading a
 token's header before any key is looked up, which published keys may verify
 which algorithm, the time claims, the client claim, and when the key set may
@@ -148,7 +148,7 @@ def looks_like_jwt(token: str) -> bool:
 
     True for three base64url segments whose first decodes to a JSON object
     with a string ``alg``. Nothing is verified: a token for which this is
-    true still has to pass :meth:`relay.jwt_auth.JwtVerifier.verify`.
+    true still has to pass :meth:`relay.service.jwt_auth.JwtVerifier.verify`.
     """
     return _read_header(token) is not None
 

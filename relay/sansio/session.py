@@ -25,26 +25,35 @@ except ``session.created``/``session.updated`` when the policy hides fields.
 outcome (:class:`~relay.sansio.commands.Ended`, exactly once) and closes every
 leg still open. Every event is accepted in every state, so a late frame or a
 duplicate close can never crash a session; they produce no commands.
+
+**Parts.** :class:`RelaySession` dispatches events and keeps the life cycle;
+each concern it consults is a small object of its own, holding that concern's
+state: :class:`~relay.sansio.initial.Initial` (the initializing hold),
+:class:`~relay.sansio.deadlines.Deadlines` (when the session must end),
+:class:`~relay.sansio.limits.InboundRate` (how fast the client may send),
+:class:`~relay.sansio.notices.Notices` (the relay's own events to the client),
+:class:`~relay.sansio.hiding.Hiding` (fields the policy hides) and
+:class:`~relay.sansio.meter.Meter` (facts for metrics). The relaying of one
+message in the open state stays inline here: it is the relay's hot path.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import deque
 from typing import Final, assert_never
 
 from relay.sansio.closes import (
     CLIENT_GONE,
-    DRAINED,
     EXPIRED,
-    IDLE_TIMEOUT,
-    MAX_DURATION,
-    RATE_LIMITED,
+    RATE_CUTOFF,
     STALLED,
+    Cutoff,
     client_close_for_upstream,
+    policy_cutoff,
     truncate_reason,
 )
 from relay.sansio.commands import Abort, Applied, Close, Command, Ended, Send, Wakeup
+from relay.sansio.deadlines import Deadlines
 from relay.sansio.events import (
     ClientClosed,
     ClientMessage,
@@ -57,14 +66,16 @@ from relay.sansio.events import (
     UpstreamClosed,
     UpstreamMessage,
 )
-from relay.sansio.fields import FIELDS, JSON, write
-from relay.sansio.limits import EXPIRY_WINDOW, InboundRate, SessionLimits
+from relay.sansio.fields import JSON
+from relay.sansio.hiding import Hiding
+from relay.sansio.initial import INIT_EVENT_ID, Confirmed, Initial, Update
+from relay.sansio.limits import InboundRate, SessionLimits
 from relay.sansio.meter import Meter
+from relay.sansio.notices import Notices
 from relay.sansio.policy import EMPTY_POLICY, GOVERNED_EVENTS, Forward, Policy, judge
 from relay.sansio.wire import (
     InvalidEvent,
     dump,
-    error_event,
     parse_event,
     parse_upstream,
     plain_append,
@@ -72,16 +83,11 @@ from relay.sansio.wire import (
 from relay.typing import DrainNotice, Family, Side
 
 
-APPEND: Final = "input_audio_buffer.append"
-
-
 __all__ = ["INIT_EVENT_ID", "RelaySession", "State"]
 
-INIT_EVENT_ID: Final = "relay_policy_init"
+APPEND: Final = "input_audio_buffer.append"
 NO_LIMITS: Final = SessionLimits()
 """Only Azure's own duration cap applies."""
-"""``event_id`` of the relay's own first ``session.update``."""
-_HIDDEN_VALUES: Final[dict[str, JSON]] = {"instructions": "", "tools": []}
 
 
 class State(enum.Enum):
@@ -114,20 +120,7 @@ class RelaySession:
         drain_notice: DrainNotice = "event",
     ) -> None:
         self.policy = policy
-        self._drain_notice: DrainNotice = drain_notice
         self.family: Family = family
-        self._init_timeout = init_timeout
-        self._limits = limits
-        # Deadlines (monotonic seconds), set by Started; the wall clock minus
-        # the monotonic one, to read the upstream's expires_at.
-        self._end_at = float("inf")
-        self._started_at = 0.0
-        self._wall_offset: float | None = None
-        self._last_client = 0.0
-        self._rate: InboundRate | None = None
-        self._drain_at: float | None = None
-        # Realtime facts about the frames, for metrics.
-        self._meter = Meter(family)
         # Life-cycle state; see the module docstring.
         self.state = State.INITIALIZING
         # Whether each leg has been seen closed (by an event, not by our command).
@@ -135,30 +128,29 @@ class RelaySession:
         self.upstream_closed = False
         # The outcome once decided; None while the session runs.
         self.outcome: str | None = None
-        # Initialization: the upstream's session.created, once received.
-        self._created: dict[str, JSON] | None = None
-        self._deadline = 0.0
-        # Frames held during initialization, in arrival order.
-        self._held_upstream: deque[str | bytes] = deque()
+        # The concerns; see "Parts" in the module docstring. The rate exists
+        # once Started came (None: not started).
+        self._initial = Initial(policy.initial_session(family), init_timeout)
+        self._deadlines = Deadlines(limits)
+        self._rate: InboundRate | None = None
+        self._notices = Notices(drain_notice)
+        self._hiding = Hiding(policy.hide, family)
+        self._meter = Meter(family)
+        # The hot path's own state, read or written on every message:
+        # When the client's latest message came (idleness, see Deadlines.next).
+        self._last_client = 0.0
         # Whether session.created has reached the client: it must be the first
         # event a client sees, so the relay's own notices wait for it.
         self._greeted = False
-        self._notices: list[str] = []
-        self._held_client: deque[str | bytes] = deque()
+        # Whether the policy lets audio appends through (the fast path's question).
+        self._appends_allowed = (
+            policy.events_allow is None or APPEND in policy.events_allow
+        ) and APPEND not in policy.events_deny
         self.held_bytes = 0
         """Bytes of client frames held until the policy is in force."""
         self.held_upstream_bytes = 0
         """Bytes of upstream frames held until the policy is in force: a
         flooding upstream is not read while they exceed the buffer bound."""
-        # When a policy action was last logged (see _log_due).
-        self._logged_at = float("-inf")
-        # Hidden fields the client set itself: no longer hidden from it.
-        self._client_set: set[str] = set()
-        self._relay_events = 0
-        # Whether the policy lets audio appends through (the fast path's question).
-        self._appends_allowed = (
-            policy.events_allow is None or APPEND in policy.events_allow
-        ) and APPEND not in policy.events_deny
 
     # Events
 
@@ -239,15 +231,7 @@ class RelaySession:
         rate = self._rate
         if not self._running or rate is None or not rate.refusing(now):
             return []
-        return self._rate_close()
-
-    def _rate_close(self) -> list[Command]:
-        return self._limit_close(
-            RATE_LIMITED,
-            "rate_limited",
-            "rate_limit_exceeded",
-            "inbound rate limit exceeded for too long",
-        )
+        return self._cut(RATE_CUTOFF)
 
     def client_message(
         self, data: str | bytes, now: float, admitted: bool = False
@@ -268,7 +252,7 @@ class RelaySession:
             if refused is not None:
                 return refused
         if self.state is State.INITIALIZING:
-            self._held_client.append(data)
+            self._initial.held_client.append(data)
             self.held_bytes += len(data)
             return []
         return self._from_client(data, now)
@@ -303,9 +287,7 @@ class RelaySession:
     def _greet(self) -> list[Command]:
         """session.created has just been sent: the notices that waited for it follow."""
         self._greeted = True
-        notices: list[Command] = [Send("client", notice) for notice in self._notices]
-        self._notices.clear()
-        return notices
+        return self._notices.release()
 
     @property
     def _running(self) -> bool:
@@ -316,18 +298,126 @@ class RelaySession:
     def _start(self, now: float, wall: float | None) -> list[Command]:
         if self.state is not State.INITIALIZING or self._rate is not None:
             return []
-        self._started_at = now
-        self._wall_offset = None if wall is None else wall - now
-        self._end_at = self._limits.session_end(now)
+        self._deadlines.start(now, wall)
         self._last_client = now
-        self._rate = InboundRate(self._limits, now)
-        if self.policy.initial_session(self.family) is None:
+        self._rate = InboundRate(self._deadlines.limits, now)
+        if self._initial.session is None:
             self.state = State.OPEN
         else:
-            self._deadline = now + self._init_timeout
-        return [Wakeup(self._next_deadline())]
+            self._initial.start(now)
+        return [self._wakeup()]
+
+    def _initializing(self, data: str | bytes, now: float) -> list[Command]:
+        step = self._initial.upstream(data)
+        if isinstance(step, Update):
+            return [*self._expires(step.created, now), step.command]
+        if isinstance(step, Confirmed):
+            return self._open(step.greeting, now)
+        if step == "refused":
+            return self._cut(policy_cutoff("the upstream refused the session policy"))
+        self.held_upstream_bytes += len(data)
+        return []
+
+    def _open(self, greeting: dict[str, JSON], now: float) -> list[Command]:
+        self.state = State.OPEN
+        self._hiding.hide(greeting)
+        commands = [*self._relay_upstream(dump(greeting), now), *self._greet()]
+        initial = self._initial
+        for data in initial.held_upstream:
+            commands.extend(self._relay_upstream(data, now))
+        initial.held_upstream.clear()
+        self.held_upstream_bytes = 0
+        while initial.held_client and self.state is State.OPEN:
+            commands.extend(self._from_client(initial.held_client.popleft(), now))
+        initial.held_client.clear()
+        self.held_bytes = 0
+        return commands
 
     # Limits
+
+    def _wakeup(self) -> Wakeup:
+        initial = self._initial.deadline if self.state is State.INITIALIZING else None
+        return Wakeup(self._deadlines.next(self._last_client, initial))
+
+    def _expires(self, created: dict[str, JSON], now: float) -> list[Command]:
+        """The ``Wakeup`` for a cap the upstream's ``expires_at`` moved (none if it did not)."""
+        return [self._wakeup()] if self._deadlines.expires(created, now) else []
+
+    def _tick(self, now: float) -> list[Command]:
+        if self.state is State.INITIALIZING and now >= self._initial.deadline:
+            return self._cut(
+                policy_cutoff("the upstream did not confirm the session policy in time")
+            )
+        cutoff = self._deadlines.due(now, self._last_client)
+        if cutoff is not None:
+            return self._cut(cutoff)
+        return [self._wakeup()]
+
+    def _over_rate(self, size: int, now: float) -> list[Command] | None:
+        assert self._rate is not None, "Started must come first"
+        verdict = self._rate.check(size, now)
+        if verdict.allowed:
+            return None
+        if verdict.close:
+            return self._cut(RATE_CUTOFF)
+        return self._notices.rate_refused(verdict.notify)
+
+    def _draining(self, deadline: float, grace: float) -> list[Command]:
+        if not self._deadlines.drain(deadline):
+            return []
+        notice = self._notices.drain(grace)
+        # The client's first event must stay session.created: before it the
+        # notice waits.
+        sent = [] if notice is None else self._notices.deliver(notice, self._greeted)
+        return [*sent, self._wakeup()]
+
+    # Open
+
+    def _relay_upstream(self, data: str | bytes, now: float) -> list[Command]:
+        if self._hiding.hidden and isinstance(data, str):
+            frame = self._hiding.frame(data)
+            # Unreadable, it could hold what the policy hides: not passed on.
+            data = self._notices.withheld() if frame is None else frame
+        return [Send("client", data), *self._meter.upstream_frame(data, now)]
+
+    def _from_client(self, data: str | bytes, now: float) -> list[Command]:
+        if isinstance(data, str) and self._appends_allowed:
+            audio = plain_append(data)
+            if audio is not None:
+                # Exactly what the full parse would conclude for this event
+                # (an ungoverned type, forwarded as received), without it.
+                return [
+                    Send("upstream", data),
+                    self._meter.client_append(len(audio), audio[-2:]),
+                ]
+        return self._from_client_parsed(data, now)
+
+    def _from_client_parsed(self, data: str | bytes, now: float) -> list[Command]:
+        if isinstance(data, bytes):
+            return self._notices.invalid(
+                "binary frames are not supported: send JSON text events", now
+            )
+        try:
+            event = parse_event(data)
+        except InvalidEvent as exc:
+            return self._notices.invalid(str(exc), now)
+        client_event_id = event.get("event_id")
+        verdict = judge(self.policy, self.family, event)
+        if not isinstance(verdict, Forward):
+            return self._notices.refused(verdict, client_event_id, now)
+        logged = self._notices.log_due(now) if verdict.actions else False
+        commands: list[Command] = [
+            Applied(a.action, a.field, logged) for a in verdict.actions
+        ]
+        self._hiding.client_set(verdict.client_set)
+        governed = event["type"] in GOVERNED_EVENTS
+        # Governed events go upstream exactly as inspected; others as received
+        # (the strict parse proved they cannot be read differently).
+        commands.append(Send("upstream", dump(verdict.event) if governed else data))
+        commands.append(self._meter.client_event(verdict.event, now))
+        return commands
+
+    # Ending
 
     def _stalled(self, side: Side) -> list[Command]:
         if side == "client":
@@ -348,333 +438,13 @@ class RelaySession:
             [Close("client", code, reason), Abort("upstream")],
         )
 
-    def _draining(self, deadline: float, grace: float) -> list[Command]:
-        if self._drain_at is not None:
-            return []
-        self._drain_at = deadline
-        if self._drain_notice == "none":
-            return [Wakeup(self._next_deadline())]
-        notice = self._drain_notice_event(grace)
-        if not self._greeted:
-            # The client's first event must stay session.created.
-            self._notices.append(notice)
-            return [Wakeup(self._next_deadline())]
-        return [Send("client", notice), Wakeup(self._next_deadline())]
-
-    def _drain_notice_event(self, grace: float) -> str:
-        if self._drain_notice == "error":
-            # Every client parses error events; Azure announces its own
-            # session end (session_expired) the same way.
-            return error_event(
-                self._event_id(),
-                code="relay_draining",
-                message=(
-                    "this relay is restarting: finish within "
-                    f"{round(grace)} s, then reconnect"
-                ),
-                param=None,
-                client_event_id=None,
-                error_type="server_error",
-            )
-        return dump(
-            {
-                "type": "relay.draining",
-                "event_id": self._event_id(),
-                "grace_ms": round(grace * 1000),
-            }
-        )
-
-    def _expires(self, created: dict[str, JSON], now: float) -> list[Command]:
-        """Cap the session by the ``expires_at`` of the upstream's ``session.created``.
-
-        Azure's value is authoritative (its documented cap changed from 30 to
-        60 minutes in 2026); one outside :data:`EXPIRY_WINDOW` from now is
-        not believed and the documented cap stays. Returns the ``Wakeup`` for
-        a deadline that moved (none if it did not).
-        """
-        session = created.get("session")
-        expires_at = session.get("expires_at") if isinstance(session, dict) else None
-        if (
-            self._wall_offset is None
-            or isinstance(expires_at, bool)
-            or not isinstance(expires_at, int | float)
-        ):
-            return []
-        expires = expires_at - self._wall_offset
-        low, high = EXPIRY_WINDOW
-        if not low <= expires - now <= high:
-            return []
-        end = self._limits.session_end(self._started_at, expires)
-        if end == self._end_at:
-            return []
-        self._end_at = end
-        return [Wakeup(self._next_deadline())]
-
-    def _next_deadline(self) -> float:
-        deadlines = [self._end_at]
-        if self._drain_at is not None:
-            deadlines.append(self._drain_at)
-        if self.state is State.INITIALIZING:
-            deadlines.append(self._deadline)
-        if self._limits.idle_seconds is not None:
-            deadlines.append(self._last_client + self._limits.idle_seconds)
-        return min(deadlines)
-
-    def _tick(self, now: float) -> list[Command]:
-        if self.state is State.INITIALIZING and now >= self._deadline:
-            return self._fail_init(
-                "the upstream did not confirm the session policy in time"
-            )
-        if self._drain_at is not None and now >= self._drain_at:
-            code, reason = DRAINED
-            return self._fail("drained", code, reason, upstream_code=1000)
-        if now >= self._end_at:
-            return self._limit_close(
-                MAX_DURATION,
-                "max_duration",
-                "session_duration_limit_reached",
-                "the session reached its maximum duration",
-            )
-        idle = self._limits.idle_seconds
-        if idle is not None and now >= self._last_client + idle:
-            return self._limit_close(
-                IDLE_TIMEOUT,
-                "idle_timeout",
-                "idle_timeout",
-                f"no client event for {idle:g} seconds",
-            )
-        return [Wakeup(self._next_deadline())]
-
-    def _over_rate(self, size: int, now: float) -> list[Command] | None:
-        assert self._rate is not None, "Started must come first"
-        verdict = self._rate.check(size, now)
-        if verdict.allowed:
-            return None
-        if verdict.close:
-            return self._rate_close()
-        commands: list[Command] = [
-            Applied("refuse", "rate_limit", logged=verdict.notify)
-        ]
-        if verdict.notify:
-            commands.append(
-                Send(
-                    "client",
-                    error_event(
-                        self._event_id(),
-                        code="rate_limit_exceeded",
-                        message="inbound rate limit exceeded: messages are being dropped; slow down",
-                        param=None,
-                        client_event_id=None,
-                    ),
-                )
-            )
-        return commands
-
-    def _limit_close(
-        self, close: tuple[int, str], outcome: str, code: str, message: str
-    ) -> list[Command]:
-        notice = error_event(
-            self._event_id(),
-            code=code,
-            message=message,
-            param=None,
-            client_event_id=None,
-        )
-        close_code, reason = close
+    def _cut(self, cutoff: Cutoff) -> list[Command]:
+        """End the session on the relay's own decision: the client is told why first."""
+        code, reason = cutoff.close
         return [
-            Send("client", notice),
-            *self._fail(outcome, close_code, reason, upstream_code=1000),
+            *self._notices.explain(cutoff),
+            *self._fail(cutoff.outcome, code, reason, upstream_code=1000),
         ]
-
-    def _initializing(self, data: str | bytes, now: float) -> list[Command]:
-        event = _peek(data)
-        kind = event.get("type") if event is not None else None
-        if self._created is None and kind == "session.created":
-            assert event is not None
-            self._created = event
-            rearm = self._expires(event, now)
-            session = self.policy.initial_session(self.family)
-            return [
-                *rearm,
-                Send(
-                    "upstream",
-                    dump(
-                        {
-                            "type": "session.update",
-                            "event_id": INIT_EVENT_ID,
-                            "session": session,
-                        }
-                    ),
-                ),
-            ]
-        if self._created is not None and kind == "session.updated":
-            assert event is not None
-            return self._open(event, now)
-        if kind == "error" and event is not None:
-            error = event.get("error")
-            if isinstance(error, dict) and error.get("event_id") == INIT_EVENT_ID:
-                return self._fail_init("the upstream refused the session policy")
-        self._held_upstream.append(data)
-        self.held_upstream_bytes += len(data)
-        return []
-
-    def _open(self, updated: dict[str, JSON], now: float) -> list[Command]:
-        assert self._created is not None
-        self.state = State.OPEN
-        created = dict(self._created)
-        created["session"] = updated.get("session", created.get("session"))
-        self._hide(created)
-        commands = [*self._relay_upstream(dump(created), now), *self._greet()]
-        for data in self._held_upstream:
-            commands.extend(self._relay_upstream(data, now))
-        self._held_upstream.clear()
-        self.held_upstream_bytes = 0
-        while self._held_client and self.state is State.OPEN:
-            commands.extend(self._from_client(self._held_client.popleft(), now))
-        self._held_client.clear()
-        self.held_bytes = 0
-        return commands
-
-    def _fail_init(self, reason: str) -> list[Command]:
-        notice = error_event(
-            self._event_id(),
-            code="policy_not_applied",
-            message=f"session policy could not be applied: {reason}",
-            param=None,
-            client_event_id=None,
-            error_type="server_error",
-        )
-        return [
-            Send("client", notice),
-            *self._fail(
-                "policy_failed",
-                1011,
-                "session policy could not be applied",
-                upstream_code=1000,
-            ),
-        ]
-
-    # Open
-
-    def _relay_upstream(self, data: str | bytes, now: float) -> list[Command]:
-        frame = self._from_upstream(data)
-        return [Send("client", frame), *self._meter.upstream_frame(frame, now)]
-
-    def _from_client(self, data: str | bytes, now: float) -> list[Command]:
-        if isinstance(data, str) and self._appends_allowed:
-            audio = plain_append(data)
-            if audio is not None:
-                # Exactly what the full parse would conclude for this event
-                # (an ungoverned type, forwarded as received), without it.
-                return [
-                    Send("upstream", data),
-                    self._meter.client_append(len(audio), audio[-2:]),
-                ]
-        return self._from_client_parsed(data, now)
-
-    def _from_client_parsed(self, data: str | bytes, now: float) -> list[Command]:
-        if isinstance(data, bytes):
-            return self._invalid(
-                None,
-                "binary frames are not supported: send JSON text events",
-                "message",
-                now,
-            )
-        try:
-            event = parse_event(data)
-        except InvalidEvent as exc:
-            return self._invalid(None, str(exc), "message", now)
-        client_event_id = event.get("event_id")
-        verdict = judge(self.policy, self.family, event)
-        commands: list[Command] = []
-        if isinstance(verdict, Forward):
-            logged = self._log_due(now) if verdict.actions else False
-            commands.extend(Applied(a.action, a.field, logged) for a in verdict.actions)
-            self._client_set |= verdict.client_set
-            governed = event["type"] in GOVERNED_EVENTS
-            # Governed events go upstream exactly as inspected; others as received
-            # (the strict parse proved they cannot be read differently).
-            commands.append(Send("upstream", dump(verdict.event) if governed else data))
-            commands.append(self._meter.client_event(verdict.event, now))
-            return commands
-        logged = self._log_due(now)
-        commands.extend(Applied(a.action, a.field, logged) for a in verdict.actions)
-        commands.append(
-            Send(
-                "client",
-                error_event(
-                    self._event_id(),
-                    code=verdict.code,
-                    message=verdict.message,
-                    param=verdict.param,
-                    client_event_id=client_event_id,
-                ),
-            )
-        )
-        return commands
-
-    def _invalid(
-        self, client_event_id: JSON, message: str, field: str, now: float
-    ) -> list[Command]:
-        notice = error_event(
-            self._event_id(),
-            code="invalid_event",
-            message=message,
-            param=None,
-            client_event_id=client_event_id,
-        )
-        return [Applied("refuse", field, self._log_due(now)), Send("client", notice)]
-
-    def _log_due(self, now: float) -> bool:
-        """Whether a policy action at ``now`` is worth a log line: one a second.
-
-        Every action is counted (``Applied``); a client repeating one hundreds
-        of times a second would otherwise make the relay spend more on log
-        lines than on relaying (a log line costs more than the event).
-        """
-        if now - self._logged_at < 1.0:
-            return False
-        self._logged_at = now
-        return True
-
-    def _from_upstream(self, data: str | bytes) -> str | bytes:
-        # Only session.created/updated can need hiding; base64 audio cannot
-        # contain these names, so most frames skip parsing entirely.
-        if not self._hidden or isinstance(data, bytes):
-            return data
-        if "session.created" not in data and "session.updated" not in data:
-            return data
-        event = _peek(data)
-        if event is None:
-            # Unreadable (past the bounds, or not JSON): it could hold what
-            # the policy hides, so it is not passed on.
-            return error_event(
-                self._event_id(),
-                code="upstream_event_withheld",
-                message="an upstream event could not be read and was withheld",
-                param=None,
-                client_event_id=None,
-                error_type="server_error",
-            )
-        if event.get("type") not in ("session.created", "session.updated"):
-            return data
-        return dump(event) if self._hide(event) else data
-
-    @property
-    def _hidden(self) -> frozenset[str]:
-        return self.policy.hide - self._client_set
-
-    def _hide(self, event: dict[str, JSON]) -> bool:
-        session = event.get("session")
-        if not isinstance(session, dict):
-            return False
-        for name in sorted(self._hidden):
-            write(
-                session, FIELDS[name], self.family, _HIDDEN_VALUES[name], response=False
-            )
-        return bool(self._hidden)
-
-    # Ending
 
     def _fail(
         self, outcome: str, code: int, message: str, *, upstream_code: int
@@ -692,8 +462,7 @@ class RelaySession:
     def _end(self, ended: Ended, closes: list[Command]) -> list[Command]:
         self.outcome = ended.outcome
         self.state = State.CLOSING
-        self._held_client.clear()
-        self._held_upstream.clear()
+        self._initial.clear()
         self.held_bytes = self.held_upstream_bytes = 0
         self._settle()
         return [ended, *closes]
@@ -701,10 +470,6 @@ class RelaySession:
     def _settle(self) -> None:
         if self.client_closed and self.upstream_closed:
             self.state = State.CLOSED
-
-    def _event_id(self) -> str:
-        self._relay_events += 1
-        return f"event_relay_{self._relay_events}"
 
 
 def _expired(data: str) -> bool:

@@ -53,10 +53,10 @@ ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
-    """TLS on the main listener (``listen.tls``); the files are loaded by :mod:`relay.tls`.
+    """TLS on the main listener (``listen.tls``); the files are loaded by :mod:`relay.service.tls`.
 
     Parsing only checks the shape: whether the files exist, load and match is
-    checked at start-up (:func:`relay.tls.check_tls`), before the relay listens.
+    checked at start-up (:func:`relay.service.tls.check_tls`), before the relay listens.
     """
 
     cert_file: str

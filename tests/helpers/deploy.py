@@ -73,7 +73,7 @@ KUBE_VERSIONS: Final = ("1.30.0", "1.37.0")
 """The chart's ``kubeVersion`` floor, and the newest schemas kubernetes-validate knows."""
 
 PRESTOP_BOUND: Final = 15
-"""``/internal/drain?wait=1`` answers within ``drain.grace_seconds`` + this (relay/app.py)."""
+"""``/internal/drain?wait=1`` answers within ``drain.grace_seconds`` + this (relay/service/app.py)."""
 EXIT_MARGIN: Final = 10
 """Seconds left after the preStop for SIGTERM and the relay's exit, at the least."""
 

@@ -44,7 +44,7 @@ from typing import Literal, Self, TypedDict, Unpack
 from websockets.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, Frame
 from websockets.streams import StreamReader
 
-from relay._tasks import TaskSet
+from relay.service.tasks import TaskSet
 from tests.helpers.timing import SECOND
 
 

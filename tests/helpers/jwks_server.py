@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from relay.jwt_auth import JwtSettings
+from relay.service.jwt_auth import JwtSettings
 from tests.helpers.servers import serve_asgi
 from tests.helpers.timing import SECOND
 

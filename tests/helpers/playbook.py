@@ -40,9 +40,18 @@ class Playbook:
 
     def __lshift__(self, expected: Command) -> Playbook:
         assert self._pending, f"expected {expected!r}, but no command is left"
-        actual = self._pending.pop(0)
+        actual = self.next()
         assert actual == expected, f"expected {expected!r}, got {actual!r}"
         return self
+
+    def next(self) -> Command:
+        """The next unchecked command, now checked: for a test that inspects it itself."""
+        assert self._pending, "expected a command, but no command is left"
+        return self._pending.pop(0)
+
+    def discard(self) -> None:
+        """Let the unchecked commands go: the script checks what follows, not them."""
+        self._pending.clear()
 
     def done(self) -> None:
         """Assert that every produced command was checked."""

@@ -19,7 +19,7 @@ from relay.config import (
     Settings,
     UpstreamTarget,
 )
-from relay.server import RunningRelay, running_relay
+from relay.service.server import RunningRelay, running_relay
 from relay.simulator import Simulator
 from tests.helpers.servers import (
     DEPLOYMENT,

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from relay.metrics import HTTP_REFUSALS
+from relay.service.metrics import HTTP_REFUSALS
 from tests.helpers.servers import Stack
 
 

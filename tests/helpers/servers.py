@@ -25,7 +25,7 @@ from relay.config import (
     Settings,
     UpstreamSettings,
 )
-from relay.server import RelayServer, RunningRelay, bind, running_relay
+from relay.service.server import RelayServer, RunningRelay, bind, running_relay
 from relay.simulator import Simulator
 from relay.typing import ClientId, TokenProvider
 from tests.helpers.timing import SECOND

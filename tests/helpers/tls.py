@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography import x509
 
 from relay.config import TlsSettings
-from relay.devtls import Key, issue, new_ca, pem_certificate, pem_key
+from relay.service.devtls import Key, issue, new_ca, pem_certificate, pem_key
 from tests.helpers.timing import SECOND
 
 

@@ -87,7 +87,7 @@ class TestDuration:
         )
         assert book.started == [Wakeup(70.0)]
         book >> Tick(70.0)
-        assert error_code(book._pending.pop(0)) == "session_duration_limit_reached"
+        assert error_code(book.next()) == "session_duration_limit_reached"
         (
             book
             << Ended("max_duration", 4000, "session duration limit reached")
@@ -192,7 +192,7 @@ class TestIdle:
         (book >> ClientMessage(APPEND, now=6.0) << Send("upstream", APPEND)).done()
         (book >> Tick(10.0) << Wakeup(16.0)).done()
         book >> Tick(16.0)
-        assert error_code(book._pending.pop(0)) == "idle_timeout"
+        assert error_code(book.next()) == "idle_timeout"
         (
             book
             << Ended("idle_timeout", 4001, "idle timeout")
@@ -210,7 +210,7 @@ class TestRate:
         for _ in range(4):  # the burst is two seconds' worth
             (book >> ClientMessage(APPEND, now=0.0) << Send("upstream", APPEND)).done()
         book >> ClientMessage(APPEND, now=0.0) << Applied("refuse", "rate_limit")
-        assert error_code(book._pending.pop(0)) == "rate_limit_exceeded"
+        assert error_code(book.next()) == "rate_limit_exceeded"
         (
             book
             >> ClientMessage(APPEND, now=0.1)

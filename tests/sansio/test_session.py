@@ -173,7 +173,7 @@ class TestRelaying:
         ):
             book >> ClientMessage(garbage, now=float(number))  # a second apart
             book << Applied("refuse", "message")
-            command = book._pending.pop(0)
+            command = book.next()
             event = sent(command)
             assert event["type"] == "error"
             assert event["event_id"] == f"event_relay_{number}"
@@ -194,7 +194,7 @@ class TestInitialization:
         ).done()
         assert book.session.held_bytes > 0
         book >> UpstreamMessage(CREATED)
-        init = sent(book._pending.pop(0))
+        init = sent(book.next())
         assert init == {
             "type": "session.update",
             "event_id": INIT_EVENT_ID,
@@ -206,7 +206,7 @@ class TestInitialization:
         book.done()
         (book >> UpstreamMessage(CONVERSATION)).done()
         book >> UpstreamMessage(UPDATED)
-        created = sent(book._pending.pop(0))
+        created = sent(book.next())
         assert created["type"] == "session.created"
         assert created["event_id"] == "e1"
         assert created["session"]["input_audio_noise_reduction"] == {
@@ -226,11 +226,10 @@ class TestInitialization:
     def test_ga_initial_update_has_the_ga_shape(self) -> None:
         """In GA the update carries type realtime and the audio.input paths."""
         book = Playbook(RelaySession(STANDARD, "ga"))
-        book._pending.clear()
         book >> UpstreamMessage(
             '{"type":"session.created","event_id":"e1","session":{"type":"realtime"}}'
         )
-        assert sent(book._pending.pop(0))["session"] == {
+        assert sent(book.next())["session"] == {
             "type": "realtime",
             "audio": {
                 "output": {"voice": "alloy"},
@@ -241,16 +240,15 @@ class TestInitialization:
     def test_held_frames_are_judged_on_release(self) -> None:
         """A denied field sent before the policy was in force is still refused."""
         book = Playbook(RelaySession(STANDARD, "preview"))
-        book._pending.clear()
         book >> ClientMessage(
             '{"type":"session.update","event_id":"c1","session":{"tools":[{"type":"function","name":"f"}]}}'
         )
         book >> UpstreamMessage(CREATED)
-        book._pending.clear()
+        book.discard()
         book >> UpstreamMessage(UPDATED)
-        assert sent(book._pending.pop(0))["type"] == "session.created"
+        assert sent(book.next())["type"] == "session.created"
         book << Applied("refuse", "tools")
-        refusal = sent(book._pending.pop(0))
+        refusal = sent(book.next())
         assert refusal["error"]["code"] == "policy_violation"
         assert refusal["error"]["param"] == "session.tools"
         assert refusal["error"]["event_id"] == "c1"
@@ -262,7 +260,7 @@ class TestInitialization:
         assert book.started == [Wakeup(5.0)]
         (book >> Tick(4.9) << Wakeup(5.0)).done()
         book >> Tick(5.0)
-        notice = sent(book._pending.pop(0))
+        notice = sent(book.next())
         assert notice["error"]["code"] == "policy_not_applied"
         assert notice["error"]["type"] == "server_error"
         (
@@ -275,9 +273,8 @@ class TestInitialization:
     def test_upstream_refusing_the_policy_fails_the_session(self) -> None:
         """An error answering the relay's own update ends the session clearly."""
         book = Playbook(RelaySession(STANDARD, "preview"))
-        book._pending.clear()
         book >> UpstreamMessage(CREATED)
-        book._pending.clear()
+        book.discard()
         book >> UpstreamMessage(
             json.dumps(
                 {
@@ -287,27 +284,25 @@ class TestInitialization:
                 }
             )
         )
-        assert "the upstream refused" in sent(book._pending.pop(0))["error"]["message"]
+        assert "the upstream refused" in sent(book.next())["error"]["message"]
         book << Ended("policy_failed", 1011, "session policy could not be applied")
-        book._pending.clear()
+        book.discard()
         assert book.session.outcome == "policy_failed"
 
     def test_other_upstream_errors_during_init_are_held(self) -> None:
         """An unrelated error is delivered after session.created, in order."""
         book = Playbook(RelaySession(STANDARD, "preview"))
-        book._pending.clear()
         other = '{"type":"error","event_id":"e7","error":{"code":"x","event_id":"c5"}}'
         book >> UpstreamMessage(CREATED)
-        book._pending.clear()
+        book.discard()
         (book >> UpstreamMessage(other)).done()
         book >> UpstreamMessage(UPDATED)
-        assert sent(book._pending.pop(0))["type"] == "session.created"
+        assert sent(book.next())["type"] == "session.created"
         (book << Send("client", other)).done()
 
     def test_client_leaving_during_init_closes_upstream(self) -> None:
         """A client that leaves before the policy is in force ends the session normally."""
         book = Playbook(RelaySession(STANDARD, "preview"))
-        book._pending.clear()
         book >> ClientMessage('{"type":"response.create"}')
         (
             book
@@ -359,16 +354,16 @@ class TestHiding:
         )
         updated = '{"type":"session.updated","event_id":"e","session":{"instructions":"org secret","tools":[{"type":"function","name":"f"}]}}'
         book >> UpstreamMessage(updated)
-        assert sent(book._pending.pop(0))["session"] == {
+        assert sent(book.next())["session"] == {
             "instructions": "",
             "tools": [],
         }
         book >> ClientMessage(
             '{"type":"session.update","session":{"instructions":"mine"}}'
         )
-        book._pending.clear()
+        book.discard()
         book >> UpstreamMessage(updated)
-        assert sent(book._pending.pop(0))["session"] == {
+        assert sent(book.next())["session"] == {
             "instructions": "org secret",
             "tools": [],
         }
@@ -386,7 +381,7 @@ class TestHiding:
             f'"session":{{"instructions":"org secret","x":[{padding}]}}}}'
         )
         book >> UpstreamMessage(updated)
-        error = sent(book._pending.pop(0))
+        error = sent(book.next())
         assert error["error"]["code"] == "upstream_event_withheld"
         assert "org secret" not in json.dumps(error)
 
@@ -604,7 +599,7 @@ class TestStallsExpiryAndDrain:
         book = Playbook(RelaySession(), now=0.0)
         (book >> UpstreamMessage(CREATED) << Send("client", CREATED)).done()
         book >> Draining(deadline=30.0, grace_seconds=30.0)
-        notice = sent(book._pending.pop(0))
+        notice = sent(book.next())
         assert notice["type"] == "relay.draining"
         assert notice["grace_ms"] == 30000
         assert notice["event_id"].startswith("event_relay_")
@@ -617,7 +612,7 @@ class TestStallsExpiryAndDrain:
         book = Playbook(RelaySession(drain_notice="error"), now=0.0)
         (book >> UpstreamMessage(CREATED) << Send("client", CREATED)).done()
         book >> Draining(deadline=30.0, grace_seconds=30.0)
-        notice = sent(book._pending.pop(0))
+        notice = sent(book.next())
         assert notice["type"] == "error"
         assert notice["error"]["type"] == "server_error"
         assert notice["error"]["code"] == "relay_draining"
@@ -635,15 +630,15 @@ class TestStallsExpiryAndDrain:
         book = Playbook(RelaySession(), now=0.0)
         (book >> Draining(deadline=10.0, grace_seconds=10.0) << Wakeup(10.0)).done()
         book >> UpstreamMessage(CREATED)
-        assert book._pending.pop(0) == Send("client", CREATED)
-        assert sent(book._pending.pop(0))["type"] == "relay.draining"
+        assert book.next() == Send("client", CREATED)
+        assert sent(book.next())["type"] == "relay.draining"
 
     def test_drain_during_initialization_keeps_session_created_first(self) -> None:
         """The notice waits behind session.created."""
         book = Playbook(RelaySession(STANDARD, "preview"))
         (book >> Draining(deadline=10.0, grace_seconds=10.0) << Wakeup(5.0)).done()
         book >> UpstreamMessage(CREATED)
-        book._pending.clear()
+        book.discard()
         book >> UpstreamMessage(UPDATED)
-        assert sent(book._pending.pop(0))["type"] == "session.created"
-        assert sent(book._pending.pop(0))["type"] == "relay.draining"
+        assert sent(book.next())["type"] == "session.created"
+        assert sent(book.next())["type"] == "relay.draining"

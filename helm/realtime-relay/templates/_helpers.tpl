@@ -114,7 +114,7 @@ drain.grace_seconds of the configuration, rounded up (the relay's default: 600).
 
 {{/*
 terminationGracePeriodSeconds: the preStop hook waits up to grace + 15 s for
-the drain (relay/app.py), then the relay needs a moment to exit.
+the drain (relay/service/app.py), then the relay needs a moment to exit.
 */}}
 {{- define "realtime-relay.terminationGracePeriodSeconds" -}}
 {{- $grace := include "realtime-relay.drainGrace" . | int }}
