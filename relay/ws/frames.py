@@ -100,16 +100,17 @@ class Unjoined:
     last read arrives, they would stall every other connection that long.
     """
 
-    parts: list[bytes]
+    parts: list[bytes] | list[bytearray]
     """The frame's bytes as received (header, mask and payload); for a
-    fragmented message, its fragments' unmasked payloads."""
+    fragmented message, its fragments' unmasked payloads, in one buffer."""
     header: int
     """Bytes before the payload (the mask included)."""
     mask: bytes | None
     length: int
     """The payload's length."""
-    texts: list[str] | None = None
-    """A fragmented text message's fragments, decoded as they arrived."""
+    text: bool = False
+    """A fragmented text message: its UTF-8 was validated as the fragments
+    arrived, and :meth:`complete` decodes it."""
     fragmented: bool = False
 
     def join(self) -> bytes:
@@ -127,9 +128,8 @@ class Unjoined:
         """The frame or message, from what :meth:`join` returned."""
         if not self.fragmented:
             return Frame(opcode, self.payload(joined), joined)
-        text = None if self.texts is None else "".join(self.texts)
-        self.texts = None
-        return Frame(opcode, joined, None, text)
+        # Validated fragment by fragment: decoding cannot fail.
+        return Frame(opcode, joined, None, joined.decode() if self.text else None)
 
 
 Admission: TypeAlias = Callable[[int, bool], bool]
@@ -178,7 +178,7 @@ class FrameReader:
         "_opcode",
         "_pending",
         "_skip",
-        "_texts",
+        "_utf8_pending",
         "admit",
         "ready",
         "skipped",
@@ -223,14 +223,18 @@ class FrameReader:
         # Payload bytes of a refused frame still to arrive: discarded unread.
         self._skip = 0
         # A fragmented message being reassembled (or dropped): its opcode,
-        # its parts so far and their size, and for text the parts decoded so
-        # far, so invalid UTF-8 fails at the fragment that carries it.
+        # its payload so far (one buffer: thousands of small fragments held
+        # as objects cost twice the memory and scatter the heap), its size,
+        # and for text a decoder that validates each fragment as it arrives,
+        # so invalid UTF-8 fails at the fragment that carries it. What it
+        # decodes is not kept: the whole message is decoded once, complete.
         self._opcode: int | None = None
         self._dropping = False
-        self._fragments: list[bytes] = []
+        self._fragments = bytearray()
         self._fragments_size = 0
-        self._texts: list[str] = []
         self._decoder: codecs.IncrementalDecoder | None = None
+        # The decoder holds the start of a character cut by a fragment's end.
+        self._utf8_pending = False
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add ``data``; return the frames it completed, in order (within the bounds).
@@ -421,13 +425,13 @@ class FrameReader:
         collector; its buffers, up to a maximum-size message, should not.
         """
         self._chunks, self._pending, self._needed = [], 0, 0
-        self._fragments, self._texts, self._decoder = [], [], None
+        self._fragments, self._decoder = bytearray(), None
         self._fragments_size, self._large, self.ready = 0, None, False
 
     @property
     def buffered(self) -> int:
         """Bytes held for frames and messages not complete yet."""
-        return self._pending * bool(self._chunks) + sum(map(len, self._fragments))
+        return self._pending * bool(self._chunks) + len(self._fragments)
 
     def _drop(self, opcode: int, fin: bool, length: int) -> None:
         # A refused data frame: the message it belongs to is dropped whole,
@@ -437,7 +441,7 @@ class FrameReader:
             self._dropping = not fin
             self._fragments_size = 0 if fin else length
             return
-        self._fragments, self._texts, self._decoder = [], [], None
+        self._fragments, self._decoder = bytearray(), None
         if fin:
             self._opcode, self._dropping, self._fragments_size = None, False, 0
         else:
@@ -451,43 +455,51 @@ class FrameReader:
         if opcode in _CONTROL:
             return Frame(opcode, payload, raw)
         if opcode == CONTINUATION:
-            self._fragments.append(payload)
+            self._fragments += payload
             self._fragments_size += len(payload)
             if self._decoder is not None:
-                self._decode(payload, fin)
+                self._validate(payload, fin)
             if not fin:
                 return None
             started = self._opcode
             assert started is not None, "checked at the header"
             size = self._fragments_size
+            text = self._decoder is not None
             if size >= self._join_below:
-                # Joining is left to the owner, as for a large frame.
-                texts = self._texts if self._decoder is not None else None
-                pieces = Unjoined(self._fragments, 0, None, size, texts, True)
+                # Joining (and decoding) is left to the owner, as for a large frame.
+                pieces = Unjoined([self._fragments], 0, None, size, text, True)
                 message = Frame(started, b"", None, unjoined=pieces)
             else:
-                text = "".join(self._texts) if self._decoder is not None else None
-                message = Frame(started, b"".join(self._fragments), None, text)
-            self._opcode, self._fragments, self._fragments_size = None, [], 0
-            self._texts, self._decoder = [], None
+                joined = bytes(self._fragments)
+                message = Frame(
+                    started, joined, None, joined.decode() if text else None
+                )
+            self._opcode, self._fragments, self._fragments_size = None, bytearray(), 0
+            self._decoder = None
             return message
         if fin:
             return Frame(opcode, payload, raw)
         self._opcode = opcode
-        self._fragments = [payload]
+        self._fragments = bytearray(payload)
         self._fragments_size = len(payload)
         if opcode == TEXT:
             self._decoder = _utf8()
-            self._texts = []
-            self._decode(payload, False)
+            self._utf8_pending = False
+            self._validate(payload, False)
         return None
 
-    def _decode(self, payload: bytes, final: bool) -> None:
-        assert self._decoder is not None
+    def _validate(self, payload: bytes, final: bool) -> None:
+        # ASCII after a complete character is valid whatever follows: no
+        # decoding (the common case, JSON with base64 audio, costs a scan).
+        if not self._utf8_pending and payload.isascii():
+            return
+        decoder = self._decoder
+        assert decoder is not None
         try:
-            self._texts.append(self._decoder.decode(payload, final))
+            decoder.decode(payload, final)
         except UnicodeDecodeError:
             raise ProtocolFailure(1007, "invalid UTF-8 in a text message") from None
+        self._utf8_pending = bool(decoder.getstate()[0])
 
 
 _utf8 = codecs.getincrementaldecoder("utf-8")
