@@ -671,5 +671,7 @@ def _candidates(name: str, sub: str, value: JSON) -> list[JSON]:
         # A null object turns the feature off: checked as type "none".
         return ["none"] if sub == "type" else []
     if not isinstance(value, dict):
-        return [value]  # not an object at all: never an allowed value
+        # Not an object at all: no type, so none allowed. Not the value
+        # itself: a bare "server_vad" would pass a rule allowing that type.
+        return [None]
     return [value[sub]] if sub in value else []

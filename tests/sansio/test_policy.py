@@ -460,9 +460,12 @@ class TestSubFieldRules:
             assert verdict.actions == ()
             assert verdict.event == update("ga", turn_detection=turn)
 
-    def test_a_sub_field_rule_refuses_a_value_that_is_no_object(self) -> None:
-        """turn_detection: 5 has no type at all, so no allowed one."""
-        verdict = judge(self.POLICY, "preview", update("preview", turn_detection=5))
+    @pytest.mark.parametrize("bare", [5, "server_vad", ["server_vad"], True])
+    def test_a_sub_field_rule_refuses_a_value_that_is_no_object(
+        self, bare: Any
+    ) -> None:
+        """turn_detection: 5 has no type at all, so no allowed one; nor has the bare string of an allowed type."""
+        verdict = judge(self.POLICY, "preview", update("preview", turn_detection=bare))
         assert isinstance(verdict, Refuse)
         assert verdict.param == "session.turn_detection.type"
 
