@@ -24,6 +24,8 @@ __all__ = ["Deadlines"]
 class Deadlines:
     """The deadlines of one session; :meth:`start` sets them."""
 
+    __slots__ = ("_drain_at", "_end_at", "_started_at", "_wall_offset", "limits")
+
     def __init__(self, limits: SessionLimits) -> None:
         self.limits = limits
         # When the session started, and the wall clock minus the monotonic

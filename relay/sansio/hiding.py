@@ -28,6 +28,8 @@ class Hiding:
         family: the protocol family, for where each field sits.
     """
 
+    __slots__ = ("_client_set", "_family", "_hide", "hidden")
+
     def __init__(self, hide: frozenset[str], family: Family) -> None:
         self._hide = hide
         self._family: Family = family

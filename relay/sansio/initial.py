@@ -59,6 +59,15 @@ class Initial:
         timeout: how long the upstream has to confirm it, from :meth:`start`.
     """
 
+    __slots__ = (
+        "_created",
+        "_timeout",
+        "deadline",
+        "held_client",
+        "held_upstream",
+        "session",
+    )
+
     def __init__(self, session: dict[str, JSON] | None, timeout: float) -> None:
         self.session = session
         self._timeout = timeout

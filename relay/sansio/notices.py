@@ -29,6 +29,8 @@ class Notices:
             ``relay.draining`` event; ``error``: an ``error`` event; ``none``).
     """
 
+    __slots__ = ("_count", "_drain_notice", "_logged_at", "_waiting")
+
     def __init__(self, drain_notice: DrainNotice) -> None:
         self._drain_notice: DrainNotice = drain_notice
         # The relay's events so far: the number in the next one's event_id.

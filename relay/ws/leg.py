@@ -107,6 +107,41 @@ class Leg:
     the first one, so a peer cannot fill memory before the session starts.
     """
 
+    # Hundreds of legs per replica: slots, not a dict each.
+    __slots__ = (
+        "_after_lane",
+        "_backlog",
+        "_close_timeout",
+        "_close_timer",
+        "_control",
+        "_ended",
+        "_fd",
+        "_in_lane",
+        "_lane",
+        "_loop",
+        "_mask",
+        "_on_closed",
+        "_on_message",
+        "_on_skipped",
+        "_on_writable",
+        "_pause",
+        "_pending",
+        "_ping_interval",
+        "_ping_payload",
+        "_ping_timeout",
+        "_ping_timer",
+        "_pong_timer",
+        "_reader",
+        "_reading",
+        "_transport",
+        "_trimmer",
+        "close_sent",
+        "done",
+        "finished",
+        "name",
+        "writable",
+    )
+
     def __init__(
         self,
         transport: asyncio.Transport,
