@@ -11,6 +11,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from relay.config import LimitsSettings
+from relay.simulator.wire import Family
 from tests.helpers.clients import connect_relay, receive_event
 from tests.helpers.servers import (
     CLIENT_KEY,
@@ -124,6 +125,20 @@ class TestRouting:
             assert status == 404
             assert "nope" in body["error"]["message"]  # type: ignore[index]
             assert stack.simulator.stats.handshakes == []
+
+    async def test_a_retired_preview_upstream_is_400_with_azures_words(self) -> None:
+        """A preview deployment on a GA-only resource (simulate --families ga): the client gets Azure's 400 before upgrade; GA goes on."""
+        async with relay_stack(simulator_options={"families": [Family.GA]}) as stack:
+            with pytest.raises(InvalidStatus) as info:
+                async with connect_relay(stack.preview_url()):
+                    pass
+            status, body = _status(info)
+            assert status == 400
+            assert "API version not supported" in json.dumps(body)
+            async with connect_relay(stack.ga_url()) as ws:
+                created = await receive_event(ws)
+                assert created["type"] == "session.created"
+            await stack.settle()
 
     async def test_missing_api_version_is_400(self) -> None:
         """The preview path needs an api-version."""

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from relay.simulator.engine import AZURE_MAX_SESSION_SECONDS
 from relay.simulator.handshake import GA_PATH, PREVIEW_PATH
 from relay.simulator.server import DEFAULT_AUDIO_SPEED, Simulator
+from relay.simulator.wire import Family
 
 
 logger = logging.getLogger("relay.simulator")
@@ -70,6 +71,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="accept only this deployment (repeatable; default: any)",
     )
     parser.add_argument(
+        "--families",
+        type=_families,
+        default=tuple(Family),
+        metavar="LIST",
+        help="protocol families served, comma-separated: preview,ga (default) "
+        "or ga alone, which refuses -preview api-versions as Azure refuses a "
+        "retired API version",
+    )
+    parser.add_argument(
         "--no-control-api",
         action="store_true",
         help="do not serve the /_sim/ control API",
@@ -101,6 +111,20 @@ def run(args: argparse.Namespace, *, environ: Mapping[str, str] | None = None) -
     return 0
 
 
+def _families(text: str) -> tuple[Family, ...]:
+    """``preview``, ``ga`` or both, comma-separated (at least one)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    try:
+        families = tuple(dict.fromkeys(Family(name) for name in names))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a list of preview, ga: {text!r}"
+        ) from None
+    if not families:
+        raise argparse.ArgumentTypeError("at least one family: preview, ga")
+    return families
+
+
 def _speed(text: str) -> float:
     """A finite multiple of real time >= 0 (0: unpaced)."""
     value = float(text)
@@ -121,6 +145,7 @@ async def _serve(args: argparse.Namespace, key: str) -> None:
             args.port,
             api_keys={key} if key else set(),
             deployments=args.deployment,
+            families=args.families,
             audio_speed=args.audio_speed or None,
             max_session_seconds=args.max_session_seconds or None,
             conversation_created=args.conversation_created,
@@ -128,9 +153,12 @@ async def _serve(args: argparse.Namespace, key: str) -> None:
         ) as sim:
             ws = sim.url.replace("http://", "ws://", 1)
             print(f"Azure OpenAI Realtime simulator listening on {sim.url}", flush=True)
-            print(
-                f"  preview: {ws}{PREVIEW_PATH}?api-version=2025-04-01-preview&deployment=<name>"
-            )
+            if Family.PREVIEW in args.families:
+                print(
+                    f"  preview: {ws}{PREVIEW_PATH}?api-version=2025-04-01-preview&deployment=<name>"
+                )
+            else:
+                print("  preview: retired (-preview api-versions are refused)")
             print(f"  GA:      {ws}{GA_PATH}?model=<name>", flush=True)
             await stop.wait()
             logger.info("simulator.stopping")

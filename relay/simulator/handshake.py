@@ -59,6 +59,10 @@ class AccessPolicy:
     """Accepted ``Authorization: Bearer`` tokens (stand-ins for Entra tokens)."""
     deployments: frozenset[str] | None = None
     """Known deployments; None accepts any name."""
+    families: frozenset[Family] = frozenset(Family)
+    """Protocol families served. Without ``preview`` the simulator is a
+    resource after the preview's retirement: a ``-preview`` api-version is
+    refused (see :func:`decide`)."""
 
     @property
     def dev_mode(self) -> bool:
@@ -163,6 +167,13 @@ def decide(
         # AzureOpenAI GA client expects (§2.1). Whether Azure really switches the
         # protocol on the api-version is UNVERIFIED.
         family = Family.PREVIEW if version.endswith("-preview") else Family.GA
+        if family not in policy.families:
+            # A retired API version: Azure answers an api-version it no longer
+            # serves with 400 BadRequest "API version not supported" on its
+            # other endpoints (reported by its users through 2025). That the
+            # realtime path answers the same once the preview is retired is
+            # UNVERIFIED.
+            return Reject(400, "BadRequest", "API version not supported")
     if policy.deployments is not None and deployment not in policy.deployments:
         return Reject(404, "DeploymentNotFound", _NO_DEPLOYMENT)
     return Accept(family, deployment)

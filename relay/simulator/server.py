@@ -31,7 +31,7 @@ from relay.simulator.engine import SessionOptions, SimSession
 from relay.simulator.faults import Faults
 from relay.simulator.handshake import Accept, AccessPolicy, Reject, decide, split_target
 from relay.simulator.stats import HandshakeRecord, Stats
-from relay.simulator.wire import IdFactory
+from relay.simulator.wire import Family, IdFactory
 
 
 logger = logging.getLogger("relay.simulator")
@@ -96,6 +96,7 @@ class Simulator:
         api_keys: Iterable[str] = (),
         bearer_tokens: Iterable[str] = (),
         deployments: Iterable[str] | None = None,
+        families: Iterable[Family] = tuple(Family),
         audio_speed: float | None = DEFAULT_AUDIO_SPEED,
         max_session_seconds: float | None = None,
         response_audio_seconds: float = 1.0,
@@ -113,6 +114,9 @@ class Simulator:
             bearer_tokens: Accepted ``Authorization: Bearer`` tokens. With no
                 keys and no tokens, any non-empty credential is accepted.
             deployments: Known deployment names; None accepts any.
+            families: Protocol families served; without preview, a
+                ``-preview`` api-version is refused as Azure refuses a
+                retired API version (rehearsing the preview's retirement).
             audio_speed: Stream response audio at this multiple of real time
                 (each delta of N ms is followed by N / speed ms); None sends
                 it as fast as the socket takes it (tests that need speed).
@@ -135,6 +139,7 @@ class Simulator:
                 api_keys=frozenset(api_keys),
                 bearer_tokens=frozenset(bearer_tokens),
                 deployments=None if deployments is None else frozenset(deployments),
+                families=frozenset(families),
             ),
             options=SessionOptions(
                 max_session_seconds=max_session_seconds,

@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from relay.simulator import cli
+from relay.simulator.wire import Family
 from tests.helpers.timing import SECOND
 from tests.simulator.helpers import receive
 
@@ -48,6 +49,7 @@ def test_defaults() -> None:
     )
     assert not args.no_control_api
     assert not args.conversation_created
+    assert set(args.families) == {Family.PREVIEW, Family.GA}
 
 
 def test_options() -> None:
@@ -74,6 +76,28 @@ def test_audio_speed_must_be_a_finite_multiple(
     with pytest.raises(SystemExit):
         parse("--audio-speed", speed)
     assert "--audio-speed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "families"),
+    [
+        ("ga", (Family.GA,)),
+        ("preview,ga", (Family.PREVIEW, Family.GA)),
+        (" ga , ga ", (Family.GA,)),
+    ],
+)
+def test_families(text: str, families: tuple[Family, ...]) -> None:
+    assert parse("--families", text).families == families
+
+
+@pytest.mark.parametrize("text", ["", ",", "beta", "ga,v2", "GA"])
+def test_families_must_name_known_ones(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Garbage is refused with the option named, never a traceback."""
+    with pytest.raises(SystemExit):
+        parse("--families", text)
+    assert "--families" in capsys.readouterr().err
 
 
 def test_port_in_use_exits_1(capsys: pytest.CaptureFixture[str]) -> None:

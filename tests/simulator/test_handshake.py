@@ -51,6 +51,38 @@ def test_accepted_requests_select_the_family(
     assert decide(path, query, KEY, POLICY) == Accept(family, "dep")
 
 
+GA_ONLY = AccessPolicy(api_keys=frozenset({"key"}), families=frozenset({Family.GA}))
+
+
+@pytest.mark.parametrize(
+    "version", ["2025-04-01-preview", "2024-10-01-preview", "2099-01-01-preview"]
+)
+def test_a_ga_only_resource_refuses_preview_versions_as_retired(version: str) -> None:
+    """400 BadRequest "API version not supported", Azure's answer to a version it no longer serves."""
+    result = decide(
+        PREVIEW, {"api-version": version, "deployment": "dep"}, KEY, GA_ONLY
+    )
+    assert rejected(result) == (400, "BadRequest")
+    assert isinstance(result, Reject)
+    assert json.loads(result.body())["error"]["message"] == "API version not supported"
+
+
+def test_a_ga_only_resource_still_serves_ga() -> None:
+    """The v1 path, and a GA api-version on the old path, speak GA as before."""
+    assert decide(GA, {"model": "dep"}, KEY, GA_ONLY) == Accept(Family.GA, "dep")
+    assert decide(
+        PREVIEW, {"api-version": "2025-08-28", "deployment": "dep"}, KEY, GA_ONLY
+    ) == Accept(Family.GA, "dep")
+
+
+def test_credentials_are_checked_before_the_version_is_judged() -> None:
+    """A wrong key on a retired version is 401, as on any other request."""
+    assert rejected(decide(PREVIEW, PREVIEW_QUERY, {"api-key": "wrong"}, GA_ONLY)) == (
+        401,
+        "401",
+    )
+
+
 def test_unknown_path_is_404() -> None:
     """Only the two realtime paths exist."""
     assert rejected(decide("/openai/realtime/", PREVIEW_QUERY, KEY, POLICY)) == (

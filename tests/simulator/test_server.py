@@ -13,6 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from relay.simulator import Simulator, speech_like_pcm16
+from relay.simulator.wire import Family
 from tests.helpers.timing import SECOND, within
 from tests.simulator.helpers import (
     KEY,
@@ -53,6 +54,25 @@ class TestHandshake:
             assert len(response.headers["apim-request-id"]) == 36
             [record] = sim.stats.handshakes
             assert record.status == 401
+
+    async def test_a_ga_only_simulator_refuses_the_retired_preview(self) -> None:
+        """families=GA: a preview client gets 400 BadRequest over HTTP; a GA client opens a session."""
+        async with Simulator.start(api_keys={KEY}, families=[Family.GA]) as sim:
+            refusal = await refused(
+                ws_url(sim, PREVIEW_PATH, PREVIEW_QUERY), {"api-key": KEY}
+            )
+            assert refusal.response.status_code == 400
+            assert json.loads(bytes(refusal.response.body)) == {
+                "error": {"code": "BadRequest", "message": "API version not supported"}
+            }
+            async with connect(
+                ws_url(sim, GA_PATH, "model=dep"),
+                additional_headers={"api-key": KEY},
+                open_timeout=5 * SECOND,
+            ) as ws:
+                created = json.loads(await ws.recv())
+                assert created["type"] == "session.created"
+                assert created["session"]["type"] == "realtime"
 
     async def test_wrong_key_is_401(self) -> None:
         """A key that is not accepted is refused."""
