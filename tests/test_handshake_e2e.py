@@ -18,6 +18,8 @@ from tests.helpers.servers import (
     DEPLOYMENT,
     GA_DEPLOYMENT,
     GA_UPSTREAM_DEPLOYMENT,
+    GA_VERSION,
+    LEGACY_DEPLOYMENT,
     PREVIEW_VERSION,
     UPSTREAM_KEY,
     relay_stack,
@@ -127,10 +129,10 @@ class TestRouting:
             assert stack.simulator.stats.handshakes == []
 
     async def test_a_retired_preview_upstream_is_400_with_azures_words(self) -> None:
-        """A preview deployment on a GA-only resource (simulate --families ga): the client gets Azure's 400 before upgrade; GA goes on."""
+        """A deployment still set to the preview protocol on a GA-only resource (simulate --families ga): the client gets Azure's 400 before upgrade; GA goes on."""
         async with relay_stack(simulator_options={"families": [Family.GA]}) as stack:
             with pytest.raises(InvalidStatus) as info:
-                async with connect_relay(stack.preview_url()):
+                async with connect_relay(stack.preview_url(LEGACY_DEPLOYMENT)):
                     pass
             status, body = _status(info)
             assert status == 400
@@ -138,6 +140,39 @@ class TestRouting:
             async with connect_relay(stack.ga_url()) as ws:
                 created = await receive_event(ws)
                 assert created["type"] == "session.created"
+            await stack.settle()
+
+    @pytest.mark.parametrize(
+        ("deployment", "version", "path", "query"),
+        [
+            (DEPLOYMENT, PREVIEW_VERSION, "/openai/v1/realtime", {"model": DEPLOYMENT}),
+            (DEPLOYMENT, GA_VERSION, "/openai/v1/realtime", {"model": DEPLOYMENT}),
+            (
+                LEGACY_DEPLOYMENT,
+                PREVIEW_VERSION,
+                "/openai/realtime",
+                {"api-version": PREVIEW_VERSION, "deployment": DEPLOYMENT},
+            ),
+            (
+                LEGACY_DEPLOYMENT,
+                GA_VERSION,
+                "/openai/realtime",
+                {"api-version": GA_VERSION, "deployment": DEPLOYMENT},
+            ),
+        ],
+    )
+    async def test_the_upstream_protocol_decides_the_upstream_endpoint(
+        self, deployment: str, version: str, path: str, query: dict[str, str]
+    ) -> None:
+        """upstream_protocol ga (the default) sends every session to GA's endpoint; preview keeps the client's."""
+        async with relay_stack() as stack:
+            async with connect_relay(stack.preview_url(deployment, version)) as ws:
+                created = await receive_event(ws)
+                assert created["type"] == "session.created"
+                # A preview client sees a preview session either way.
+                assert ("type" in created["session"]) is (version == GA_VERSION)
+            [handshake] = stack.simulator.stats.handshakes
+            assert (handshake.path, handshake.query) == (path, query)
             await stack.settle()
 
     async def test_missing_api_version_is_400(self) -> None:
@@ -234,10 +269,8 @@ class TestWhatReachesTheUpstream:
             everything = repr(handshake)
             assert CLIENT_KEY not in everything
             assert "should-not-pass" not in everything
-            assert handshake.query == {
-                "api-version": PREVIEW_VERSION,
-                "deployment": DEPLOYMENT,
-            }
+            # A GA upstream (the default): the GA endpoint, no api-version.
+            assert handshake.query == {"model": DEPLOYMENT}
 
     async def test_permessage_deflate_is_not_negotiated(self) -> None:
         """Compression is off on the client leg even when the client offers it."""

@@ -21,6 +21,7 @@ from tests.helpers.clients import connect_relay, events_until, receive_event, se
 from tests.helpers.servers import (
     DEPLOYMENT,
     GA_DEPLOYMENT,
+    LEGACY_DEPLOYMENT,
     PREVIEW_VERSION,
     Stack,
     relay_stack,
@@ -101,7 +102,10 @@ def turn(session: dict[str, Any], family: str) -> Any:
 
 
 def url(stack: Stack, family: str) -> str:
-    return stack.preview_url() if family == "preview" else stack.ga_url()
+    # The preview family end to end: an upstream that still serves it.
+    return (
+        stack.preview_url(LEGACY_DEPLOYMENT) if family == "preview" else stack.ga_url()
+    )
 
 
 def wrap(family: str, session: dict[str, Any]) -> dict[str, Any]:

@@ -74,7 +74,8 @@ async def test_azure_beta_realtime_client_completes_a_turn() -> None:
             assert "response.audio_transcript.delta" in types
         await client.close()
         [handshake] = stack.simulator.stats.handshakes
-        assert handshake.query["api-version"] == PREVIEW_VERSION
+        # The deployment's upstream speaks GA (the default): bridged.
+        assert handshake.query == {"model": DEPLOYMENT}
 
 
 async def test_azure_ga_realtime_client_completes_a_turn() -> None:

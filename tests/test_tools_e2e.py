@@ -27,7 +27,13 @@ from websockets.protocol import State
 from relay.config import parse_settings
 from tests.helpers.clients import connect_relay
 from tests.helpers.fault_proxy import FaultProxy, websocket_messages
-from tests.helpers.servers import DEPLOYMENT, GA_DEPLOYMENT, Stack, relay_stack
+from tests.helpers.servers import (
+    DEPLOYMENT,
+    GA_DEPLOYMENT,
+    LEGACY_DEPLOYMENT,
+    Stack,
+    relay_stack,
+)
 from tests.helpers.timing import SECOND
 
 
@@ -170,7 +176,10 @@ class Client:
 @asynccontextmanager
 async def client(stack: Stack, family: str, key: str) -> AsyncIterator[Client]:
     """A connected client whose ``session.created`` has arrived."""
-    url = stack.preview_url() if family == "preview" else stack.ga_url()
+    # The preview family end to end: an upstream that still serves it.
+    url = (
+        stack.preview_url(LEGACY_DEPLOYMENT) if family == "preview" else stack.ga_url()
+    )
     async with connect_relay(url, key=key) as ws:
         session = Client(ws, family)
         assert [e["type"] for e in await session.until("session.created")] == [

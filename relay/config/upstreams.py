@@ -27,6 +27,7 @@ from relay.sansio.settings import (
     UpstreamSettings,
     UpstreamTarget,
 )
+from relay.typing import Family
 
 
 __all__ = [
@@ -48,6 +49,7 @@ _DEPLOYMENT_EXPECTED: Final = (
     "a deployment name (letters, digits, '.', '_', '-'; at most 64)"
 )
 _TIMEOUTS: Final = ("connect_timeout", "credential_timeout")
+_PROTOCOLS: Final = ("ga", "preview")
 
 
 def require_upstream(
@@ -119,6 +121,13 @@ def parse_deployments(
         )
         renamed = body.get("upstream_deployment")
         listed = body.get("upstreams")
+        protocol = body.get("upstream_protocol")
+        # GA unless told otherwise: Azure documents only the GA endpoint.
+        upstream_protocol: Family = (
+            "preview"
+            if protocol is not None and protocol.as_choice(_PROTOCOLS) == "preview"
+            else "ga"
+        )
         if listed is not None:
             if renamed is not None:
                 renamed.fail(
@@ -127,12 +136,16 @@ def parse_deployments(
                 )
             targets = _upstream_list(listed, name, upstream, environ)
             body.finish()
-            deployments[name] = DeploymentSettings(name=name, upstreams=targets)
+            deployments[name] = DeploymentSettings(
+                name=name, upstreams=targets, upstream_protocol=upstream_protocol
+            )
             continue
         upstream_name = _deployment_name(renamed) if renamed is not None else name
         body.finish()
         deployments[name] = DeploymentSettings(
-            name=name, upstream_deployment=upstream_name
+            name=name,
+            upstream_deployment=upstream_name,
+            upstream_protocol=upstream_protocol,
         )
     if not deployments:
         node.fail("at least one deployment")

@@ -114,6 +114,24 @@ class Admission:
         """The configured id of the admitted client."""
         return self.client.id
 
+    @property
+    def upstream_route(self) -> Route:
+        """What the session asks of the upstream.
+
+        The client's own route, unless the deployment's upstream speaks only
+        GA (``upstream_protocol: ga``): then the GA endpoint, without an
+        ``api-version``, whatever path the client used.
+        """
+        route = self.route
+        if self.deployment.upstream_protocol == "ga" and route.api_version is not None:
+            return Route(family="ga", deployment=route.deployment, api_version=None)
+        return route
+
+    @property
+    def bridged(self) -> bool:
+        """Whether a preview-protocol client is translated to a GA upstream."""
+        return self.route.family == "preview" and self.upstream_route.family == "ga"
+
 
 def family_for_api_version(api_version: str) -> Family:
     """Protocol family of the preview path ``/openai/realtime`` for an ``api-version``.

@@ -39,9 +39,11 @@ message in the open state stays inline here: it is the relay's hot path.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from typing import Final, assert_never
 
+from relay.sansio.bridge import Bridge, preview_param
 from relay.sansio.closes import (
     CLIENT_GONE,
     EXPIRED,
@@ -118,9 +120,13 @@ class RelaySession:
         init_timeout: float = 5.0,
         limits: SessionLimits = NO_LIMITS,
         drain_notice: DrainNotice = "event",
+        bridged: bool = False,
     ) -> None:
+        if bridged and family != "ga":
+            raise ValueError("only a preview client on a GA upstream is bridged")
         self.policy = policy
         self.family: Family = family
+        """The upstream's protocol family: the one policy, hiding and metering see."""
         # Life-cycle state; see the module docstring.
         self.state = State.INITIALIZING
         # Whether each leg has been seen closed (by an event, not by our command).
@@ -136,6 +142,9 @@ class RelaySession:
         self._notices = Notices(drain_notice)
         self._hiding = Hiding(policy.hide, family)
         self._meter = Meter(family)
+        # The preview client's translator (see relay.sansio.bridge); None
+        # when the client speaks the upstream's protocol.
+        self._bridge = Bridge() if bridged else None
         # The hot path's own state, read or written on every message:
         # When the client's latest message came (idleness, see Deadlines.next).
         self._last_client = 0.0
@@ -378,7 +387,15 @@ class RelaySession:
             frame = self._hiding.frame(data)
             # Unreadable, it could hold what the policy hides: not passed on.
             data = self._notices.withheld() if frame is None else frame
-        return [Send("client", data), *self._meter.upstream_frame(data, now)]
+        metered = self._meter.upstream_frame(data, now)
+        bridge = self._bridge
+        if bridge is None:
+            return [Send("client", data), *metered]
+        # Metered as the upstream said it; shown as the preview client reads it.
+        shown = bridge.upstream_frame(data)
+        if shown is None:
+            return [*metered]
+        return [Send("client", shown), *metered]
 
     def _from_client(self, data: str | bytes, now: float) -> list[Command]:
         if isinstance(data, str) and self._appends_allowed:
@@ -402,17 +419,25 @@ class RelaySession:
         except InvalidEvent as exc:
             return self._notices.invalid(str(exc), now)
         client_event_id = event.get("event_id")
+        bridge = self._bridge
+        # A bridged client's event is judged as the upstream will read it.
+        translated = bridge is not None and bridge.client_event(event)
         verdict = judge(self.policy, self.family, event)
         if not isinstance(verdict, Forward):
+            if bridge is not None:
+                verdict = dataclasses.replace(
+                    verdict, param=preview_param(verdict.param)
+                )
             return self._notices.refused(verdict, client_event_id, now)
         logged = self._notices.log_due(now) if verdict.actions else False
         commands: list[Command] = [
             Applied(a.action, a.field, logged) for a in verdict.actions
         ]
         self._hiding.client_set(verdict.client_set)
-        governed = event["type"] in GOVERNED_EVENTS
-        # Governed events go upstream exactly as inspected; others as received
-        # (the strict parse proved they cannot be read differently).
+        governed = translated or event["type"] in GOVERNED_EVENTS
+        # Governed (or translated) events go upstream exactly as inspected;
+        # others as received (the strict parse proved they cannot be read
+        # differently).
         commands.append(Send("upstream", dump(verdict.event) if governed else data))
         commands.append(self._meter.client_event(verdict.event, now))
         return commands

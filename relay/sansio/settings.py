@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from relay.exceptions import ConfigError
 from relay.sansio.jwks import ASYMMETRIC_ALGORITHMS
 from relay.sansio.policy import EMPTY_POLICY, Policy
-from relay.typing import ClientId, DrainNotice
+from relay.typing import ClientId, DrainNotice, Family
 
 
 __all__ = [
@@ -169,6 +169,12 @@ class DeploymentSettings:
     """Its name on the top-level upstream (``None``: ``name``); only without ``upstreams``."""
     upstreams: tuple[UpstreamTarget, ...] = ()
     """Upstreams to fail over between at session start; empty: the top-level ``upstream``."""
+    upstream_protocol: Family = "ga"
+    """The protocol its upstreams speak. ``ga``: every session goes to the GA
+    endpoint, and preview-protocol clients are translated
+    (:mod:`relay.sansio.bridge`). ``preview``: each session goes where its
+    client asked, in the client's protocol (for upstreams that still serve
+    the deprecated preview protocol)."""
 
     def __post_init__(self) -> None:
         if self.upstreams and self.upstream_deployment is not None:

@@ -209,7 +209,7 @@ class RealtimeEndpoint:
         Never called once the client is accepted: a session is never moved.
         """
         opened = await self.upstreams.connect(
-            admission.deployment.name, admission.route, user_agent=USER_AGENT
+            admission.deployment.name, admission.upstream_route, user_agent=USER_AGENT
         )
         # Every later log line of the session names the upstream it runs on.
         structlog.contextvars.bind_contextvars(upstream=opened.target.name)
@@ -243,13 +243,18 @@ class RealtimeEndpoint:
                 close_timeout=flow.close_timeout,
                 write_limit=flow.buffer_bytes,
             )
-            log.info("session.start", api_version=admission.route.api_version)
+            log.info(
+                "session.start",
+                api_version=admission.route.api_version,
+                bridged=admission.bridged,
+            )
             session = RelaySession(
                 admission.client.policy,
-                admission.route.family,
+                admission.upstream_route.family,
                 init_timeout=self._settings.limits.policy_timeout,
                 limits=session_limits(admission.client, self._settings),
                 drain_notice=admission.client.drain_notice,
+                bridged=admission.bridged,
             )
             counters = SessionCounters()
             observer = self._metrics.for_session(

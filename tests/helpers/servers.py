@@ -39,6 +39,10 @@ GA_VERSION = "2025-08-28"
 DEPLOYMENT = "gpt-4o-realtime-preview"
 GA_DEPLOYMENT = "gpt-realtime"
 GA_UPSTREAM_DEPLOYMENT = "gpt-realtime-prod"
+LEGACY_DEPLOYMENT = "gpt-4o-realtime-legacy"
+"""A deployment whose upstream still serves the preview protocol
+(``upstream_protocol: preview``): nothing is translated. Its name upstream
+is :data:`DEPLOYMENT`, so the simulator reports the same model."""
 
 
 def make_settings(
@@ -61,6 +65,9 @@ def make_settings(
         deployments=MappingProxyType(
             {
                 DEPLOYMENT: DeploymentSettings(DEPLOYMENT, DEPLOYMENT),
+                LEGACY_DEPLOYMENT: DeploymentSettings(
+                    LEGACY_DEPLOYMENT, DEPLOYMENT, upstream_protocol="preview"
+                ),
                 GA_DEPLOYMENT: DeploymentSettings(
                     GA_DEPLOYMENT, GA_UPSTREAM_DEPLOYMENT
                 ),
