@@ -41,8 +41,9 @@ client events are translated *before* the policy judges them, upstream events
   an audio delta's base64 is never decoded or copied more than once.
 - ``session.created``/``session.updated`` show the session in the preview
   shape: GA-only fields (``type``, ``truncation``, ``prompt``,
-  ``reasoning``, ``parallel_tool_calls``) and MCP tools are left out,
-  ``temperature`` is the client's.
+  ``reasoning``, ``parallel_tool_calls``), MCP tools and ``idle_timeout_ms``
+  are left out, even when the client set them itself; ``temperature`` is
+  the client's.
 - ``conversation.item.added`` becomes ``conversation.item.created``;
   ``conversation.item.done`` has no preview counterpart and is dropped (the
   item's final state reaches the client in ``response.output_item.done`` and
@@ -51,10 +52,15 @@ client events are translated *before* the policy judges them, upstream events
   ``text``/``audio`` for GA's ``output_text``/``output_audio``; responses
   say ``modalities``, ``voice`` and ``output_audio_format``.
 - ``error`` events name the preview parameter (``session.voice`` for
-  ``session.audio.output.voice``).
-- Events only GA has, which a preview client can only meet through the
-  relay's policy (MCP tools, ``idle_timeout_ms``, diarized transcription,
-  DTMF), and unknown events pass unchanged.
+  ``session.audio.output.voice``), in ``param`` and where the message
+  quotes it.
+- Events only GA has (MCP, ``input_audio_buffer.timeout_triggered``,
+  diarized transcription segments, DTMF), which a preview client meets only
+  when GA-only settings are in force, and unknown events pass unchanged.
+
+GA-only settings reach the upstream from the policy, or from the client
+itself (GA keys and values in its events pass, as above), as far as the
+policy lets them: the policy judges the translated event.
 
 The translation never fails: a frame it cannot read is passed as it came.
 """
@@ -163,11 +169,6 @@ _TO_GA: Final[Mapping[str, Callable[[JSON], JSON]]] = {
 }
 
 
-def _ga_path(name: str, *, response: bool) -> tuple[str, ...] | None:
-    field = FIELDS[name]
-    return field.ga_response_path if response else field.ga_path
-
-
 def _put(container: dict[str, JSON], path: tuple[str, ...], value: JSON) -> None:
     target = container
     for key in path[:-1]:
@@ -179,20 +180,24 @@ def _put(container: dict[str, JSON], path: tuple[str, ...], value: JSON) -> None
     target[path[-1]] = value
 
 
-def _preview_names(*, response: bool) -> dict[str, str]:
-    """Preview key -> field name, for a session or a response object."""
-    names: dict[str, str] = {}
+def _ga_paths(*, response: bool) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Preview key -> (field name, GA path), for a session or a response object.
+
+    ``temperature`` has no GA path and is not listed.
+    """
+    paths: dict[str, tuple[str, tuple[str, ...]]] = {}
     for name, field in FIELDS.items():
-        if response:
-            for key in field.preview_response_keys:
-                names[key] = name
-        elif field.preview:
-            names[name] = name
-    return names
+        path = field.ga_response_path if response else field.ga_path
+        if path is None or not field.preview:
+            continue
+        for key in field.preview_response_keys if response else (name,):
+            paths[key] = (name, path)
+    return paths
 
 
-_SESSION_KEYS: Final = _preview_names(response=False)
-_RESPONSE_KEYS: Final = _preview_names(response=True)
+_SESSION_PATHS: Final = _ga_paths(response=False)
+_RESPONSE_PATHS: Final = _ga_paths(response=True)
+_RESPONSE_KEYS: Final = frozenset((*_RESPONSE_PATHS, "temperature"))
 
 
 def _params() -> dict[str, str]:
@@ -306,7 +311,7 @@ class Bridge:
     def _session_to_ga(self, session: dict[str, JSON]) -> dict[str, JSON]:
         ga: dict[str, JSON] = {"type": "realtime"}
         for key, value in session.items():
-            if key in _SESSION_KEYS or key in ("temperature", "speed"):
+            if key in _SESSION_PATHS or key in ("temperature", "speed"):
                 continue
             # Keys preview lacks pass as sent, "type" included: a preview
             # client may opt into a GA setting, and the upstream judges the rest.
@@ -316,10 +321,9 @@ class Bridge:
                 self.temperature = value
             elif key == "speed":
                 _put(ga, ("audio", "output", "speed"), value)
-            elif key in _SESSION_KEYS:
-                path = _ga_path(_SESSION_KEYS[key], response=False)
-                if path is not None:
-                    _put(ga, path, self._value_to_ga(key, value))
+            elif key in _SESSION_PATHS:
+                name, path = _SESSION_PATHS[key]
+                _put(ga, path, self._value_to_ga(name, value))
         return ga
 
     def _response_to_ga(self, response: dict[str, JSON]) -> dict[str, JSON]:
@@ -328,11 +332,8 @@ class Bridge:
             if key not in _RESPONSE_KEYS:
                 ga[key] = value
         for key, value in response.items():
-            name = _RESPONSE_KEYS.get(key)
-            if name is None:
-                continue
-            path = _ga_path(name, response=True)
-            if path is not None:  # temperature: none in GA
+            if key in _RESPONSE_PATHS:  # not temperature: none in GA
+                name, path = _RESPONSE_PATHS[key]
                 _put(ga, path, self._value_to_ga(name, value))
         inputs = ga.get("input")
         if isinstance(inputs, list):
@@ -433,9 +434,13 @@ class Bridge:
         if kind == "error":
             error = event.get("error")
             if isinstance(error, dict) and isinstance(error.get("param"), str):
-                param = preview_param(error["param"])
-                if param != error["param"]:
+                ga = error["param"]
+                param = preview_param(ga)
+                if param != ga:
                     error["param"] = param
+                    message = error.get("message")
+                    if isinstance(message, str):
+                        error["message"] = message.replace(f"'{ga}'", f"'{param}'")
                     return True
             return False
         return False
@@ -447,7 +452,7 @@ class Bridge:
             for key, value in session.items()
             if key not in _GA_ONLY_SESSION_KEYS and key not in FIELDS
         }
-        for name in _SESSION_KEYS:
+        for name in _SESSION_PATHS:  # a session's keys are the field names
             for _, value in read(session, FIELDS[name], "ga", response=False):
                 if name == "tool_choice":
                     value = self._choice_from_ga(value)
@@ -483,8 +488,7 @@ class Bridge:
         for name in ("modalities", "voice", "output_audio_format"):
             for _, value in read(response, FIELDS[name], "ga", response=True):
                 preview[name] = value
-        if "temperature" not in preview:
-            preview["temperature"] = self.temperature
+        preview.setdefault("temperature", self.temperature)
         output = preview.get("output")
         if isinstance(output, list):
             for item in output:

@@ -504,3 +504,67 @@ def test_any_upstream_event_translates_to_json_without_failing(
 def test_any_upstream_frame_is_answered(data: str | bytes) -> None:
     Bridge().upstream_frame(data)
     Bridge().upstream_frame('{"type":"' + data if isinstance(data, str) else data)
+
+
+def test_odd_shapes_pass_as_they_are() -> None:
+    """What is not the documented shape is left for the upstream (or client) to judge."""
+    for item in (
+        "x",
+        {"content": "x"},
+        {"content": ["x", {"type": 5}, {"type": "text"}]},
+    ):
+        event = to_ga({"type": "conversation.item.create", "item": item})
+        assert event["item"] == (
+            {"content": ["x", {"type": 5}, {"type": "output_text"}]}
+            if isinstance(item, dict) and isinstance(item["content"], list)
+            else item
+        )
+    # A named choice with more than a name: not Azure's preview shape.
+    choice = {"type": "function", "function": {"name": "f", "strict": True}}
+    event = to_ga({"type": "session.update", "session": {"tool_choice": choice}})
+    assert event["session"]["tool_choice"] == choice
+    for item in ("x", {"content": "x"}, {"content": ["x", {"type": "output_text"}]}):
+        got = shown(dump({"type": "response.output_item.done", "item": item}))
+        assert got is not None
+        assert got["item"] == (
+            {"content": ["x", {"type": "text"}]}
+            if isinstance(item, dict) and isinstance(item["content"], list)
+            else item
+        )
+    response = {"temperature": 1.0, "output": "x"}
+    got = shown(dump({"type": "response.created", "response": response}))
+    assert got is not None
+    assert got["response"] == response
+    for body in ({"response": 5}, {"session": 5}):
+        kind = "response.done" if "response" in body else "session.updated"
+        got = shown(dump({"type": kind, **body}))
+        assert got == {"type": kind, **body}
+
+
+def test_an_error_is_only_rewritten_where_it_names_a_renamed_parameter() -> None:
+    for error in (
+        {"code": "x", "param": "session.type", "message": "m"},
+        {"code": "x", "message": "no param"},
+        "x",
+    ):
+        plain = dump({"type": "error", "error": error})
+        assert Bridge().upstream_frame(plain) is plain
+    got = shown(
+        dump(
+            {
+                "type": "error",
+                "error": {"param": "session.output_modalities", "message": None},
+            }
+        )
+    )
+    assert got == {
+        "type": "error",
+        "error": {"param": "session.modalities", "message": None},
+    }
+
+
+def test_a_content_part_of_another_type_is_unchanged() -> None:
+    for part in ({"type": "input_audio"}, {"type": 5}, "x"):
+        got = shown(dump({"type": "response.content_part.done", "part": part}))
+        assert got is not None
+        assert got["part"] == part

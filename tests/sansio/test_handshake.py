@@ -407,3 +407,71 @@ class TestClientRestrictions:
         with pytest.raises(Unauthenticated) as info:
             GATE.admit(request(headers=headers))
         assert info.value.reason == reason
+
+
+class TestUpstreamProtocol:
+    """A deployment's upstream_protocol decides the upstream route and the bridge."""
+
+    LEGACY = Gatekeeper(
+        (ClientSettings(ClientId("app-a"), (_digest(KEY_A),)),),
+        MappingProxyType(
+            {
+                "gpt-4o-realtime-preview": DeploymentSettings(
+                    "gpt-4o-realtime-preview",
+                    "gpt-4o-realtime-preview",
+                    upstream_protocol="preview",
+                ),
+                "gpt-realtime": DeploymentSettings(
+                    "gpt-realtime", "gpt-realtime-prod", upstream_protocol="preview"
+                ),
+            }
+        ),
+    )
+
+    @pytest.mark.parametrize(
+        ("path", "query", "target", "bridged"),
+        [
+            (
+                "/openai/realtime",
+                PREVIEW_QUERY,
+                "/openai/v1/realtime?model=gpt-realtime-prod",
+                True,
+            ),
+            (
+                "/openai/realtime",
+                b"api-version=2025-08-28&deployment=gpt-4o-realtime-preview",
+                "/openai/v1/realtime?model=gpt-realtime-prod",
+                False,
+            ),
+            (
+                "/openai/v1/realtime",
+                b"model=gpt-realtime",
+                "/openai/v1/realtime?model=gpt-realtime-prod",
+                False,
+            ),
+        ],
+    )
+    def test_a_ga_upstream_gets_every_session_on_its_endpoint(
+        self, path: str, query: bytes, target: str, bridged: bool
+    ) -> None:
+        admission = GATE.admit(request(path=path, query=query))
+        assert admission.deployment.upstream_protocol == "ga"  # the default
+        route = admission.upstream_route
+        assert (route.family, route.api_version) == ("ga", None)
+        assert upstream_target(route, "gpt-realtime-prod") == target
+        assert admission.bridged is bridged
+
+    @pytest.mark.parametrize(
+        ("query", "family"),
+        [
+            (PREVIEW_QUERY, "preview"),
+            (b"api-version=2025-08-28&deployment=gpt-4o-realtime-preview", "ga"),
+        ],
+    )
+    def test_a_preview_upstream_gets_the_clients_own_route(
+        self, query: bytes, family: str
+    ) -> None:
+        admission = self.LEGACY.admit(request(query=query))
+        assert admission.upstream_route is admission.route
+        assert admission.route.family == family
+        assert admission.bridged is False

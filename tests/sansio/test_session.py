@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, strategies as st
 
 from relay.exceptions import RelayError, UpstreamUnavailable
@@ -642,3 +643,83 @@ class TestStallsExpiryAndDrain:
         book >> UpstreamMessage(UPDATED)
         assert sent(book.next())["type"] == "session.created"
         assert sent(book.next())["type"] == "relay.draining"
+
+
+class TestBridged:
+    """A preview client on a GA upstream: translated at the core's edges."""
+
+    GA_CREATED = json.dumps(
+        {
+            "type": "session.created",
+            "event_id": "e1",
+            "session": {
+                "type": "realtime",
+                "id": "s",
+                "output_modalities": ["audio"],
+                "audio": {"output": {"voice": "alloy"}},
+            },
+        }
+    )
+
+    def open_book(self, policy: Policy | None = None) -> Playbook:
+        session = RelaySession(policy or Policy("none"), "ga", bridged=True)
+        book = Playbook(session)
+        book >> UpstreamMessage(self.GA_CREATED, 0.1)
+        created = sent(book.next())
+        assert created["session"] == {
+            "id": "s",
+            "modalities": ["text", "audio"],
+            "voice": "alloy",
+            "temperature": 0.8,
+        }
+        book.discard()
+        return book
+
+    def test_only_a_preview_client_on_a_ga_upstream_is_bridged(self) -> None:
+        with pytest.raises(ValueError, match="only a preview client"):
+            RelaySession(family="preview", bridged=True)
+
+    def test_events_are_translated_both_ways(self) -> None:
+        book = self.open_book()
+        update = (
+            '{"type":"session.update","session":{"voice":"verse","temperature":1.0}}'
+        )
+        book >> ClientMessage(update, 0.2)
+        assert sent(book.next()) == {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"output": {"voice": "verse"}}},
+        }
+        book.discard()
+        delta = '{"type":"response.output_audio.delta","event_id":"e","delta":"AAAA"}'
+        book >> UpstreamMessage(delta, 0.3)
+        assert book.next() == Send("client", delta.replace("output_audio", "audio"))
+        # Metered as GA said it: the delta's audio counts.
+        assert book.facts
+        book.discard()
+        # Events the same in both pass as the client's own text.
+        cancel = '{"type":"response.cancel","event_id":"c9"}'
+        book >> ClientMessage(cancel, 0.4)
+        command = book.next()
+        assert isinstance(command, Send)
+        assert command.data is cancel
+        book.discard()
+
+    def test_an_upstream_event_without_a_preview_counterpart_is_not_sent(self) -> None:
+        book = self.open_book()
+        book >> UpstreamMessage(
+            '{"type":"conversation.item.done","event_id":"e","item":{"id":"i"}}', 0.2
+        )
+        book.done()
+
+    def test_a_refusal_names_the_clients_parameter(self) -> None:
+        book = self.open_book(
+            Policy("p", allow={"voice": frozenset({"alloy"})}, on_violation="refuse")
+        )
+        book >> ClientMessage(
+            '{"type":"session.update","event_id":"c1","session":{"voice":"echo"}}', 0.2
+        )
+        assert isinstance(book.next(), Applied)
+        error = sent(book.next())
+        assert error["error"]["param"] == "session.voice"
+        assert error["error"]["event_id"] == "c1"
+        book.done()
