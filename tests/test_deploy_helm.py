@@ -414,6 +414,9 @@ BAD_VALUES: Mapping[str, dict[str, Any]] = {
     "a root user": {"podSecurityContext": {"runAsUser": 0}},
     "a privileged container": {"securityContext": {"privileged": True}},
     "a PDB allowing no disruption": {"podDisruptionBudget": {"maxUnavailable": 0}},
+    "an upstream protocol other than ga or preview": {
+        "config": {"deployments": {"gpt-realtime": {"upstream_protocol": "beta"}}}
+    },
     "an endpoint without a scheme": {
         "config": {"upstream": {"endpoint": "my-resource.openai.azure.com"}}
     },
