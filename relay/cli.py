@@ -152,9 +152,21 @@ def log_config_warnings(settings: Settings) -> None:
     """Log what a valid configuration does that its author may not expect.
 
     Today: the GA-only parts of policies, left out of preview-family sessions.
+    Only deployments whose upstream speaks the preview protocol
+    (``upstream_protocol: preview``) have such sessions: on a GA upstream a
+    preview client is bridged, and the policy applies in GA's terms.
     """
-    policies = (client.policy for client in settings.clients)
-    for line in preview_warnings(settings.source, policies):
+    preview = {
+        name
+        for name, deployment in settings.deployments.items()
+        if deployment.upstream_protocol == "preview"
+    }
+    policies = (
+        client.policy
+        for client in settings.clients
+        if client.deployments is None or preview & client.deployments
+    )
+    for line in preview_warnings(settings.source, policies) if preview else ():
         log.warning("policy.ga_only", detail=line)
 
 

@@ -88,14 +88,21 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEV_CONFIG = EXAMPLES / "dev.yaml"
 
 
+def _idle_policy(deployments: str, client: str = "") -> str:
+    key = hashlib.sha256(b"k").hexdigest()
+    return (
+        "upstream: {endpoint: https://r.openai.azure.com, auth: {type: entra}}\n"
+        f"deployments: {deployments}\n"
+        f'clients: [{{id: a, key_sha256: "{key}", policy: p{client}}}]\n'
+        "policies: {p: {set: {turn_detection: "
+        "{type: server_vad, idle_timeout_ms: 6000}}}}\n"
+    )
+
+
 def test_ga_only_policy_values_are_announced() -> None:
     """The start-up log names each GA-only part a policy leaves out of preview sessions."""
-    key = hashlib.sha256(b"k").hexdigest()
     settings = parse_settings(
-        "upstream: {endpoint: https://r.openai.azure.com, auth: {type: entra}}\n"
-        "deployments: {gpt-realtime: }\n"
-        f'clients: [{{id: a, key_sha256: "{key}", policy: p}}]\n'
-        "policies: {p: {set: {turn_detection: {type: server_vad, idle_timeout_ms: 6000}}}}\n",
+        _idle_policy("{gpt-realtime: {upstream_protocol: preview}}"),
         source="relay.yaml",
         environ={},
     )
@@ -106,9 +113,25 @@ def test_ga_only_policy_values_are_announced() -> None:
             "event": "policy.ga_only",
             "log_level": "warning",
             "detail": "relay.yaml: policies.p.set.turn_detection.idle_timeout_ms: "
-            "GA only, left out of preview-family sessions",
+            "GA only, left out of sessions on preview-protocol deployments",
         }
     ]
+    # No preview sessions where every upstream speaks GA (preview clients are
+    # bridged), or where the client may not use the preview deployment.
+    for deployments, client in (
+        ("{gpt-realtime: }", ""),
+        (
+            "{gpt-realtime: , old: {upstream_protocol: preview}}",
+            ", deployments: [gpt-realtime]",
+        ),
+    ):
+        with capture_logs() as logs:
+            log_config_warnings(
+                parse_settings(
+                    _idle_policy(deployments, client), source="r", environ={}
+                )
+            )
+        assert logs == []
     with capture_logs() as logs:
         log_config_warnings(
             parse_settings(

@@ -338,9 +338,10 @@ def preview_warnings(source: str, policies: Iterable[Policy]) -> list[str]:
 
     A preview upstream refuses GA-only fields and parts, so they are never
     sent there (a refusal would fail every preview session of the policy's
-    clients with ``policy_not_applied``). The family is chosen by each
-    client's URL, so no configuration can rule preview sessions out: this is
-    a warning for the start-up log, not an error.
+    clients with ``policy_not_applied``). Such sessions exist on
+    deployments with ``upstream_protocol: preview``, where the family is
+    chosen by each client's URL, so no configuration can rule them out: this
+    is a warning for the start-up log, not an error.
     """
     lines: list[str] = []
     # Policy names are unique; several clients may share one.
@@ -351,7 +352,7 @@ def preview_warnings(source: str, policies: Iterable[Policy]) -> list[str]:
                 for part in _left_out(value, for_family(name, value, "preview")):
                     lines.append(
                         f"{source}: policies.{policy.name}.{rule}.{name}{part}: "
-                        "GA only, left out of preview-family sessions"
+                        "GA only, left out of sessions on preview-protocol deployments"
                     )
     return lines
 

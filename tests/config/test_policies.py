@@ -451,10 +451,10 @@ def test_ga_only_values_are_left_out_of_preview_sessions_with_a_warning() -> Non
         "tools": [{"type": "function", "name": "lookup"}],
     }
     assert preview_warnings(settings.source, [policy, policy]) == [
-        "relay.yaml: policies.p.set.turn_detection.idle_timeout_ms: GA only, left out of preview-family sessions",
-        "relay.yaml: policies.p.set.truncation: GA only, left out of preview-family sessions",
-        "relay.yaml: policies.p.default.voice: GA only, left out of preview-family sessions",
-        "relay.yaml: policies.p.default.tools[1]: GA only, left out of preview-family sessions",
+        "relay.yaml: policies.p.set.turn_detection.idle_timeout_ms: GA only, left out of sessions on preview-protocol deployments",
+        "relay.yaml: policies.p.set.truncation: GA only, left out of sessions on preview-protocol deployments",
+        "relay.yaml: policies.p.default.voice: GA only, left out of sessions on preview-protocol deployments",
+        "relay.yaml: policies.p.default.tools[1]: GA only, left out of sessions on preview-protocol deployments",
     ]
     assert preview_warnings(settings.source, [EMPTY_POLICY]) == []
 

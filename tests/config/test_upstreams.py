@@ -269,3 +269,34 @@ def test_missing_environment_variable_is_named() -> None:
     """The example needs AZURE_SWEDEN_KEY; without it, the error says so."""
     with pytest.raises(ConfigError, match="AZURE_SWEDEN_KEY is unset or empty"):
         parse(ISSUE_EXAMPLE, env={})
+
+
+def test_each_deployment_says_which_protocol_its_upstreams_speak() -> None:
+    """ga by default (Azure documents only the GA endpoint); preview kept on request."""
+    settings = parse(
+        TOP
+        + CLIENTS
+        + """
+deployments:
+  new: {}
+  old: {upstream_protocol: preview}
+  pooled:
+    upstream_protocol: ga
+    upstreams: [{endpoint: https://a.openai.azure.com, auth: {type: entra}}]
+"""
+    )
+    assert {name: d.upstream_protocol for name, d in settings.deployments.items()} == {
+        "new": "ga",
+        "old": "preview",
+        "pooled": "ga",
+    }
+
+
+# (null, as everywhere in the configuration, means "not set": the default.)
+@pytest.mark.parametrize("value", ["GA", "v1", "''", "5", "[ga]", "{a: 1}", "true"])
+def test_an_unknown_upstream_protocol_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(TOP + CLIENTS + f"deployments: {{d: {{upstream_protocol: {value}}}}}\n")
+    assert str(info.value).startswith(
+        "relay.yaml: deployments.d.upstream_protocol: expected one of ga, preview, got"
+    )
