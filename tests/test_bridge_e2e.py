@@ -463,6 +463,19 @@ async def test_a_bridged_session_is_metered_like_any_other() -> None:
             if name == "relay_audio_seconds_total" and ("direction", "output") in labels
         ]
         assert sum(audio_out) > 0
+        protocols = {
+            labels: value
+            for (name, labels), value in metrics.items()
+            if name == "relay_session_protocols_total"
+        }
+        assert protocols == {
+            (
+                ("client", "app-a"),
+                ("client_protocol", "preview"),
+                ("deployment", DEPLOYMENT),
+                ("upstream_protocol", "ga"),
+            ): 1.0
+        }
 
 
 # Garbage through the bridge

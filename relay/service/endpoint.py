@@ -256,6 +256,13 @@ class RealtimeEndpoint:
                 drain_notice=admission.client.drain_notice,
                 bridged=admission.bridged,
             )
+            # Which apps still speak the preview protocol: the migration's progress.
+            self._metrics.session_protocols.labels(
+                admission.client_id,
+                admission.deployment.name,
+                admission.route.family,
+                admission.upstream_route.family,
+            ).inc()
             counters = SessionCounters()
             observer = self._metrics.for_session(
                 admission.client_id, admission.deployment.name, counters

@@ -234,6 +234,13 @@ class RelayMetrics:
             ["side", "code"],
             registry=registry,
         )
+        self.session_protocols = Counter(
+            "relay_session_protocols",
+            "Sessions started, by client, deployment and the protocol each side "
+            "spoke; client_protocol preview with upstream_protocol ga is bridged.",
+            ["client", "deployment", "client_protocol", "upstream_protocol"],
+            registry=registry,
+        )
         self.tokens = Counter(
             "relay_tokens",
             "Tokens reported by response.done usage; cached tokens are also counted in text/audio.",
