@@ -17,6 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers.processes import dev_config, relay_process
@@ -86,3 +87,42 @@ async def test_node_openai_sdk_completes_a_turn_over_wss(tmp_path: Path) -> None
     assert session["audio"]["input"]["noise_reduction"] == {"type": "near_field"}
     assert session["audio"]["output"]["voice"] == "alloy"
     assert session["tools"] == []
+
+
+async def test_node_beta_client_is_bridged_to_the_ga_upstream(tmp_path: Path) -> None:
+    """The Node SDK's beta (preview) client on a preview api-version: bridged to GA, it reads preview events."""
+    config = dev_config(tmp_path)
+    directory = tmp_path / ".dev-tls"
+    args = ["--with-simulator", "--dev-tls", str(directory)]
+    async with relay_process(
+        config.path, {"AZURE_OPENAI_API_KEY": "dev-upstream-key"}, args=args
+    ):
+        env = {
+            "RELAY_ENDPOINT": f"https://127.0.0.1:{config.port}",
+            "RELAY_KEY": "relay-dev-key",
+            "RELAY_DEPLOYMENT": "gpt-realtime",
+            "RELAY_API_VERSION": "2025-04-01-preview",
+            "NODE_EXTRA_CA_CERTS": str(directory / "ca.pem"),
+        }
+        status, stdout, stderr = await run_node("realtime_turn.mjs", env)
+        assert status == 0, stderr.decode(errors="replace")
+        async with httpx.AsyncClient(timeout=10 * SECOND) as http:
+            metrics = (
+                await http.get(f"http://127.0.0.1:{config.metrics_port}/metrics")
+            ).text
+    # Translated: a preview client on the GA upstream.
+    assert (
+        'relay_session_protocols_total{client="dev",client_protocol="preview",'
+        'deployment="gpt-realtime",upstream_protocol="ga"} 1.0'
+    ) in metrics
+    result = json.loads(stdout)
+    assert "api-version=2025-04-01-preview" in result["url"]
+    events = result["events"]
+    assert events[0] == "session.created"
+    assert "response.audio.delta" in events
+    assert "response.output_audio.delta" not in events
+    assert "conversation.item.done" not in events
+    assert events[-1] == "response.done"
+    session = result["session"]
+    assert session["input_audio_noise_reduction"] == {"type": "near_field"}
+    assert (session["voice"], session["tools"]) == ("alloy", [])

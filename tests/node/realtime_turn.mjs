@@ -3,10 +3,14 @@
 // wss://. The relay's CA is trusted through NODE_EXTRA_CA_CERTS only.
 //
 // Environment: RELAY_ENDPOINT (https://host:port), RELAY_KEY, RELAY_DEPLOYMENT,
-// RELAY_API_VERSION. Prints one JSON line: what the session did. Exit status 0
-// once response.done arrived, 1 on any error or after 20 s.
+// RELAY_API_VERSION. A "-preview" api-version uses the SDK's beta (preview
+// protocol) client instead, as apps written before GA do. Prints one JSON
+// line: what the session did. Exit status 0 once response.done arrived, 1 on
+// any error or after 20 s.
 import { AzureOpenAI } from "openai";
-import { OpenAIRealtimeWS } from "openai/realtime/ws";
+
+const preview = process.env.RELAY_API_VERSION.endsWith("-preview");
+const { OpenAIRealtimeWS } = await import(preview ? "openai/beta/realtime/ws" : "openai/realtime/ws");
 
 const client = new AzureOpenAI({
   endpoint: process.env.RELAY_ENDPOINT,
@@ -43,13 +47,16 @@ rt.on("event", (event) => {
   seen.push(event.type);
   if (event.type === "session.created") {
     // What apps send: their voice and instructions; manual turns here.
+    const instructions = "You are a helpful assistant.";
     rt.send({
       type: "session.update",
-      session: {
-        type: "realtime",
-        instructions: "You are a helpful assistant.",
-        audio: { input: { turn_detection: null }, output: { voice: "alloy" } },
-      },
+      session: preview
+        ? { instructions, turn_detection: null, voice: "alloy" }
+        : {
+            type: "realtime",
+            instructions,
+            audio: { input: { turn_detection: null }, output: { voice: "alloy" } },
+          },
     });
   } else if (event.type === "session.updated") {
     updated = event.session;
