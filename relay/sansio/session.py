@@ -20,6 +20,10 @@ gets an ``error`` event and close 1011, the upstream a normal close.
 with an ``error`` event, the session staying open. Binary client frames are
 refused: the protocol is JSON text. Upstream frames pass through unchanged,
 except ``session.created``/``session.updated`` when the policy hides fields.
+A *bridged* session (a preview-protocol client on a GA upstream) translates
+client events to GA before they are judged, and upstream events to preview
+after they are metered and hidden (:mod:`relay.sansio.bridge`): everything
+else sees the upstream's family.
 
 **Closing.** The first close, from either side or from the relay, decides the
 outcome (:class:`~relay.sansio.commands.Ended`, exactly once) and closes every
@@ -32,8 +36,9 @@ state: :class:`~relay.sansio.initial.Initial` (the initializing hold),
 :class:`~relay.sansio.deadlines.Deadlines` (when the session must end),
 :class:`~relay.sansio.limits.InboundRate` (how fast the client may send),
 :class:`~relay.sansio.notices.Notices` (the relay's own events to the client),
-:class:`~relay.sansio.hiding.Hiding` (fields the policy hides) and
-:class:`~relay.sansio.meter.Meter` (facts for metrics). The relaying of one
+:class:`~relay.sansio.hiding.Hiding` (fields the policy hides),
+:class:`~relay.sansio.meter.Meter` (facts for metrics) and
+:class:`~relay.sansio.bridge.Bridge` (a bridged client's translation). The relaying of one
 message in the open state stays inline here: it is the relay's hot path.
 """
 
