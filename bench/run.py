@@ -6,6 +6,9 @@ path starts a fresh measurement window:
 
 * ``direct``: loadgen -> echo upstream (the physical limit),
 * ``relay``: loadgen -> the relay (with a realistic policy) -> echo upstream,
+* ``bridge``: the same relay, loadgen speaking the preview protocol and the
+  echo upstream GA (``--ga``): every delta goes through the protocol bridge's
+  rename (relay/sansio/bridge.py),
 * ``nginx``: loadgen -> nginx as a WebSocket reverse proxy -> echo upstream
   (when nginx is installed; the bench writes its own loopback config).
 
@@ -55,10 +58,26 @@ LOAD_CPU = "1"
 # A level is invalid when a load-side process used more than this share of its core.
 LOAD_CPU_LIMIT = 0.90
 P99_TARGET_MS = 20.0
-PATHS = ("direct", "relay", "nginx", "haproxy", "pipe")  # report order
+PATHS = ("direct", "relay", "bridge", "nginx", "haproxy", "pipe")  # report order
 # The pipe (a Python byte splice) is the floor under any Python relay; it is
 # measured where the CPU targets are set, to keep the run under ten minutes.
 PIPE_LEVELS = {(100, 20), (200, 20)}
+# The bridge is compared with the relay where the CPU targets are set, for the
+# same reason.
+BRIDGE_LEVELS = PIPE_LEVELS
+# Paths measured only at some (sessions, interval) levels (all of them in a
+# --quick run: a smoke run exercises every path).
+PATH_LEVELS = {"pipe": PIPE_LEVELS, "bridge": BRIDGE_LEVELS}
+# What loadgen asks for: the GA endpoint, or on the bridge path the preview one
+# (a client of the preview protocol on the same GA deployment).
+GA_TARGET = "/openai/v1/realtime?model=gpt-realtime"
+PREVIEW_TARGET = (
+    "/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-realtime"
+)
+TARGETS = {"bridge": PREVIEW_TARGET}
+# The bridge path's upstream speaks GA (echo_upstream --ga); the others' the
+# preview names, which the relay passes through to its GA client unchanged.
+GA_UPSTREAM_PATHS = {"bridge"}
 RELAY_SRC: Path | None = None
 
 
@@ -127,6 +146,8 @@ class Run:
     received: int = 0
     lost: int = 0
     late_sends: int = 0
+    unmatched: int = 0
+    other_events: int = 0
     rtt_p50_ms: float = 0.0
     rtt_p99_ms: float = 0.0
     rtt_max_ms: float = 0.0
@@ -149,6 +170,48 @@ class Run:
     @property
     def cpu_us_per_msg(self) -> float:
         return self.proxy_cpu_s * 1e6 / self.relayed if self.relayed else 0.0
+
+    def read_results(self, data: dict[str, Any]) -> None:
+        """Take loadgen's results (its ``--out`` JSON) and note what makes the run
+        invalid; the CPU shares must be set already."""
+        self.connected = data["sessions_connected"]
+        self.sent, self.received, self.lost = (
+            data["sent"],
+            data["received"],
+            data["lost"],
+        )
+        self.late_sends = data["late_sends"]
+        self.unmatched, self.other_events = data["unmatched"], data["other_events"]
+        # No append answered (say, deltas under a name loadgen does not read):
+        # no round trips, 0 here; the losses noted below make the run invalid.
+        rtt = {k: v or 0 for k, v in data["rtt_us"].items()}
+        self.rtt_p50_ms, self.rtt_p99_ms, self.rtt_max_ms = (
+            rtt["p50"] / 1000,
+            rtt["p99"] / 1000,
+            rtt["max"] / 1000,
+        )
+        if self.connected < self.sessions:
+            self.notes.append(
+                f"only {self.connected}/{self.sessions} sessions connected"
+            )
+        if self.lost:
+            self.notes.append(f"{self.lost} messages lost")
+        if self.late_sends:
+            self.notes.append(f"load generator late on {self.late_sends} sends")
+        # Every server message after session.created should be an audio delta
+        # answering an append under the preview name; anything else (a delta
+        # under GA's name that the bridge did not rename, an error) means the
+        # load was not what the report says, even where nothing was lost.
+        if self.unmatched:
+            self.notes.append(f"{self.unmatched} deltas matched no append")
+        if self.other_events:
+            self.notes.append(f"{self.other_events} events other than audio deltas")
+        for name, share in (
+            ("loadgen", self.loadgen_cpu_share),
+            ("upstream", self.upstream_cpu_share),
+        ):
+            if share > LOAD_CPU_LIMIT:
+                self.notes.append(f"{name} used {share:.0%} of its core")
 
 
 class Bench:
@@ -175,7 +238,7 @@ class Bench:
             self.work
             / f"loadgen-{path}-{sessions}-{interval_ms}-{time.monotonic_ns()}.json"
         )
-        url = f"ws://127.0.0.1:{port}/openai/v1/realtime?model=gpt-realtime"
+        url = f"ws://127.0.0.1:{port}{TARGETS.get(path, GA_TARGET)}"
         args = [
             str(self.loadgen),
             "--url",
@@ -217,28 +280,7 @@ class Bench:
             run.proxy_rss_kib = rss_kib(proxy_pid) if proxy_pid else 0
             run.proxy_rss_added_kib = run.proxy_rss_kib - baseline_kib
             loadgen.wait(timeout=60)
-        data = json.loads(results.read_text())
-        run.connected = data["sessions_connected"]
-        run.sent, run.received, run.lost = data["sent"], data["received"], data["lost"]
-        run.late_sends = data["late_sends"]
-        rtt = data["rtt_us"]
-        run.rtt_p50_ms, run.rtt_p99_ms, run.rtt_max_ms = (
-            rtt["p50"] / 1000,
-            rtt["p99"] / 1000,
-            rtt["max"] / 1000,
-        )
-        if run.connected < sessions:
-            run.notes.append(f"only {run.connected}/{sessions} sessions connected")
-        if run.lost:
-            run.notes.append(f"{run.lost} messages lost")
-        if run.late_sends:
-            run.notes.append(f"load generator late on {run.late_sends} sends")
-        for name, share in (
-            ("loadgen", run.loadgen_cpu_share),
-            ("upstream", run.upstream_cpu_share),
-        ):
-            if share > LOAD_CPU_LIMIT:
-                run.notes.append(f"{name} used {share:.0%} of its core")
+        run.read_results(json.loads(results.read_text()))
         return run
 
     def _wait_for_window(
@@ -252,11 +294,11 @@ class Bench:
 
 
 @contextlib.contextmanager
-def upstream(bench: Bench) -> Iterator[tuple[int, int]]:
+def upstream(bench: Bench, *, ga: bool = False) -> Iterator[tuple[int, int]]:
+    """The echo upstream: its port and pid; ``ga``: it speaks GA (``--ga``)."""
     port = free_port()
-    with process(
-        [str(bench.echo), "--host", "127.0.0.1", "--port", str(port)], cpu=LOAD_CPU
-    ) as echo:
+    args = [str(bench.echo), "--host", "127.0.0.1", "--port", str(port)]
+    with process([*args, "--ga"] if ga else args, cpu=LOAD_CPU) as echo:
         wait_port(port)
         yield port, echo.pid
 
@@ -352,7 +394,7 @@ def idle_rss_per_session(bench: Bench, upstream_port: int, sessions: int) -> flo
         args = [
             str(bench.loadgen),
             "--url",
-            f"ws://127.0.0.1:{port}/openai/v1/realtime?model=gpt-realtime",
+            f"ws://127.0.0.1:{port}{GA_TARGET}",
             "--header",
             f"api-key: {CLIENT_KEY}",
             "--sessions",
@@ -410,12 +452,16 @@ def median_run(runs: list[Run]) -> dict[str, Any]:
 def with_ratios(
     records: list[dict[str, Any]], idle_kib: float | None
 ) -> list[dict[str, Any]]:
-    """Add added latency versus direct and the RSS per session, pair by pair."""
+    """Add added latency versus direct, CPU versus nginx (and the bridge's versus
+    the relay's) and the RSS per session, pair by pair."""
     direct = {
         (r["sessions"], r["interval_ms"]): r for r in records if r["path"] == "direct"
     }
     nginx_records = {
         (r["sessions"], r["interval_ms"]): r for r in records if r["path"] == "nginx"
+    }
+    relay_records = {
+        (r["sessions"], r["interval_ms"]): r for r in records if r["path"] == "relay"
     }
     for record in records:
         key = (record["sessions"], record["interval_ms"])
@@ -430,6 +476,13 @@ def with_ratios(
         record["cpu_vs_nginx"] = (
             round(record["cpu_us_per_msg"] / peer["cpu_us_per_msg"], 2)
             if peer and peer["cpu_us_per_msg"] and record["path"] != "direct"
+            else None
+        )
+        # What the translation costs: the bridge against the relay it runs in.
+        plain = relay_records.get(key)
+        record["cpu_vs_relay"] = (
+            round(record["cpu_us_per_msg"] / plain["cpu_us_per_msg"], 2)
+            if plain and plain["cpu_us_per_msg"] and record["path"] == "bridge"
             else None
         )
         # Streaming: the proxy's RSS growth from before the load to the end of
@@ -517,6 +570,35 @@ def targets(records: list[dict[str, Any]], idle_kb: float | None) -> list[str]:
     return [*lines, ""]
 
 
+def bridge_summary(records: list[dict[str, Any]]) -> list[str]:
+    """The bridge's cost against the relay's, level by level (nothing if not measured)."""
+    relay_records = {
+        (r["sessions"], r["interval_ms"]): r for r in records if r["path"] == "relay"
+    }
+    figures = []
+    for r in sorted(
+        (r for r in records if r["path"] == "bridge"),
+        key=lambda r: (r["interval_ms"], r["sessions"]),
+    ):
+        plain = relay_records.get((r["sessions"], r["interval_ms"]))
+        if r["cpu_vs_relay"] is None or plain is None:
+            continue
+        figures.append(
+            f"bridge/relay {r['cpu_vs_relay']:.2f}x at {r['sessions']} sessions"
+            + ("" if r["interval_ms"] == 20 else f" every {r['interval_ms']} ms")
+            + f" ({r['cpu_us_per_msg']:.1f} vs {plain['cpu_us_per_msg']:.1f} µs/msg), "
+            f"p99 added {_fmt(r['p99_added_ms'])} ms (relay {_fmt(plain['p99_added_ms'])} ms)"
+            + ("" if r["valid"] and plain["valid"] else ", **invalid**")
+        )
+    if not figures:
+        return []
+    return [
+        "Protocol bridge (`bridge`: a preview client on a GA upstream, every delta renamed): "
+        "CPU per message " + "; ".join(figures) + ".",
+        "",
+    ]
+
+
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
@@ -555,12 +637,17 @@ def throughput_report(
         "The proxy under test runs alone on CPU 0; the C load generator and echo upstream share CPU 1. "
         "`cpu µs/msg` is the proxy's CPU (user + system, from /proc) per relayed message (each append and each delta counts once). "
         "Added latency is the round-trip percentile minus the direct path's at the same level, in the same run. "
-        "A point is *invalid* when the load side saturated (late sends, losses, or a load process above 90 % of its core).",
+        "A point is *invalid* when the load side saturated (late sends, losses, or a load process above 90 % of its core), "
+        "or when the load generator read anything but audio deltas answering its appends (a delta it cannot match, any other event).",
         "",
         "`load cpu` is the busier of the load generator and the echo upstream, as a share of their core (both share CPU 1). "
         "`RSS KB/session` is the proxy's resident memory growth under load, per streaming session. "
         "`pipe` is `bench/pipe.py`, bytes spliced between two sockets in Python on uvloop with no framing, policy or metrics: "
         "the floor under any Python relay, measured at 100 and 200 sessions. "
+        "`bridge` is the relay with the same policy, its client speaking the preview protocol "
+        f"(`{PREVIEW_TARGET}`) and the echo upstream GA (`echo_upstream --ga`, "
+        "`response.output_audio.delta`): every delta goes through the protocol bridge's rename to `response.audio.delta`; "
+        "measured at 100 and 200 sessions. "
         "`haproxy` (HAProxy 2.x, one thread) is measured when asked for (`--paths direct,relay,nginx,haproxy`).",
         "",
         "| path | sessions | interval | valid | msgs/s | lost | cpu µs/msg | vs nginx | p50 ms | p99 ms | max ms | p50 added | p99 added | RSS KB/session | load cpu | notes |",
@@ -607,6 +694,7 @@ def throughput_report(
         f"relay {max_sessions(records, 'relay')}, nginx {max_sessions(records, 'nginx')}.",
         f"Relay RSS per idle session beyond the process baseline: {idle if idle is not None else 'not measured'} KB.",
         "",
+        *bridge_summary(records),
         *targets(records, idle),
     ]
     return lines
@@ -670,8 +758,8 @@ def main() -> int:
     )
     parser.add_argument(
         "--paths",
-        default="direct,relay,nginx,pipe",
-        help="paths to measure, of direct, relay, nginx, haproxy (opt-in), pipe (a Python byte splice: the floor of any Python relay); direct is needed for added latency",
+        default="direct,relay,bridge,nginx,pipe",
+        help="paths to measure, of direct, relay, bridge (the relay translating a preview client to a GA upstream), nginx, haproxy (opt-in), pipe (a Python byte splice: the floor of any Python relay); direct is needed for added latency, relay for saturation and the bridge's ratio",
     )
     parser.add_argument(
         "--relay-src",
@@ -748,16 +836,27 @@ def measure_throughput(
     runs: dict[tuple[str, int, int], list[Run]] = {}
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         bench = Bench(Path(tmp), duration=args.duration, warmup=args.warmup)
-        with upstream(bench) as (upstream_port, echo_pid):
+        with upstream(bench) as preview, contextlib.ExitStack() as stack:
+            # The GA upstream runs only when a path needs it; idle, it costs
+            # CPU 1 nothing.
+            ga = (
+                stack.enter_context(upstream(bench, ga=True))
+                if GA_UPSTREAM_PATHS.intersection(paths)
+                else preview
+            )
 
             def level(sessions: int, interval: int) -> None:
                 for _ in range(args.repeats):  # interleaved: every path each round
                     for path in paths:
-                        if path == "pipe" and (sessions, interval) not in PIPE_LEVELS:
+                        limited = PATH_LEVELS.get(path)
+                        if (
+                            limited is not None
+                            and (sessions, interval) not in limited
+                            and not args.quick
+                        ):
                             continue
-                        run = _run_path(
-                            bench, path, upstream_port, echo_pid, sessions, interval
-                        )
+                        port, pid = ga if path in GA_UPSTREAM_PATHS else preview
+                        run = _run_path(bench, path, port, pid, sessions, interval)
                         runs.setdefault((path, sessions, interval), []).append(run)
                         print(
                             json.dumps(
@@ -779,7 +878,7 @@ def measure_throughput(
                 # The realistic 100 ms cadence (Azure's advice), at one level.
                 level(100, 100)
             idle_kib = idle_rss_per_session(
-                bench, upstream_port, 20 if args.quick else 200
+                bench, preview[0], 20 if args.quick else 200
             )
     return with_ratios([median_run(group) for group in runs.values()], idle_kib)
 
@@ -803,7 +902,13 @@ def _run_path(
 ) -> Run:
     if path == "direct":
         return bench.measure(path, upstream_port, None, echo_pid, sessions, interval)
-    starter = {"relay": relay, "nginx": nginx, "haproxy": haproxy, "pipe": pipe}[path]
+    starter = {
+        "relay": relay,
+        "bridge": relay,  # the same relay and policy; the client and upstream differ
+        "nginx": nginx,
+        "haproxy": haproxy,
+        "pipe": pipe,
+    }[path]
     with starter(bench, upstream_port) as (port, pid):
         return bench.measure(path, port, pid, echo_pid, sessions, interval)
 

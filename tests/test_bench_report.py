@@ -1,16 +1,18 @@
 """The benchmark's arithmetic (bench/run.py) and its Python floor (bench/pipe.py).
 
 The report's figures are what the performance issue is judged on, so the
-pairing (added latency against direct, CPU against nginx, both at the same
-level), the sessions-per-core rule and the target verdicts are checked on
-hand-made records, and so is how a run that measured one part of the report
-keeps the other. The pipe is run as a process and a real WebSocket session
+pairing (added latency against direct, CPU against nginx, the bridge's CPU
+against the relay's, all at the same level), the sessions-per-core rule and
+the target verdicts are checked on hand-made records, and so is how a run that
+measured one part of the report keeps the other. Which loadgen results make a
+run invalid is checked on hand-made results. The pipe is run as a process and a real WebSocket session
 is spliced through it to a real server. The isolation part has its own
 tests (test_bench_isolation.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
@@ -127,6 +129,121 @@ def test_targets_report_met_and_not_met(bench: ModuleType) -> None:
 def test_targets_without_measurements_say_so(bench: ModuleType) -> None:
     table = "\n".join(bench.targets([], None))
     assert table.count("not measured") == 4  # the sessions figure is 0, and not met
+
+
+def loadgen_results(**fields: Any) -> dict[str, Any]:
+    """loadgen's results for 10 sessions, every append answered, as it writes them."""
+    base: dict[str, Any] = {
+        "sessions_connected": 10,
+        "sent": 500,
+        "received": 500,
+        "lost": 0,
+        "late_sends": 0,
+        "unmatched": 0,
+        "other_events": 0,
+        "rtt_us": {"p50": 150, "p99": 400, "max": 900},
+    }
+    return base | fields
+
+
+def test_a_run_with_every_append_answered_is_valid(bench: ModuleType) -> None:
+    run = bench.Run("bridge", 10, 20)
+    run.read_results(loadgen_results())
+    assert run.valid
+    assert (run.rtt_p50_ms, run.rtt_p99_ms, run.rtt_max_ms) == (0.15, 0.4, 0.9)
+
+
+def test_a_run_whose_deltas_were_not_read_is_invalid(bench: ModuleType) -> None:
+    """Deltas under a name loadgen does not read (GA's, not renamed by the
+    bridge) answer nothing: the run is invalid and says why, with no round trip."""
+    run = bench.Run("bridge", 10, 20)
+    run.read_results(
+        loadgen_results(
+            received=0,
+            lost=500,
+            other_events=750,
+            rtt_us={"p50": None, "p99": None, "max": None},
+        )
+    )
+    assert not run.valid
+    assert run.notes == ["500 messages lost", "750 events other than audio deltas"]
+    assert run.rtt_p99_ms == 0
+
+
+def test_a_run_with_unmatched_deltas_is_invalid(bench: ModuleType) -> None:
+    run = bench.Run("bridge", 10, 20)
+    run.read_results(loadgen_results(unmatched=3))
+    assert run.notes == ["3 deltas matched no append"]
+
+
+def bridged(sessions: int, cpu: float, p99: float, **fields: Any) -> dict[str, Any]:
+    return record("bridge", sessions, cpu_us_per_msg=cpu, rtt_p99_ms=p99, **fields)
+
+
+def test_the_bridge_is_compared_with_the_relay_at_the_same_level(
+    bench: ModuleType,
+) -> None:
+    records = bench.with_ratios(
+        [
+            *level(100, 40.0, 10.0, 1.1),
+            *level(200, 30.0, 10.0, 5.1),
+            bridged(100, 41.6, 1.3),
+            bridged(200, 33.0, 5.6),
+        ],
+        None,
+    )
+    by = {(r["path"], r["sessions"]): r for r in records}
+    assert by[("bridge", 100)]["cpu_vs_relay"] == 1.04
+    assert by[("bridge", 200)]["cpu_vs_relay"] == 1.1
+    assert by[("bridge", 100)]["p99_added_ms"] == 1.2
+    assert by[("relay", 100)]["cpu_vs_relay"] is None
+    summary = " ".join(bench.bridge_summary(records))
+    assert (
+        "bridge/relay 1.04x at 100 sessions (41.6 vs 40.0 µs/msg), "
+        "p99 added 1.20 ms (relay 1.00 ms); "
+        "bridge/relay 1.10x at 200 sessions (33.0 vs 30.0 µs/msg), "
+        "p99 added 5.50 ms (relay 5.00 ms)."
+    ) in summary
+    assert "invalid" not in summary
+
+
+def test_the_bridge_summary_flags_invalid_levels_and_needs_the_relay(
+    bench: ModuleType,
+) -> None:
+    records = bench.with_ratios(
+        [*level(100, 40.0, 10.0, 1.1), bridged(100, 41.6, 1.3, valid=False)], None
+    )
+    assert (
+        "at 100 sessions (41.6 vs 40.0 µs/msg), p99 added 1.20 ms (relay 1.00 ms), **invalid**."
+        in (" ".join(bench.bridge_summary(records)))
+    )
+    alone = bench.with_ratios([bridged(100, 41.6, 1.3)], None)
+    assert alone[0]["cpu_vs_relay"] is None
+    assert bench.bridge_summary(alone) == []
+
+
+def test_the_report_has_a_bridge_row_and_sentence(bench: ModuleType) -> None:
+    shown = {
+        "delivered_per_s": 10000.0,
+        "lost": 0,
+        "rtt_max_ms": 1.0,
+        "loadgen_cpu_share": 0.2,
+        "upstream_cpu_share": 0.1,
+        "notes": [],
+    }
+    records = bench.with_ratios(
+        [r | shown for r in [*level(100, 40.0, 10.0, 1.1), bridged(100, 41.6, 1.3)]],
+        None,
+    )
+    args = argparse.Namespace(repeats=3, duration=4.0, warmup=1.0)
+    lines = bench.throughput_report(records, args, 60.0)
+    rows = [
+        line.split(" | ")[0] for line in lines if re.match(r"\| \w+ \| 100 \|", line)
+    ]
+    assert rows == ["| direct", "| relay", "| bridge", "| nginx"]  # report order
+    bridge_row = next(line for line in lines if line.startswith("| bridge |"))
+    assert "| 41.6 | 4.16 |" in bridge_row  # cpu µs/msg, vs nginx
+    assert any(line.startswith("Protocol bridge (`bridge`") for line in lines)
 
 
 def test_publish_keeps_the_part_not_measured(bench: ModuleType, tmp_path: Path) -> None:

@@ -693,6 +693,90 @@ async def test_echo_upstream_max_frame_and_no_deltas(
     assert stats["overflows"] == stats["errors"] == 0
 
 
+async def test_echo_upstream_ga(tools: Tools, tmp_path: Path) -> None:
+    """--ga: a GA session (nested audio formats, type realtime) in session.created
+    and session.updated, and appends answered by response.output_audio.delta with
+    the preview delta's fields."""
+    audio = base64.b64encode(os.urandom(960)).decode()
+    pcm = {"type": "audio/pcm", "rate": 24000}
+    async with echo_upstream(tools, tmp_path, "--ga") as echo:
+        url = f"ws://127.0.0.1:{echo.port}/openai/v1/realtime?model=gpt-realtime"
+        async with (
+            asyncio.timeout(10 * SECOND),
+            connect(url, compression=None) as ws,
+        ):
+            assert json.loads(await ws.recv()) == {
+                "type": "session.created",
+                "event_id": "event_0",
+                "session": {
+                    "type": "realtime",
+                    "id": "sess_bench",
+                    "object": "realtime.session",
+                    "output_modalities": ["audio"],
+                    "audio": {"input": {"format": pcm}, "output": {"format": pcm}},
+                },
+            }
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "input_audio_buffer.append",
+                        "event_id": "7-1",
+                        "audio": audio,
+                    }
+                )
+            )
+            assert json.loads(await ws.recv()) == {
+                "type": "response.output_audio.delta",
+                "event_id": "event_1",
+                "response_id": "7-1",
+                "item_id": "item_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": audio,
+            }
+            await ws.send(json.dumps({"type": "session.update", "session": {}}))
+            assert json.loads(await ws.recv()) == {
+                "type": "session.updated",
+                "event_id": "event_2",
+                "session": {
+                    "type": "realtime",
+                    "id": "sess_bench",
+                    "object": "realtime.session",
+                },
+            }
+        stats = await echo.stop()
+    assert stats["appends"] == stats["session_updates"] == 1
+    assert stats["errors"] == 0
+
+
+async def test_loadgen_does_not_count_ga_deltas(tools: Tools, tmp_path: Path) -> None:
+    """Against a GA upstream met directly, no delta answers an append: every
+    measured send is lost and every delta is an other event. A bench path whose
+    deltas were not renamed to the preview name cannot pass as measured."""
+    sessions = 2
+    async with echo_upstream(tools, tmp_path, "--ga") as echo:
+        results = await run_loadgen(
+            tools,
+            tmp_path / "results.json",
+            f"ws://127.0.0.1:{echo.port}/openai/v1/realtime?model=gpt-realtime",
+            "--sessions",
+            str(sessions),
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+        )
+        stats = await echo.stop()
+    assert results["sessions_connected"] == sessions
+    assert results["sent"] == sessions * 25
+    assert results["received"] == results["received_total"] == 0
+    assert results["lost"] == results["sent"]
+    assert results["rtt_us"]["samples"] == 0
+    assert stats["appends"] == results["sent_total"]
+    # Each append was answered, under GA's name.
+    assert results["other_events"] == results["sent_total"]
+
+
 @pytest.mark.parametrize(
     ("kind", "frame"),
     [("ping", (9, b"")), ("text", (1, b"{}"))],

@@ -67,6 +67,10 @@ static int ep = -1;
 static struct conn *live, *dead;
 static int listen_tag, signal_tag; /* epoll data pointers for the non-connection fds */
 
+/* The events sent, in the preview protocol's shapes and names, or with --ga
+ * in GA's: the session nested under "audio" with "type":"realtime", and the
+ * audio delta named response.output_audio.delta. Only the name and the session
+ * shape differ; the delta's fields are the same in both protocols. */
 static const char CREATED[] =
     "{\"type\":\"session.created\",\"event_id\":\"event_0\",\"session\":{\"id\":\"sess_bench\","
     "\"object\":\"realtime.session\",\"input_audio_format\":\"pcm16\","
@@ -74,9 +78,27 @@ static const char CREATED[] =
 static const char UPDATED[] = "{\"type\":\"session.updated\",\"event_id\":\"event_2\","
                               "\"session\":{\"id\":\"sess_bench\",\"object\":\"realtime.session\"}}";
 static const char D1[] = "{\"type\":\"response.audio.delta\",\"event_id\":\"event_1\",\"response_id\":\"";
+static const char CREATED_GA[] =
+    "{\"type\":\"session.created\",\"event_id\":\"event_0\",\"session\":{\"type\":\"realtime\","
+    "\"id\":\"sess_bench\",\"object\":\"realtime.session\",\"output_modalities\":[\"audio\"],"
+    "\"audio\":{\"input\":{\"format\":{\"type\":\"audio/pcm\",\"rate\":24000}},"
+    "\"output\":{\"format\":{\"type\":\"audio/pcm\",\"rate\":24000}}}}}";
+static const char UPDATED_GA[] =
+    "{\"type\":\"session.updated\",\"event_id\":\"event_2\",\"session\":{\"type\":\"realtime\","
+    "\"id\":\"sess_bench\",\"object\":\"realtime.session\"}}";
+static const char D1_GA[] =
+    "{\"type\":\"response.output_audio.delta\",\"event_id\":\"event_1\",\"response_id\":\"";
 static const char D2[] = "\",\"item_id\":\"item_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"";
 static const char D3[] = "\"}";
 #define SLEN(s) (sizeof(s) - 1)
+
+/* The protocol's texts this run sends (main() picks GA's on --ga). */
+struct text {
+    const char *s;
+    size_t len;
+};
+static struct text created = {CREATED, SLEN(CREATED)}, updated = {UPDATED, SLEN(UPDATED)},
+                   delta_head = {D1, SLEN(D1)};
 
 static void conn_close(struct conn *c)
 {
@@ -246,7 +268,7 @@ static void handshake(struct conn *c)
     c->out.len += (size_t)rl;
     c->state = ST_OPEN;
     st.handshakes++;
-    out_frame(c, WS_TEXT, CREATED, SLEN(CREATED));
+    out_frame(c, WS_TEXT, created.s, created.len);
 }
 
 static void on_text(struct conn *c, const uint8_t *pl, size_t len)
@@ -260,13 +282,13 @@ static void on_text(struct conn *c, const uint8_t *pl, size_t len)
         size_t el = 0, al = 0;
         json_str(pl, len, "\"event_id\"", &eid, &el);
         json_str(pl, len, "\"audio\"", &aud, &al);
-        size_t plen = SLEN(D1) + el + SLEN(D2) + al + SLEN(D3);
+        size_t plen = delta_head.len + el + SLEN(D2) + al + SLEN(D3);
         uint8_t *p = out_room(c, 10 + plen);
         if (!p)
             return;
         p += ws_header(p, WS_TEXT, plen, NULL);
-        memcpy(p, D1, SLEN(D1));
-        p += SLEN(D1);
+        memcpy(p, delta_head.s, delta_head.len);
+        p += delta_head.len;
         memcpy(p, eid, el);
         p += el;
         memcpy(p, D2, SLEN(D2));
@@ -280,7 +302,7 @@ static void on_text(struct conn *c, const uint8_t *pl, size_t len)
         st.frames_out++;
     } else if (memmem(pl, len, UPDATE, SLEN(UPDATE))) {
         st.session_updates++;
-        out_frame(c, WS_TEXT, UPDATED, SLEN(UPDATED));
+        out_frame(c, WS_TEXT, updated.s, updated.len);
         /* The session is open at the relay once it has session.updated: the
          * flood starts behind it. */
         c->flooding = c->flood != FLOOD_NONE;
@@ -482,7 +504,7 @@ static void usage(FILE *to)
 {
     fprintf(to, "usage: echo_upstream --host ADDR --port PORT [--stats-file PATH] "
                 "[--backlog N]\n"
-                "                     [--max-frame BYTES] [--no-deltas] [--flood ping|text:MARKER]...\n"
+                "                     [--max-frame BYTES] [--no-deltas] [--ga] [--flood ping|text:MARKER]...\n"
                 "       echo_upstream --selftest\n"
                 "PORT 0 picks a free port; the first stdout line is "
                 "'echo_upstream listening on ADDR:PORT'.\n"
@@ -497,7 +519,7 @@ int main(int argc, char **argv)
         {"host", required_argument, NULL, 'h'},       {"port", required_argument, NULL, 'p'},
         {"stats-file", required_argument, NULL, 's'}, {"backlog", required_argument, NULL, 'b'},
         {"max-frame", required_argument, NULL, 'm'},  {"flood", required_argument, NULL, 'f'},
-        {"no-deltas", no_argument, NULL, 'D'},
+        {"no-deltas", no_argument, NULL, 'D'},      {"ga", no_argument, NULL, 'G'},
         {"selftest", no_argument, NULL, 'T'},         {"help", no_argument, NULL, 'H'},
         {NULL, 0, NULL, 0}};
     char *end;
@@ -509,6 +531,11 @@ int main(int argc, char **argv)
         case 's': stats_path = optarg; break;
         case 'b': backlog = atoi(optarg); break;
         case 'D': no_deltas = 1; break;
+        case 'G':
+            created = (struct text){CREATED_GA, SLEN(CREATED_GA)};
+            updated = (struct text){UPDATED_GA, SLEN(UPDATED_GA)};
+            delta_head = (struct text){D1_GA, SLEN(D1_GA)};
+            break;
         case 'm':
             errno = 0;
             max_frame = (size_t)strtoull(optarg, &end, 10);
