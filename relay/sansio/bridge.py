@@ -94,6 +94,12 @@ RENAMED_EVENTS: Final[Mapping[str, str]] = {
 }
 """GA server events whose preview counterpart differs only in name (protocol.md §4.2)."""
 
+_RENAMED_PREFIXES: Final[Mapping[str, tuple[str, str]]] = {
+    ga: ('{"type":"' + ga + '"', '{"type":"' + preview + '"')
+    for ga, preview in RENAMED_EVENTS.items()
+}
+"""The start of a renamed event's text, as GA writes it and as preview does."""
+
 _SAME_EVENTS: Final = frozenset(
     {
         "input_audio_buffer.speech_started",
@@ -380,9 +386,10 @@ class Bridge:
             end = data.find('"', len(_TYPE_PREFIX))
             if end > 0:
                 named = data[len(_TYPE_PREFIX) : end]
-                renamed = RENAMED_EVENTS.get(named)
-                if renamed is not None:
-                    return _TYPE_PREFIX + renamed + data[end:]
+                tokens = _RENAMED_PREFIXES.get(named)
+                if tokens is not None:
+                    # One copy of the frame: the prefix is found at once.
+                    return data.replace(tokens[0], tokens[1], 1)
                 if named in _SAME_EVENTS:
                     return data
         event = parse_upstream(data)
