@@ -50,7 +50,11 @@ async def test_livez_and_readyz() -> None:
                     "expires_in_s": None,
                     "last_error": None,
                 }
-                for name in ("gpt-4o-realtime-preview/0", "gpt-realtime/0")
+                for name in (
+                    "gpt-4o-realtime-preview/0",
+                    "gpt-4o-realtime-legacy/0",
+                    "gpt-realtime/0",
+                )
             ],
             "draining": False,
         },
