@@ -37,8 +37,10 @@ client events are translated *before* the policy judges them, upstream events
 **Upstream to client** (:meth:`Bridge.upstream_frame`):
 
 - Renamed events (``response.output_audio.delta`` to ``response.audio.delta``,
-  the transcript and text events) are renamed in the text, without parsing:
-  an audio delta's base64 is never decoded or copied more than once.
+  the transcript and text events) are renamed without parsing: the answer
+  is how the text's beginning changes (:class:`Renamed`), and the driver
+  builds the client's frame from the bytes received, so an audio delta's
+  base64 is never decoded, and copied once.
 - ``session.created``/``session.updated`` show the session in the preview
   shape: GA-only fields (``type``, ``truncation``, ``prompt``,
   ``reasoning``, ``parallel_tool_calls``), MCP tools and ``idle_timeout_ms``
@@ -68,6 +70,7 @@ The translation never fails: a frame it cannot read is passed as it came.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from relay.sansio.fields import ABSENT, FIELDS, JSON, for_family, read
@@ -78,6 +81,7 @@ __all__ = [
     "DEFAULT_TEMPERATURE",
     "RENAMED_EVENTS",
     "Bridge",
+    "Renamed",
     "preview_param",
 ]
 
@@ -94,11 +98,28 @@ RENAMED_EVENTS: Final[Mapping[str, str]] = {
 }
 """GA server events whose preview counterpart differs only in name (protocol.md §4.2)."""
 
-_RENAMED_PREFIXES: Final[Mapping[str, tuple[str, str]]] = {
-    ga: ('{"type":"' + ga + '"', '{"type":"' + preview + '"')
+
+@dataclass(frozen=True, slots=True)
+class Renamed:
+    """A frame shown with its first ``cut`` characters replaced by ``head``.
+
+    Both are ASCII: the beginning of a renamed event, ``{"type":"<name>"``.
+    """
+
+    head: str
+    cut: int
+
+    def apply(self, text: str) -> str:
+        """``text`` renamed."""
+        return self.head + text[self.cut :]
+
+
+_RENAMED_PREFIXES: Final[Mapping[str, Renamed]] = {
+    ga: Renamed('{"type":"' + preview + '"', len('{"type":"' + ga + '"'))
     for ga, preview in RENAMED_EVENTS.items()
 }
-"""The start of a renamed event's text, as GA writes it and as preview does."""
+"""How each renamed event's text begins, in preview's words: one instance per
+name, so that renaming allocates nothing but the frame."""
 
 _SAME_EVENTS: Final = frozenset(
     {
@@ -372,13 +393,15 @@ class Bridge:
 
     # Upstream to client
 
-    def upstream_frame(self, data: str | bytes) -> str | bytes | None:
+    def upstream_frame(self, data: str | bytes) -> str | bytes | Renamed | None:
         """An upstream frame as the preview client reads it; ``None``: not for it.
 
-        Renamed events are renamed in the text; events the same in both
-        protocols are returned as they are, unparsed; the others are parsed,
-        translated and written anew. A frame that is not a readable event is
-        returned unchanged.
+        A renamed event whose text begins with its type is not copied here:
+        the :class:`Renamed` answer says how its beginning changes (the
+        caller may build the new frame from the bytes received). Events the
+        same in both protocols are returned as they are, unparsed; the others
+        are parsed, translated and written anew. A frame that is not a
+        readable event is returned unchanged.
         """
         if not isinstance(data, str):
             return data
@@ -386,10 +409,9 @@ class Bridge:
             end = data.find('"', len(_TYPE_PREFIX))
             if end > 0:
                 named = data[len(_TYPE_PREFIX) : end]
-                tokens = _RENAMED_PREFIXES.get(named)
-                if tokens is not None:
-                    # One copy of the frame: the prefix is found at once.
-                    return data.replace(tokens[0], tokens[1], 1)
+                renamed = _RENAMED_PREFIXES.get(named)
+                if renamed is not None:
+                    return renamed
                 if named in _SAME_EVENTS:
                     return data
         event = parse_upstream(data)
@@ -400,9 +422,9 @@ class Bridge:
             return data
         if kind in _DROPPED_EVENTS:
             return None
-        renamed = RENAMED_EVENTS.get(kind)
-        if renamed is not None:
-            event["type"] = renamed
+        preview_name = RENAMED_EVENTS.get(kind)
+        if preview_name is not None:
+            event["type"] = preview_name
             return dump(event)
         if not self.upstream_event(event):
             return data

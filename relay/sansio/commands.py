@@ -16,6 +16,7 @@ __all__ = [
     "FirstAudio",
     "Metered",
     "Send",
+    "SendEdited",
     "TokensUsed",
     "Wakeup",
 ]
@@ -27,6 +28,22 @@ class Send:
 
     side: Side
     data: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendEdited:
+    """Queue ``head + text[cut:]`` for delivery on ``side``, like :class:`Send`.
+
+    ``text`` is a message as received and ``head`` replaces its first ``cut``
+    characters, both ASCII (a renamed event type): a driver holding the
+    frame ``text`` came in may build the new one from its bytes, without
+    encoding the rest of the message again.
+    """
+
+    side: Side
+    text: str
+    head: str
+    cut: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,5 +135,14 @@ class FirstAudio:
 
 
 Command = (
-    Send | Close | Abort | Ended | Wakeup | Applied | Metered | TokensUsed | FirstAudio
+    Send
+    | SendEdited
+    | Close
+    | Abort
+    | Ended
+    | Wakeup
+    | Applied
+    | Metered
+    | TokensUsed
+    | FirstAudio
 )

@@ -48,7 +48,7 @@ import dataclasses
 import enum
 from typing import Final, assert_never
 
-from relay.sansio.bridge import Bridge, preview_param
+from relay.sansio.bridge import Bridge, Renamed, preview_param
 from relay.sansio.closes import (
     CLIENT_GONE,
     EXPIRED,
@@ -59,7 +59,16 @@ from relay.sansio.closes import (
     policy_cutoff,
     truncate_reason,
 )
-from relay.sansio.commands import Abort, Applied, Close, Command, Ended, Send, Wakeup
+from relay.sansio.commands import (
+    Abort,
+    Applied,
+    Close,
+    Command,
+    Ended,
+    Send,
+    SendEdited,
+    Wakeup,
+)
 from relay.sansio.deadlines import Deadlines
 from relay.sansio.events import (
     ClientClosed,
@@ -400,6 +409,9 @@ class RelaySession:
         shown = bridge.upstream_frame(data)
         if shown is None:
             return [*metered]
+        if isinstance(shown, Renamed):
+            assert isinstance(data, str), "only text is renamed"
+            return [SendEdited("client", data, shown.head, shown.cut), *metered]
         return [Send("client", shown), *metered]
 
     def _from_client(self, data: str | bytes, now: float) -> list[Command]:

@@ -47,6 +47,7 @@ from relay.sansio.commands import (
     FirstAudio,
     Metered,
     Send,
+    SendEdited,
     TokensUsed,
     Wakeup,
 )
@@ -385,6 +386,14 @@ class SessionDriver:
                         leg.send_text(out)
                     else:
                         leg.send_binary(out)
+                case SendEdited(side=side, text=text, head=head, cut=cut):
+                    leg = self._client if side == "client" else self._upstream
+                    if raw is not None and text is data and side == raw_to:
+                        # The frame as it arrived, its beginning changed: the
+                        # rest is copied once, never encoded again.
+                        leg.send_edited(raw, head.encode("ascii"), cut)
+                    else:
+                        leg.send_text(head + text[cut:])
                 case Close(side=side, code=code, reason=reason):
                     self._closed_with(side, code)
                     (self._client if side == "client" else self._upstream).close(

@@ -56,6 +56,10 @@ _DATA: Final = frozenset({CONTINUATION, TEXT, BINARY})
 _CONTROL: Final = frozenset({CLOSE, PING, PONG})
 _U16: Final = struct.Struct("!H")
 _U64: Final = struct.Struct("!Q")
+_HEAD16: Final = struct.Struct("!BBH")
+"""A header with a 16-bit length: first byte, 126, length (unmasked)."""
+_HEAD64: Final = struct.Struct("!BBQ")
+"""A header with a 64-bit length: first byte, 127, length (unmasked)."""
 
 
 class ProtocolFailure(Exception):
@@ -526,6 +530,28 @@ def build_frame(
         return head + payload
     key = random(4)
     return head + key + apply_mask(payload, key)
+
+
+def edited_frame(raw: bytes, head: bytes, cut: int) -> bytes:
+    """The unmasked frame ``raw`` with its payload's first ``cut`` bytes replaced by ``head``.
+
+    For a complete frame received from a server (unmasked), to forward to a
+    client with a changed beginning (a renamed event type) without copying
+    its payload more than once. The header is rebuilt: the length changes,
+    and with it, at 126 and 65,536 bytes, the header's size.
+    """
+    code = raw[1]
+    if code & 0x80:
+        raise ValueError("a masked frame cannot be edited in place")
+    offset = 2 if code < 126 else 4 if code == 126 else 10
+    length = len(raw) - offset - cut + len(head)
+    if length < 126:
+        header = bytes((raw[0], length))
+    elif length < 1 << 16:
+        header = _HEAD16.pack(raw[0], 126, length)
+    else:
+        header = _HEAD64.pack(raw[0], 127, length)
+    return b"".join((header, head, memoryview(raw)[offset + cut :]))
 
 
 def valid_close_code(code: int) -> bool:

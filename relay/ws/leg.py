@@ -34,6 +34,7 @@ from relay.ws.frames import (
     ProtocolFailure,
     build_frame,
     close_payload,
+    edited_frame,
     parse_close,
 )
 from relay.ws.lane import LANE_FROM, lane
@@ -431,6 +432,13 @@ class Leg:
         """
         if not self.close_sent:
             self._write(raw)
+
+    def send_edited(self, raw: bytes, head: bytes, cut: int) -> None:
+        """Send a server's frame ``raw`` with its payload's first ``cut`` bytes
+        replaced by ``head`` (see :func:`~relay.ws.frames.edited_frame`;
+        dropped once closing)."""
+        if not self.close_sent:
+            self._write(edited_frame(raw, head, cut))
 
     def pending_bytes(self) -> int:
         """Bytes written to the leg that its peer has not taken yet, as far as visible.

@@ -7,7 +7,7 @@ from typing import Any
 
 from hypothesis import given, settings, strategies as st
 
-from relay.sansio.bridge import RENAMED_EVENTS, Bridge, preview_param
+from relay.sansio.bridge import RENAMED_EVENTS, Bridge, Renamed, preview_param
 from relay.sansio.wire import dump
 from relay.simulator.schema import default_session
 from relay.simulator.wire import Family
@@ -36,9 +36,17 @@ def to_ga(event: dict[str, Any], bridge: Bridge | None = None) -> dict[str, Any]
     return event
 
 
-def shown(data: str, bridge: Bridge | None = None) -> dict[str, Any] | None:
+def text_of(data: str, bridge: Bridge | None = None) -> str | None:
+    """The text the client is shown for ``data`` (``None``: nothing)."""
     out = (bridge or Bridge()).upstream_frame(data)
+    if isinstance(out, Renamed):
+        return out.apply(data)
     assert out is None or isinstance(out, str)
+    return out
+
+
+def shown(data: str, bridge: Bridge | None = None) -> dict[str, Any] | None:
+    out = text_of(data, bridge)
     return None if out is None else json.loads(out)
 
 
@@ -245,7 +253,13 @@ def test_events_the_same_in_both_protocols_are_not_touched() -> None:
 def test_renamed_events_are_renamed_in_the_text_without_touching_the_rest() -> None:
     for ga, preview in RENAMED_EVENTS.items():
         data = '{"type":"' + ga + '","event_id":"e","delta":"AAEC/w=="}'
-        assert Bridge().upstream_frame(data) == data.replace(ga, preview, 1)
+        renamed = Bridge().upstream_frame(data)
+        assert isinstance(renamed, Renamed)
+        assert renamed.apply(data) == data.replace(ga, preview, 1)
+        # The beginning changes, ASCII both: what the driver edits in the frame.
+        assert data[: renamed.cut] == '{"type":"' + ga + '"'
+        assert renamed.head == '{"type":"' + preview + '"'
+        assert renamed.head.isascii()
     # Another member order: parsed, and renamed all the same.
     data = '{"event_id":"e","type":"response.output_audio.delta","delta":"AA=="}'
     assert shown(data) == {
@@ -494,9 +508,10 @@ def test_any_client_event_translates_to_json_without_failing(
 def test_any_upstream_event_translates_to_json_without_failing(
     kind: str, body: dict[str, Any]
 ) -> None:
-    out = Bridge().upstream_frame(dump(body | {"type": kind}))
-    if out is not None:
-        assert isinstance(json.loads(out), dict)
+    for event in ({"type": kind} | body, body | {"type": kind}):
+        out = text_of(dump(event))
+        if out is not None:
+            assert isinstance(json.loads(out), dict)
 
 
 @settings(max_examples=300, deadline=None)

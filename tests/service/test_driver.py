@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -164,6 +165,36 @@ async def test_messages_are_relayed_both_ways_as_sent() -> None:
             assert await running.client.frame() == (TEXT, reply)
         assert running.driver.counters.client_messages == 1
         assert running.driver.counters.upstream_messages == 1
+
+
+async def test_a_bridged_sessions_renamed_frames_reach_the_client_renamed() -> None:
+    """SendEdited: built from the frame received (or, for a held one, from its text)."""
+    session = RelaySession(family="ga", bridged=True, limits=SessionLimits())
+    async with driven(session) as running:
+        created = b'{"type":"session.created","session":{"type":"realtime"}}'
+        running.upstream.writer.write(build_frame(TEXT, created, mask=False))
+        audio = "A" * 70_000  # past a 16-bit length: the header changes size
+        for name in ("output_audio", "output_audio_transcript", "output_text"):
+            delta = f'{{"type":"response.{name}.delta","delta":"{audio}"}}'
+            running.upstream.writer.write(build_frame(TEXT, delta.encode(), mask=False))
+        async with asyncio.timeout(5 * SECOND):
+            _opcode, payload = await running.client.frame()
+            assert json.loads(payload)["session"] == {"temperature": 0.8}
+            for name in ("audio", "audio_transcript", "text"):
+                assert await running.client.frame() == (
+                    TEXT,
+                    f'{{"type":"response.{name}.delta","delta":"{audio}"}}'.encode(),
+                )
+        # In two fragments there is no frame to edit: the text is sent.
+        first, rest = b'{"type":"response.output_', b'audio.delta","delta":"AA=="}'
+        running.upstream.writer.write(
+            bytes((TEXT, len(first))) + first + bytes((0x80, len(rest))) + rest
+        )
+        async with asyncio.timeout(5 * SECOND):
+            assert await running.client.frame() == (
+                TEXT,
+                b'{"type":"response.audio.delta","delta":"AA=="}',
+            )
 
 
 class _Broken(RelaySession):

@@ -24,6 +24,7 @@ from relay.ws.frames import (
     ProtocolFailure,
     build_frame,
     close_payload,
+    edited_frame,
     parse_close,
     valid_close_code,
 )
@@ -569,3 +570,33 @@ def test_discard_lets_go_of_partial_frames_and_messages() -> None:
     reader.discard()
     assert reader.buffered == 0
     assert not reader.ready
+
+
+@pytest.mark.parametrize(
+    ("length", "cut", "head"),
+    [
+        (40, 37, b'{"type":"response.audio.delta"'),
+        (125, 37, b'{"type":"x"'),
+        (130, 10, b"0123"),  # 126 -> 124: the header shrinks
+        (120, 3, b"0123456789"),  # 120 -> 127: the header grows
+        (65_540, 10, b"0123"),  # 65,534: a 16-bit length again
+        (65_530, 3, b"0123456789"),  # 65,537: a 64-bit length
+        (6_500, 37, b'{"type":"response.audio.delta"'),
+        (10, 0, b""),
+    ],
+)
+def test_an_edited_frame_is_the_frame_with_its_beginning_replaced(
+    length: int, cut: int, head: bytes
+) -> None:
+    payload = bytes(range(256)) * (length // 256) + bytes(length % 256)
+    raw = build_frame(TEXT, payload, mask=False)
+    edited = edited_frame(raw, head, cut)
+    frame = parse_with_websockets(edited, mask=False)
+    assert (frame.opcode, frame.fin) == (Opcode.TEXT, True)
+    assert bytes(frame.data) == head + payload[cut:]
+    assert edited == build_frame(TEXT, head + payload[cut:], mask=False)
+
+
+def test_a_masked_frame_is_not_edited() -> None:
+    with pytest.raises(ValueError, match="masked"):
+        edited_frame(build_frame(TEXT, b"abc", mask=True), b"x", 1)
