@@ -28,6 +28,7 @@ from relay.simulator import Family
 from relay.simulator.audio import silence_pcm16, speech_like_pcm16
 from tests.helpers.clients import (
     append_event,
+    azure_client,
     connect_relay,
     events_until,
     receive_event,
@@ -62,15 +63,6 @@ WEATHER = {
 def ga_only() -> Any:
     """A relay in front of a simulator that serves only GA."""
     return relay_stack(simulator_options={"families": [Family.GA]})
-
-
-def azure_client(stack: Stack, api_version: str) -> AsyncAzureOpenAI:
-    return AsyncAzureOpenAI(
-        azure_endpoint=f"http://127.0.0.1:{stack.relay.port}",
-        api_key=CLIENT_KEY,
-        api_version=api_version,
-        websocket_base_url=f"{stack.ws}/openai",
-    )
 
 
 async def raw_until(connection: Any, until: str) -> list[dict[str, Any]]:

@@ -12,15 +12,17 @@ test is skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers.processes import dev_config, relay_process
+from tests.helpers.processes import DevConfig, dev_config, relay_process
 from tests.helpers.timing import SECOND
 
 
@@ -52,23 +54,35 @@ async def run_node(script: str, env: dict[str, str]) -> tuple[int, bytes, bytes]
     return process.returncode, stdout, stderr
 
 
-async def test_node_openai_sdk_completes_a_turn_over_wss(tmp_path: Path) -> None:
-    """OpenAIRealtimeWS.azure() completes a voice turn over wss://, trusting the dev CA by NODE_EXTRA_CA_CERTS; the policy's noise reduction is in force."""
+@contextlib.asynccontextmanager
+async def dev_relay(
+    tmp_path: Path, api_version: str
+) -> AsyncIterator[tuple[DevConfig, dict[str, str]]]:
+    """The relay as `make run TLS=1` runs it, and the script's environment
+    (without the CA: ``ca.pem`` is in the config's ``.dev-tls``)."""
     assert (NODE_DIR / "node_modules" / "openai").is_dir(), (
         "the Node SDK is not installed: run `make test` (npm ci in tests/node)"
     )
     config = dev_config(tmp_path)
-    directory = tmp_path / ".dev-tls"
-    args = ["--with-simulator", "--dev-tls", str(directory)]
+    args = ["--with-simulator", "--dev-tls", str(tmp_path / ".dev-tls")]
     async with relay_process(
         config.path, {"AZURE_OPENAI_API_KEY": "dev-upstream-key"}, args=args
     ):
-        env = {
-            "RELAY_ENDPOINT": f"https://127.0.0.1:{config.port}",
-            "RELAY_KEY": "relay-dev-key",
-            "RELAY_DEPLOYMENT": "gpt-realtime",
-            "RELAY_API_VERSION": "2025-08-28",
-        }
+        yield (
+            config,
+            {
+                "RELAY_ENDPOINT": f"https://127.0.0.1:{config.port}",
+                "RELAY_KEY": "relay-dev-key",
+                "RELAY_DEPLOYMENT": "gpt-realtime",
+                "RELAY_API_VERSION": api_version,
+            },
+        )
+
+
+async def test_node_openai_sdk_completes_a_turn_over_wss(tmp_path: Path) -> None:
+    """OpenAIRealtimeWS.azure() completes a voice turn over wss://, trusting the dev CA by NODE_EXTRA_CA_CERTS; the policy's noise reduction is in force."""
+    directory = tmp_path / ".dev-tls"
+    async with dev_relay(tmp_path, "2025-08-28") as (config, env):
         # Without the CA, Node refuses the relay's certificate.
         status, _stdout, stderr = await run_node("realtime_turn.mjs", env)
         assert status == 1
@@ -91,19 +105,8 @@ async def test_node_openai_sdk_completes_a_turn_over_wss(tmp_path: Path) -> None
 
 async def test_node_beta_client_is_bridged_to_the_ga_upstream(tmp_path: Path) -> None:
     """The Node SDK's beta (preview) client on a preview api-version: bridged to GA, it reads preview events."""
-    config = dev_config(tmp_path)
-    directory = tmp_path / ".dev-tls"
-    args = ["--with-simulator", "--dev-tls", str(directory)]
-    async with relay_process(
-        config.path, {"AZURE_OPENAI_API_KEY": "dev-upstream-key"}, args=args
-    ):
-        env = {
-            "RELAY_ENDPOINT": f"https://127.0.0.1:{config.port}",
-            "RELAY_KEY": "relay-dev-key",
-            "RELAY_DEPLOYMENT": "gpt-realtime",
-            "RELAY_API_VERSION": "2025-04-01-preview",
-            "NODE_EXTRA_CA_CERTS": str(directory / "ca.pem"),
-        }
+    async with dev_relay(tmp_path, "2025-04-01-preview") as (config, env):
+        env["NODE_EXTRA_CA_CERTS"] = str(tmp_path / ".dev-tls" / "ca.pem")
         status, stdout, stderr = await run_node("realtime_turn.mjs", env)
         assert status == 0, stderr.decode(errors="replace")
         async with httpx.AsyncClient(timeout=10 * SECOND) as http:

@@ -13,17 +13,17 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from openai import AsyncAzureOpenAI, AsyncOpenAI
+from openai import AsyncOpenAI
 
 from relay.simulator.audio import speech_like_pcm16
 from relay.typing import DrainNotice
+from tests.helpers.clients import azure_client
 from tests.helpers.servers import (
     CLIENT_KEY,
     DEPLOYMENT,
     GA_DEPLOYMENT,
     GA_VERSION,
     PREVIEW_VERSION,
-    Stack,
     make_settings,
     relay_stack,
 )
@@ -31,16 +31,6 @@ from tests.helpers.timing import SECOND
 
 
 SPEECH = base64.b64encode(speech_like_pcm16(1.0)).decode()
-
-
-def azure_client(stack: Stack, api_version: str) -> AsyncAzureOpenAI:
-    """The SDK's Azure client, pointed at a plaintext relay as the README shows."""
-    return AsyncAzureOpenAI(
-        azure_endpoint=f"http://127.0.0.1:{stack.relay.port}",
-        api_key=CLIENT_KEY,
-        api_version=api_version,
-        websocket_base_url=f"{stack.ws}/openai",
-    )
 
 
 async def collect(connection: Any, until: str) -> list[str]:

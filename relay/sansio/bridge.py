@@ -73,7 +73,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from relay.sansio.fields import ABSENT, FIELDS, JSON, for_family, read
+from relay.sansio.fields import ABSENT, FIELDS, JSON, for_family, put, read
 from relay.sansio.wire import dump, parse_upstream
 
 
@@ -194,17 +194,6 @@ _TO_GA: Final[Mapping[str, Callable[[JSON], JSON]]] = {
     "output_audio_format": _format_to_ga,
     "turn_detection": _turn_detection_to_ga,
 }
-
-
-def _put(container: dict[str, JSON], path: tuple[str, ...], value: JSON) -> None:
-    target = container
-    for key in path[:-1]:
-        child = target.get(key)
-        if not isinstance(child, dict):
-            child = {}
-            target[key] = child
-        target = child
-    target[path[-1]] = value
 
 
 def _ga_paths(*, response: bool) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -347,10 +336,10 @@ class Bridge:
             if key == "temperature":
                 self.temperature = value
             elif key == "speed":
-                _put(ga, ("audio", "output", "speed"), value)
+                put(ga, ("audio", "output", "speed"), value)
             elif key in _SESSION_PATHS:
                 name, path = _SESSION_PATHS[key]
-                _put(ga, path, self._value_to_ga(name, value))
+                put(ga, path, self._value_to_ga(name, value))
         return ga
 
     def _response_to_ga(self, response: dict[str, JSON]) -> dict[str, JSON]:
@@ -361,7 +350,7 @@ class Bridge:
         for key, value in response.items():
             if key in _RESPONSE_PATHS:  # not temperature: none in GA
                 name, path = _RESPONSE_PATHS[key]
-                _put(ga, path, self._value_to_ga(name, value))
+                put(ga, path, self._value_to_ga(name, value))
         inputs = ga.get("input")
         if isinstance(inputs, list):
             for item in inputs:

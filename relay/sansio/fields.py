@@ -36,6 +36,7 @@ __all__ = [
     "Field",
     "for_family",
     "is_number",
+    "put",
     "read",
     "remove",
     "same",
@@ -533,6 +534,13 @@ def write(
             container[key] = value
         return True
     [path] = paths
+    put(container, path, field.to_ga(value))
+    return True
+
+
+def put(container: dict[str, JSON], path: tuple[str, ...], value: JSON) -> None:
+    """Set ``value`` at ``path`` in ``container``, making (or replacing) the
+    objects on the way: a non-object in the way is replaced by an object."""
     target = container
     for key in path[:-1]:
         child = target.get(key)
@@ -540,8 +548,7 @@ def write(
             child = {}
             target[key] = child
         target = child
-    target[path[-1]] = field.to_ga(value)
-    return True
+    target[path[-1]] = value
 
 
 def remove(

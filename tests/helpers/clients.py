@@ -8,9 +8,10 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from openai import AsyncAzureOpenAI
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.helpers.servers import CLIENT_KEY
+from tests.helpers.servers import CLIENT_KEY, Stack
 from tests.helpers.timing import SECOND
 
 
@@ -72,3 +73,13 @@ def append_event(pcm: bytes) -> dict[str, Any]:
         "type": "input_audio_buffer.append",
         "audio": base64.b64encode(pcm).decode(),
     }
+
+
+def azure_client(stack: Stack, api_version: str) -> AsyncAzureOpenAI:
+    """The openai SDK's Azure client, pointed at a plaintext relay as the README shows."""
+    return AsyncAzureOpenAI(
+        azure_endpoint=f"http://127.0.0.1:{stack.relay.port}",
+        api_key=CLIENT_KEY,
+        api_version=api_version,
+        websocket_base_url=f"{stack.ws}/openai",
+    )
