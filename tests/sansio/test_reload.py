@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -111,7 +112,7 @@ def test_removed_client_and_deployments() -> None:
         ),
     ],
 )
-def test_reloadable_keys(changes: dict[str, object], path: str) -> None:
+def test_reloadable_keys(changes: dict[str, Any], path: str) -> None:
     """Each reloadable key is reported changed, and nothing is refused."""
     plan = plan_reload(OLD, replace(OLD, **changes))
     assert plan.changed == (path,)
@@ -159,7 +160,7 @@ def test_reloadable_keys(changes: dict[str, object], path: str) -> None:
     ],
 )
 def test_fixed_keys_are_refused_with_their_path(
-    changes: dict[str, object], message: str
+    changes: dict[str, Any], message: str
 ) -> None:
     """A fixed key that changes is refused with its key path, old and new values, and why."""
     plan = plan_reload(OLD, replace(OLD, **changes))
