@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from websockets.exceptions import InvalidStatus
 
 from relay.config import load_settings
+from relay.service.jwt_auth import JwtVerifier
 from relay.service.reload import ConfigFile, Reloader
 from relay.service.server import RunningRelay, running_relay
 from relay.simulator import Simulator
@@ -43,6 +44,10 @@ clients:
 {clients}
 {extra}
 """
+
+
+def closed(*verifiers: JwtVerifier) -> tuple[bool, ...]:
+    return tuple(verifier.closed for verifier in verifiers)
 
 
 @dataclass
@@ -321,3 +326,31 @@ async def test_a_tightened_policy_applies_to_new_sessions_only(tmp_path: Path) -
                 updated = await receive_event(live)
                 assert updated["type"] == "session.updated"
                 assert noise(updated) == {"type": "near_field"}
+
+
+async def test_a_new_jwt_verifier_replaces_the_old_one_which_is_closed(
+    tmp_path: Path,
+) -> None:
+    """auth.jwt changed: new handshakes use a new verifier; the old one is closed (at once when the relay stops)."""
+    jwt = (
+        "auth: {{jwt: {{jwks_url: 'http://127.0.0.1:9/jwks', issuer: i, "
+        "audience: {audience}}}}}"
+    )
+    async with Simulator.start(api_keys={UPSTREAM_KEY}, audio_speed=None) as simulator:
+        path = tmp_path / "relay.yaml"
+        path.write_text(config(simulator.url, extra=jwt.format(audience="first")))
+        async with running_relay(
+            load_settings(path, ENV), config=ConfigFile(path, ENV), reload_interval=3600
+        ) as relay:
+            assert relay.reloader is not None
+            old = relay.app.verifier
+            assert old is not None
+            path.write_text(config(simulator.url, extra=jwt.format(audience="second")))
+            assert await relay.reloader.reload() == "ok"
+            new = relay.app.verifier
+            assert new is not None
+            assert new is not old
+            assert relay.app.gate.verifier is new
+            # Handshakes begun before the swap may still hold it.
+            assert closed(old) == (False,)
+        assert closed(old, new) == (True, True)
