@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import ipaddress
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import replace
@@ -46,6 +47,7 @@ from relay.config.policies import preview_warnings
 from relay.exceptions import ConfigError
 from relay.service.devtls import DEV_HOSTS, DevTls, ensure_dev_tls, trust_hints
 from relay.service.logs import configure_logging
+from relay.service.reload import ConfigFile
 from relay.service.server import RunningRelay, serve_forever
 from relay.service.tls import server_context
 
@@ -135,9 +137,19 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return 2
     configure_logging(settings.log)
     log_config_warnings(settings)
+    # Until the reloader listens for SIGHUP, one must not end the process
+    # (its default action): a reload asked for during start-up is not lost,
+    # the file watch sees the change.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    config = ConfigFile(Path(path), environ, _adjust_like(settings, dev_tls))
     try:
         _run_async(
-            _serve(settings, with_simulator=args.with_simulator, dev_tls=dev_tls)
+            _serve(
+                settings,
+                with_simulator=args.with_simulator,
+                dev_tls=dev_tls,
+                config=config,
+            )
         )
     except (OSError, RuntimeError) as exc:
         if settings.log.format == "json":
@@ -146,6 +158,16 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             print(f"realtime-relay: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _adjust_like(
+    settings: Settings, dev_tls: DevTls | None
+) -> Callable[[Settings], Settings]:
+    """What ``run`` did to the file's settings, for every reloaded generation."""
+    if dev_tls is None:
+        return lambda new: new
+    # The development certificate is not in the file: keep serving it.
+    return lambda new: replace(new, listen=replace(new.listen, tls=settings.listen.tls))
 
 
 def log_config_warnings(settings: Settings) -> None:
@@ -223,7 +245,11 @@ def _with_dev_tls(settings: Settings, directory: Path) -> tuple[Settings, DevTls
 
 
 async def _serve(
-    settings: Settings, *, with_simulator: bool, dev_tls: DevTls | None = None
+    settings: Settings,
+    *,
+    with_simulator: bool,
+    dev_tls: DevTls | None = None,
+    config: ConfigFile | None = None,
 ) -> None:
     async with _maybe_simulator(settings, enabled=with_simulator):
         await serve_forever(
@@ -231,6 +257,8 @@ async def _serve(
             on_started=lambda relay: _announce(
                 settings, relay, with_simulator, dev_tls
             ),
+            config=config,
+            on_reloaded=log_config_warnings,
         )
 
 

@@ -7,8 +7,9 @@ compared after removing only what legitimately differs:
 
 * Helm's bookkeeping labels (helm.sh/chart, app.kubernetes.io/managed-by,
   app.kubernetes.io/version) and kustomize's namespace (Helm sets it at install);
-* how a configuration change rolls the pods: kustomize's hash suffix on the
-  ConfigMap's name against Helm's checksum/config annotation;
+* a hash suffix on the ConfigMap's name and Helm's checksum/config annotation,
+  should either be turned on (neither is by default: the relay reloads its
+  configuration file in place);
 * text formatting: relay.yaml and the dashboard are compared as data;
 * the order of the pod's volumes and volume mounts (kustomize's patches
   prepend theirs).

@@ -371,16 +371,42 @@ def test_prometheus_rule_and_dashboard_come_through_unrendered() -> None:
     )
 
 
-def test_configuration_changes_roll_the_deployment() -> None:
-    """The pod template carries a checksum of relay.yaml, so a configuration change rolls the pods."""
+def test_configuration_changes_do_not_roll_the_deployment_by_default() -> None:
+    """The pod template does not depend on relay.yaml: the relay reloads the mounted file in place."""
+
+    def template(values: dict[str, Any]) -> dict[str, Any]:
+        rendered: dict[str, Any] = find(render_chart(values).objects, "Deployment")[
+            "spec"
+        ]["template"]
+        return rendered
+
+    assert "annotations" not in template({})["metadata"]
+    assert template({}) == template({"config": {"limits": {"max_sessions": 100}}})
+    # Pod annotations of one's own are still rendered, without a checksum.
+    assert template({"podAnnotations": {"team": "voice"}})["metadata"][
+        "annotations"
+    ] == {"team": "voice"}
+
+
+def test_roll_on_config_change_restores_the_checksum() -> None:
+    """rollOnConfigChange: true puts a checksum of relay.yaml on the pod template, so a change rolls the pods."""
 
     def checksum(values: dict[str, Any]) -> str:
-        template = find(render_chart(values).objects, "Deployment")["spec"]["template"]
+        template = find(
+            render_chart({"rollOnConfigChange": True, **values}).objects, "Deployment"
+        )["spec"]["template"]
         value: str = template["metadata"]["annotations"]["checksum/config"]
         return value
 
     assert checksum({}) == checksum({"replicaCount": 3})
     assert checksum({}) != checksum({"config": {"limits": {"max_sessions": 100}}})
+    annotations = find(
+        render_chart(
+            {"rollOnConfigChange": True, "podAnnotations": {"team": "voice"}}
+        ).objects,
+        "Deployment",
+    )["spec"]["template"]["metadata"]["annotations"]
+    assert set(annotations) == {"checksum/config", "team"}
 
 
 def test_notes_say_where_the_relay_is_and_how_it_authenticates() -> None:

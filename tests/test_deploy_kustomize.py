@@ -109,6 +109,7 @@ BUILDS: dict[str, Callable[[Callable[..., Rendered]], Rendered]] = {
     "mutual-tls": lambda overlay: overlay(
         "tls", "mutual-tls", relay_yaml=MUTUAL_TLS_CONFIG
     ),
+    "roll-on-config-change": lambda overlay: overlay("roll-on-config-change"),
 }
 
 
@@ -188,19 +189,46 @@ def test_relay_configurations_load_in_the_relay() -> None:
         assert settings.limits.max_sessions == 200
 
 
-def test_configuration_changes_roll_the_deployment() -> None:
-    """The config ConfigMap's name carries a hash of relay.yaml and the pod mounts it by that name, so an edit rolls the pods."""
+def mounted_config(objects: list[dict[str, Any]]) -> str:
+    """The name of the ConfigMap the pod mounts relay.yaml from (it exists and has it)."""
+    pod = find(objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
+    name: str = volume["configMap"]["name"]
+    assert find(objects, "ConfigMap", name)["data"]["relay.yaml"]
+    return name
 
-    def mounted(objects: list[dict[str, Any]]) -> str:
-        pod = find(objects, "Deployment")["spec"]["template"]["spec"]
-        (volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
-        name: str = volume["configMap"]["name"]
-        assert find(objects, "ConfigMap", name)["data"]["relay.yaml"]
-        return name
 
-    base = mounted(kustomize(BASE).objects)
-    assert base.startswith("realtime-relay-config-")
-    assert mounted(kustomize(EXAMPLE).objects) != base
+def test_configuration_changes_do_not_roll_the_deployment(
+    overlay: Callable[..., Rendered],
+) -> None:
+    """The config ConfigMap keeps its name whatever relay.yaml says, and the pod template does not depend on it: the relay reloads the file."""
+    base = kustomize(BASE).objects
+    assert mounted_config(base) == "realtime-relay-config"
+    assert mounted_config(kustomize(EXAMPLE).objects) == "realtime-relay-config"
+    changed = overlay(relay_yaml=TLS_CONFIG).objects
+    assert mounted_config(changed) == "realtime-relay-config"
+    assert (
+        find(changed, "Deployment")["spec"]["template"]
+        == find(base, "Deployment")["spec"]["template"]
+    )
+
+
+def test_roll_on_config_change_component(overlay: Callable[..., Rendered]) -> None:
+    """With the roll-on-config-change component, relay.yaml is in the pod template, so an edit rolls the pods."""
+
+    def template(*relay_yaml: str) -> dict[str, Any]:
+        objects = overlay(
+            "roll-on-config-change", relay_yaml=relay_yaml[0] if relay_yaml else None
+        ).objects
+        rendered: dict[str, Any] = find(objects, "Deployment")["spec"]["template"]
+        config = find(objects, "ConfigMap", mounted_config(objects))
+        assert (
+            rendered["metadata"]["annotations"]["realtime-relay/config"]
+            == config["data"]["relay.yaml"]
+        )
+        return rendered
+
+    assert template() != template(TLS_CONFIG)
 
 
 def test_service_exposes_the_websocket_and_a_named_metrics_port() -> None:

@@ -38,7 +38,7 @@ from relay.service.pools import UpstreamPools
 from relay.typing import TokenProvider
 
 
-__all__ = ["RelayApp", "create_app"]
+__all__ = ["RelayApp", "create_app", "jwt_verifier_for", "prepare_metrics"]
 
 log = structlog.get_logger("relay.app")
 
@@ -53,6 +53,14 @@ class RelayApp:
     hook; with ``?wait=1`` it answers once drained (or after the grace period).
 
     Attributes:
+        settings: the configuration new handshakes use (swapped by a reload,
+            :mod:`relay.service.reload`).
+        generation: that configuration's generation: 1 at start, one more per
+            applied reload.
+        gate: admission and reservations (:class:`~relay.service.gate.Gate`).
+        upstreams: every deployment's upstreams (:class:`~relay.service.pools.UpstreamPools`).
+        verifier: the client JWT verifier new handshakes use, if ``auth.jwt``
+            is configured; the lifespan closes the current one.
         endpoint: the realtime WebSocket endpoint (it knows the live connections).
         drain: the replica's drain (SIGTERM and ``/internal/drain`` start it).
         metrics: the relay's metrics (on the registry given to :func:`create_app`).
@@ -72,8 +80,18 @@ class RelayApp:
         metrics: RelayMetrics,
         metrics_port: int | None,
         drain: Drain,
+        *,
+        settings: Settings,
+        gate: Gate,
+        upstreams: UpstreamPools,
+        verifier: JwtVerifier | None,
     ) -> None:
         self.main = main
+        self.settings = settings
+        self.generation = 1
+        self.gate = gate
+        self.upstreams = upstreams
+        self.verifier = verifier
         self.endpoint = endpoint
         self.drain = drain
         self.metrics = metrics
@@ -169,6 +187,23 @@ def jwt_verifier_for(settings: Settings) -> JwtVerifier | None:
     return JwtVerifier(settings.jwt) if settings.jwt is not None else None
 
 
+def prepare_metrics(metrics: RelayMetrics, settings: Settings) -> None:
+    """Create ``settings``' per-client and per-policy series at 0 (again after a reload)."""
+    metrics.max_sessions.set(settings.limits.max_sessions)
+    metrics.prepare_clients(
+        [client.id for client in settings.clients], sorted(settings.deployments)
+    )
+    metrics.prepare_policy_labels(
+        sorted(
+            {
+                target
+                for client in settings.clients
+                for target in client.policy.targets()
+            }
+        )
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -193,19 +228,7 @@ def create_app(
     """
     guard_library_loggers()
     metrics = RelayMetrics(registry if registry is not None else CollectorRegistry())
-    metrics.max_sessions.set(settings.limits.max_sessions)
-    metrics.prepare_clients(
-        [client.id for client in settings.clients], sorted(settings.deployments)
-    )
-    metrics.prepare_policy_labels(
-        sorted(
-            {
-                target
-                for client in settings.clients
-                for target in client.policy.targets()
-            }
-        )
-    )
+    prepare_metrics(metrics, settings)
     upstreams = UpstreamPools(settings, metrics=metrics, provider=provider)
     backend = limits if limits is not None else limits_backend_for(settings)
     metrics.limits_backend_up.set_function(lambda: float(backend.status().reachable))
@@ -236,13 +259,13 @@ def create_app(
         # Fetch the first Entra tokens now so the first sessions do not wait.
         upstreams.warm_up()
         await backend.start()
-        if verifier is not None:
-            await verifier.start()
+        if app.verifier is not None:
+            await app.verifier.start()
         ready["ready"] = True
         log.info(
             "relay.started",
-            deployments=sorted(settings.deployments),
-            clients=len(settings.clients),
+            deployments=sorted(app.settings.deployments),
+            clients=len(app.settings.clients),
         )
         # Started last, so a failed start leaves no task behind.
         probe.start()
@@ -251,8 +274,8 @@ def create_app(
         finally:
             ready["ready"] = False
             await drain.close()
-            if verifier is not None:
-                await verifier.close()
+            if app.verifier is not None:
+                await app.verifier.close()
             await backend.close()
             await upstreams.close()
             await probe.close()
@@ -281,7 +304,12 @@ def create_app(
             "draining": drain.draining,
         }
         ok = ready["ready"] and limits_ok and credentials_ok and not drain.draining
-        body = {"status": "ready" if ok else "not ready", "checks": checks}
+        body = {
+            "status": "ready" if ok else "not ready",
+            # Which configuration this replica serves (relay_config_generation).
+            "config": {"generation": app.generation},
+            "checks": checks,
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def upgrade_required(_request: Request) -> Response:
@@ -312,6 +340,10 @@ def create_app(
         metrics,
         metrics_port,
         drain,
+        settings=settings,
+        gate=gate,
+        upstreams=upstreams,
+        verifier=verifier,
     )
     tls = settings.listen.tls
     app.health_on_metrics_port = tls is not None and tls.client_ca_file is not None

@@ -80,6 +80,9 @@ async def deny(websocket: WebSocket, error: RelayError) -> None:
 class RealtimeEndpoint:
     """Serves the realtime WebSocket paths for one configured relay.
 
+    :meth:`swap` changes the settings new connections read (a configuration
+    reload); each connection reads the settings current when it arrived.
+
     ``responsive`` is the sessions' stall clock (see
     :class:`~relay.service.driver.SessionDriver`); the loop's own time by default.
     """
@@ -106,6 +109,10 @@ class RealtimeEndpoint:
         # Connections inside `handle`, from upgrade request to the end of both legs.
         self.connections = 0
         self._connections_changed = asyncio.Condition()
+
+    def swap(self, settings: Settings) -> None:
+        """Connections arriving from now on read ``settings``."""
+        self._settings = settings
 
     def drain_sessions(self, deadline: float, grace_seconds: float) -> None:
         """Tell every live session the relay drains; each ends by ``deadline``."""
@@ -151,13 +158,15 @@ class RealtimeEndpoint:
             subprotocols=scope.get("subprotocols", []),
         )
         session_id = "rs_" + uuid.uuid4().hex
+        # This connection's generation, whatever a reload swaps meanwhile.
+        settings = self._settings
         with structlog.contextvars.bound_contextvars(session_id=session_id):
             started = time.monotonic()
             reservation: Reservation | None = None
             upstream: _Upstream | None = None
             try:
                 try:
-                    async with asyncio.timeout(self._settings.limits.handshake_timeout):
+                    async with asyncio.timeout(settings.limits.handshake_timeout):
                         admission = await self._gate.admit(request)
                         structlog.contextvars.bind_contextvars(
                             client_id=admission.client_id,
@@ -180,10 +189,10 @@ class RealtimeEndpoint:
                     await deny(websocket, error)
                     return
                 self._metrics.handshake_duration.observe(time.monotonic() - started)
-                await self._relay(websocket, reservation, upstream)
+                await self._relay(websocket, settings, reservation, upstream)
             finally:
                 if upstream is not None:
-                    await self._close_upstream(upstream.connection)
+                    await self._close_upstream(settings, upstream.connection)
                 if reservation is not None:
                     await self._gate.release(reservation)
                 structlog.contextvars.unbind_contextvars(
@@ -216,7 +225,11 @@ class RealtimeEndpoint:
         return _Upstream(opened.connection, opened.request_id)
 
     async def _relay(
-        self, websocket: WebSocket, reservation: Reservation, upstream: _Upstream
+        self,
+        websocket: WebSocket,
+        settings: Settings,
+        reservation: Reservation,
+        upstream: _Upstream,
     ) -> None:
         admission = reservation.admission
         headers = upstream.connection.response.headers
@@ -235,9 +248,9 @@ class RealtimeEndpoint:
             adopt: Adopt = extension["adopt"]
             adopt.prepare()
             await websocket.accept(subprotocol=admission.subprotocol)
-            flow = self._settings.flow
+            flow = settings.flow
             client = adopt.leg(
-                max_size=self._settings.limits.max_message_bytes,
+                max_size=settings.limits.max_message_bytes,
                 ping_interval=flow.ping_interval,
                 ping_timeout=flow.ping_timeout,
                 close_timeout=flow.close_timeout,
@@ -251,8 +264,8 @@ class RealtimeEndpoint:
             session = RelaySession(
                 admission.client.policy,
                 admission.upstream_route.family,
-                init_timeout=self._settings.limits.policy_timeout,
-                limits=session_limits(admission.client, self._settings),
+                init_timeout=settings.limits.policy_timeout,
+                limits=session_limits(admission.client, settings),
                 drain_notice=admission.client.drain_notice,
                 bridged=admission.bridged,
             )
@@ -271,7 +284,7 @@ class RealtimeEndpoint:
                 client,
                 upstream.connection.leg,
                 session,
-                flow=self._settings.flow,
+                flow=settings.flow,
                 observer=observer,
                 counters=counters,
                 responsive=self._responsive,
@@ -289,7 +302,7 @@ class RealtimeEndpoint:
                 # A bug in the relay must end this session cleanly and no other.
                 log.exception("session.crashed")
                 client.close(1011, "internal relay error")
-                await self._wait_closed(client)
+                await self._wait_closed(settings, client)
             finally:
                 observer.close()
                 self.drivers.discard(driver)
@@ -318,20 +331,22 @@ class RealtimeEndpoint:
                     audio_out_s=round(counters.audio_out_seconds, 3),
                 )
 
-    async def _wait_closed(self, leg: Leg) -> None:
+    async def _wait_closed(self, settings: Settings, leg: Leg) -> None:
         # The leg drops the connection after close_timeout; the outer bound
         # also covers a transport that never reports its end.
         try:
-            async with asyncio.timeout(self._settings.flow.close_timeout + 1):
+            async with asyncio.timeout(settings.flow.close_timeout + 1):
                 await asyncio.shield(leg.done)
         except TimeoutError:
             leg.abort()
 
-    async def _close_upstream(self, connection: UpstreamConnection) -> None:
+    async def _close_upstream(
+        self, settings: Settings, connection: UpstreamConnection
+    ) -> None:
         # close() is idempotent and bounded by close_timeout; the outer bound
         # also covers a transport that never finishes closing.
         try:
-            async with asyncio.timeout(self._settings.flow.close_timeout + 1):
+            async with asyncio.timeout(settings.flow.close_timeout + 1):
                 await connection.close(1000, "session ended")
         except TimeoutError:
             log.warning("upstream.close_timeout")

@@ -50,7 +50,12 @@ def session_limits(client: ClientSettings, settings: Settings) -> SessionLimits:
 
 
 class Gate:
-    """Admits handshakes and reserves their sessions' places."""
+    """Admits handshakes and reserves their sessions' places.
+
+    :meth:`swap` replaces the clients, deployments, limits and JWT verifier
+    for handshakes from then on (a configuration reload); a handshake judged
+    before keeps the :class:`Admission` it got.
+    """
 
     def __init__(
         self,
@@ -68,6 +73,21 @@ class Gate:
         # Sessions holding a place on this replica (handshaking or running).
         self.reserved = 0
 
+    @property
+    def verifier(self) -> ClientTokenVerifier | None:
+        """The JWT verifier new handshakes use."""
+        return self._verifier
+
+    def swap(self, settings: Settings, verifier: ClientTokenVerifier | None) -> None:
+        """Judge handshakes by ``settings`` (and ``verifier``) from now on.
+
+        Reservations taken before are released as taken: the limits backend
+        is the same one, keyed by client id.
+        """
+        self._settings = settings
+        self._verifier = verifier
+        self._gatekeeper = Gatekeeper(settings.clients, settings.deployments)
+
     async def admit(self, request: HandshakeRequest) -> Admission:
         """Identify the client and judge its request (see :class:`Gatekeeper`).
 
@@ -77,18 +97,21 @@ class Gate:
         Raises:
             relay.exceptions.ClientRejected: the leaf that answers the request.
         """
-        credential = self._gatekeeper.credential(request)
-        client = self._gatekeeper.identify(credential)
+        # One generation judges the whole handshake, even if a reload swaps
+        # the gate while a JWT is verified.
+        gatekeeper, verifier = self._gatekeeper, self._verifier
+        credential = gatekeeper.credential(request)
+        client = gatekeeper.identify(credential)
         if (
             client is None
-            and self._verifier is not None
+            and verifier is not None
             and _JWT_SHAPE.fullmatch(credential.secret)
         ):
-            client_id = await self._verifier.verify(credential.secret)
-            client = self._gatekeeper.client_by_id(client_id)
+            client_id = await verifier.verify(credential.secret)
+            client = gatekeeper.client_by_id(client_id)
             if client is None:
                 raise Unauthenticated("invalid credentials", reason="unknown_client")
-        return self._gatekeeper.admit(request, client, credential)
+        return gatekeeper.admit(request, client, credential)
 
     async def reserve(self, admission: Admission, session_id: str) -> Reservation:
         """Take a place on this replica and a slot of the client's quota.

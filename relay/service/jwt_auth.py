@@ -208,6 +208,11 @@ class JwtVerifier:
         if fetch is not None:
             await asyncio.wait([fetch])
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
     async def close(self) -> None:
         """Cancel the refresh and any fetch, close the HTTP session; idempotent.
 

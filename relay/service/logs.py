@@ -184,6 +184,11 @@ def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) ->
     sys.unraisablehook = _log_unraisable
 
 
+def set_log_level(level: str) -> None:
+    """Filter records below ``level`` (``log.level``) from now on; a reload calls it."""
+    logging.getLogger().setLevel(level.upper())
+
+
 def _log_uncaught(
     exc_type: type[BaseException],
     exc_value: BaseException,

@@ -10,6 +10,7 @@ scales by replicas instead.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -298,6 +299,22 @@ class RelayMetrics:
             ["action", "field"],
             registry=registry,
         )
+        self.config_reloads = Counter(
+            "relay_config_reload",
+            "Configuration reloads (SIGHUP or a changed file): applied (ok), or "
+            "refused with the previous generation still serving (error).",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("ok", "error"):
+            self.config_reloads.labels(result)
+        self.config_generation = Gauge(
+            "relay_config_generation",
+            "Generation of the configuration new handshakes use: 1 at start, "
+            "one more per applied reload.",
+            registry=registry,
+        )
+        self.config_generation.set(1)
         build_info = Gauge(
             "relay_build_info",
             "Build of the running relay.",
@@ -350,6 +367,15 @@ class RelayMetrics:
             self.upstream_connects.labels(name, result)
         self.upstream_breaker_state.labels(name).set_function(breaker_state)
         self.upstream_credential_ok.labels(name).set_function(credential_ok)
+
+    def forget_upstream(self, name: str) -> None:
+        """Stop exporting the gauges of an upstream a reload removed.
+
+        Its counters stay: a counter's history is still true.
+        """
+        for gauge in (self.upstream_breaker_state, self.upstream_credential_ok):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
 
     def prepare_policy_labels(self, targets: list[str]) -> None:
         """Create the policy series of configured rule targets at 0."""

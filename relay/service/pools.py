@@ -31,6 +31,7 @@ import structlog
 from relay.config import ApiKeyAuth, EntraAuth, Settings, UpstreamTarget
 from relay.exceptions import (
     CredentialUnavailable,
+    NotFound,
     UpstreamError,
     UpstreamRefused,
     UpstreamTimeout,
@@ -78,6 +79,8 @@ class _Member:
 class UpstreamPools:
     """Every deployment's upstreams, their credentials and their breakers.
 
+    :meth:`reconfigure` swaps them for a reloaded configuration.
+
     Args:
         settings: the relay's settings (targets, failover knobs, limits).
         metrics: where attempts, failovers and breaker states are counted.
@@ -100,40 +103,100 @@ class UpstreamPools:
         self._metrics = metrics
         self._clock = clock
         self._wall_clock = wall_clock
+        self._injected = provider
+        # Set by warm_up: providers built by a later reconfigure warm up at once.
+        self._started = False
         self.random: Callable[[], float] = _random.random
         """Source of the weighted attempt order; replace it for a deterministic one."""
+        self._members: dict[str, tuple[_Member, ...]] = {}
+        self.providers: tuple[TokenProvider, ...] = ()
+        """Every distinct credential provider in use, injected or built."""
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: Settings) -> tuple[TokenProvider, ...]:
+        """Serve ``settings``' deployments from now on; return the providers no longer used.
+
+        A target whose auth (and credential timeout) is unchanged keeps its
+        provider, so an Entra credential keeps its cached token; a target
+        identical to one served before keeps its breaker, unless ``failover``
+        changed (then every breaker starts closed with the new thresholds).
+        Sessions opened before keep their connections; an attempt in flight
+        finishes with the provider it holds, so the caller closes the returned
+        providers only once handshakes begun before have ended. New Entra
+        providers start fetching their first token at once.
+        """
+        old_providers = {
+            (member.target.auth, member.target.credential_timeout): member.provider
+            for members in self._members.values()
+            for member in members
+        }
+        keep_breakers = settings.failover == self._settings.failover
+        old_breakers = {
+            member.target: member.breaker
+            for members in self._members.values()
+            for member in members
+        }
+        injected = self._injected
         # One provider per distinct (auth, credential timeout), in creation order.
         shared: dict[tuple[ApiKeyAuth | EntraAuth, float], TokenProvider] = {}
-        self._members: dict[str, tuple[_Member, ...]] = {}
+        built: list[TokenProvider] = []
+        members_by_deployment: dict[str, tuple[_Member, ...]] = {}
         for deployment in settings.deployments:
             members: list[_Member] = []
             for target in settings.upstream_targets(deployment):
-                if provider is not None and target.inherited:
-                    target_provider = provider
+                if injected is not None and target.inherited:
+                    target_provider = injected
                 else:
                     key = (target.auth, target.credential_timeout)
                     if key not in shared:
-                        shared[key] = provider_for(
-                            target.auth, timeout=target.credential_timeout
-                        )
+                        reused = old_providers.get(key)
+                        if reused is None or reused is injected:
+                            reused = provider_for(
+                                target.auth, timeout=target.credential_timeout
+                            )
+                            built.append(reused)
+                        shared[key] = reused
                     target_provider = shared[key]
-                breaker = Breaker(
-                    failures_to_open=settings.failover.failures_to_open,
-                    cooldown=settings.failover.cooldown_seconds,
-                    max_hold=settings.failover.max_retry_after_seconds,
-                )
-                metrics.prepare_upstream(
-                    target.name,
-                    self._state_reader(breaker),
-                    self._credential_reader(target_provider),
-                )
+                breaker = old_breakers.get(target) if keep_breakers else None
+                if breaker is None:
+                    breaker = Breaker(
+                        failures_to_open=settings.failover.failures_to_open,
+                        cooldown=settings.failover.cooldown_seconds,
+                        max_hold=settings.failover.max_retry_after_seconds,
+                    )
                 members.append(_Member(target, target_provider, breaker))
-            self._members[deployment] = tuple(members)
+            members_by_deployment[deployment] = tuple(members)
         providers = list(shared.values())
-        if provider is not None:
-            providers.insert(0, provider)
-        self.providers: tuple[TokenProvider, ...] = tuple(providers)
-        """Every distinct credential provider, injected or built."""
+        if injected is not None:
+            providers.insert(0, injected)
+        # The swap: nothing awaits from here on.
+        old_names = {
+            member.target.name
+            for members in self._members.values()
+            for member in members
+        }
+        retired = tuple(
+            provider for provider in self.providers if provider not in providers
+        )
+        self._settings = settings
+        self._members = members_by_deployment
+        self.providers = tuple(providers)
+        names: set[str] = set()
+        for pool in members_by_deployment.values():
+            for member in pool:
+                names.add(member.target.name)
+                self._metrics.prepare_upstream(
+                    member.target.name,
+                    self._state_reader(member.breaker),
+                    self._credential_reader(member.provider),
+                )
+        for name in sorted(old_names - names):
+            self._metrics.forget_upstream(name)
+        if self._started:
+            for provider in built:
+                if isinstance(provider, EntraTokenProvider):
+                    provider.warm_up()
+        return retired
 
     @property
     def breakers(self) -> Mapping[str, Breaker]:
@@ -175,6 +238,7 @@ class UpstreamPools:
 
     def warm_up(self) -> None:
         """Start fetching Entra tokens now, so the first sessions do not wait."""
+        self._started = True
         for provider in self.providers:
             if isinstance(provider, EntraTokenProvider):
                 provider.warm_up()
@@ -201,7 +265,10 @@ class UpstreamPools:
             UpstreamUnavailable: the last attempt could not connect.
             CredentialUnavailable: the last attempt had no credential.
         """
-        members = self._members[deployment]
+        members = self._members.get(deployment)
+        if members is None:
+            # Removed by a reload between the client's admission and now.
+            raise NotFound(f"deployment {deployment!r} is not configured")
         plan = plan_attempts(
             [member.breaker for member in members],
             [member.target.weight for member in members],

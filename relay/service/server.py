@@ -28,6 +28,7 @@ from relay.config import Settings
 from relay.service.app import RelayApp, create_app
 from relay.service.drain import Drain
 from relay.service.metrics import TlsMetrics
+from relay.service.reload import ConfigFile, Reloader
 from relay.service.tls import ListenerTls, ReloadResult
 from relay.typing import TokenProvider
 from relay.ws.uvicorn_http import http_protocol
@@ -199,6 +200,8 @@ class RunningRelay:
     metrics_port: int
     tls: ListenerTls | None = None
     """The main listener's TLS (``listen.tls``), ``None`` when it is plain."""
+    reloader: Reloader | None = None
+    """Reloads the configuration on SIGHUP and file changes, when serving from a file."""
 
     @property
     def scheme(self) -> str:
@@ -271,15 +274,25 @@ async def _serve(server: RelayServer, sockets: list[socket.socket]) -> None:
 
 
 async def serve_forever(
-    settings: Settings, *, on_started: Callable[[RunningRelay], None]
+    settings: Settings,
+    *,
+    on_started: Callable[[RunningRelay], None],
+    config: ConfigFile | None = None,
+    on_reloaded: Callable[[Settings], None] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, calling ``on_started`` once listening.
+
+    With ``config`` (the file ``settings`` were read from), SIGHUP and changes
+    of the file reload it (:mod:`relay.service.reload`), calling ``on_reloaded``
+    with each generation applied.
 
     Raises:
         RuntimeError: the relay failed to start.
         OSError: a listener could not be bound.
     """
-    async with running_relay(settings) as relay:
+    async with running_relay(
+        settings, config=config, on_reloaded=on_reloaded, reload_signal=True
+    ) as relay:
         on_started(relay)
         await relay.server.stopped_event.wait()
 
@@ -290,8 +303,16 @@ async def running_relay(
     *,
     registry: CollectorRegistry | None = None,
     provider: TokenProvider | None = None,
+    config: ConfigFile | None = None,
+    on_reloaded: Callable[[Settings], None] | None = None,
+    reload_signal: bool = False,
+    reload_interval: float = 1.0,
 ) -> AsyncIterator[RunningRelay]:
     """Serve the relay until the block exits (or a signal stops it), then shut down.
+
+    With ``config``, a :class:`~relay.service.reload.Reloader` polls that file
+    every ``reload_interval`` seconds (and, with ``reload_signal``, reloads on
+    SIGHUP: only in a process's main thread, so not in tests).
 
     Raises:
         RuntimeError: the relay failed to start (e.g. its lifespan failed).
@@ -317,12 +338,26 @@ async def running_relay(
                 watching.cancel()
             await serving  # re-raises the start-up failure
             raise RuntimeError("the relay stopped during start-up")
+        reloader = (
+            Reloader(app, config, interval=reload_interval, on_applied=on_reloaded)
+            if config is not None
+            else None
+        )
+        reloading = None
+        if reloader is not None:
+            if reload_signal:
+                reloader.install_signal_handler()
+            reloading = group.create_task(reloader.watch(), name="config-reload")
         try:
-            yield RunningRelay(app, server, ports[0], ports[1], tls)
+            yield RunningRelay(app, server, ports[0], ports[1], tls, reloader)
         finally:
+            if reloading is not None:
+                reloading.cancel()
             # Shut down gracefully even when the block failed, instead of
             # letting the task group cancel uvicorn mid-lifespan.
             server.should_exit = True
             await serving
             if watching is not None:
                 watching.cancel()  # the task group waits for it
+            if reloader is not None:
+                await reloader.close()

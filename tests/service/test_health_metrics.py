@@ -39,6 +39,7 @@ async def test_livez_and_readyz() -> None:
     assert ready.status_code == 200
     assert ready.json() == {
         "status": "ready",
+        "config": {"generation": 1},
         "checks": {
             "started": True,
             "limits": {"backend": "memory", "reachable": True, "degraded": False},
