@@ -8,7 +8,9 @@ whatever the files' modification times say. SIGHUP asks for the same at once.
 
 A reload is all or nothing:
 
-1. the file is read and parsed by the start-up parser (:func:`relay.config.parse_settings`);
+1. the file is read and parsed by the start-up parser (:func:`relay.config.parse_settings`),
+   in a worker thread: a large file must not hold the event loop every live
+   session waits for;
    an error is logged as ``config.reload_failed`` with the same key-path
    message as at start-up;
 2. :func:`relay.sansio.reload.plan_reload` compares it with the served
@@ -152,7 +154,7 @@ class Reloader:
     async def poll(self) -> ReloadResult:
         """Read the file once; reload if its content differs from the last read."""
         try:
-            text = self._read()
+            text = await asyncio.to_thread(self._read)
         except _Unreadable as error:
             message = str(error)
             if self._failing != message:
@@ -173,7 +175,7 @@ class Reloader:
     async def reload(self, trigger: Trigger = "signal") -> ReloadResult:
         """Read, validate and apply the file now, whatever was seen before."""
         try:
-            text = self._read()
+            text = await asyncio.to_thread(self._read)
         except _Unreadable as error:
             self._seen = str(error)
             return self._failed(trigger, "unreadable", [str(error)])
@@ -189,6 +191,13 @@ class Reloader:
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self._retiring.cancel_all()
+
+    def _parse(self, text: bytes) -> Settings:
+        source = self._source
+        new = parse_settings(
+            text.decode("utf-8"), source=str(source.path), environ=source.environ
+        )
+        return source.adjust(new)
 
     def _read(self) -> bytes:
         # The same message as a failed read at start-up (relay.config.load_settings).
@@ -208,10 +217,9 @@ class Reloader:
             return "unchanged"
         source = self._source
         try:
-            new = parse_settings(
-                text.decode("utf-8"), source=str(source.path), environ=source.environ
-            )
-            new = source.adjust(new)
+            # Off the event loop: a configuration of many clients and policies
+            # takes a while to parse, and every live session waits for the loop.
+            new = await asyncio.to_thread(self._parse, text)
         except UnicodeDecodeError as exc:
             message = f"{source.path}: cannot read the configuration file: {exc}"
             return self._failed(trigger, "invalid", [message])

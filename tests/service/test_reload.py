@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 from websockets.exceptions import InvalidStatus
 
-from relay.config import load_settings
+from relay.config import Settings, load_settings
 from relay.service.jwt_auth import JwtVerifier
 from relay.service.reload import ConfigFile, Reloader
 from relay.service.server import RunningRelay, running_relay
@@ -354,3 +355,31 @@ async def test_a_new_jwt_verifier_replaces_the_old_one_which_is_closed(
             # Handshakes begun before the swap may still hold it.
             assert closed(old) == (False,)
         assert closed(old, new) == (True, True)
+
+
+async def test_the_file_is_parsed_off_the_event_loop(tmp_path: Path) -> None:
+    """Parsing a large configuration must not hold the loop every session waits for."""
+    threads: list[str] = []
+
+    def adjust(settings: Settings) -> Settings:
+        threads.append(threading.current_thread().name)
+        return settings
+
+    async with Simulator.start(api_keys={UPSTREAM_KEY}, audio_speed=None) as simulator:
+        path = tmp_path / "relay.yaml"
+        path.write_text(config(simulator.url))
+        async with running_relay(
+            load_settings(path, ENV),
+            config=ConfigFile(path, ENV, adjust),
+            reload_interval=3600,
+        ) as relay:
+            assert relay.reloader is not None
+            path.write_text(
+                config(
+                    simulator.url,
+                    clients=f'  - {{id: app-b, key_sha256: "{sha(KEY_B)}"}}',
+                )
+            )
+            assert await relay.reloader.reload() == "ok"
+    assert threads
+    assert threading.main_thread().name not in threads
