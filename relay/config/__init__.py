@@ -42,6 +42,7 @@ from relay.sansio.settings import (
     LogSettings,
     MetricsSettings,
     MiB,
+    ReloadSettings,
     Settings,
     TlsSettings,
     UpstreamSettings,
@@ -62,6 +63,7 @@ __all__ = [
     "ListenSettings",
     "LogSettings",
     "MetricsSettings",
+    "ReloadSettings",
     "Settings",
     "TlsSettings",
     "UpstreamSettings",
@@ -120,6 +122,7 @@ def parse_settings(text: str, *, source: str, environ: Mapping[str, str]) -> Set
     flow = _flow(root.section("flow"))
     drain = _drain(root.section("drain"))
     log = _log(root.section("log"))
+    reload = _reload(root.section("reload"))
     root.finish()
     return Settings(
         source=source,
@@ -134,6 +137,7 @@ def parse_settings(text: str, *, source: str, environ: Mapping[str, str]) -> Set
         drain=drain,
         log=log,
         failover=failover,
+        reload=reload,
     )
 
 
@@ -266,3 +270,14 @@ def _log(section: Section) -> LogSettings:
         kwargs["level"] = node.as_choice(("debug", "info", "warning", "error"))
     section.finish()
     return LogSettings(**kwargs)
+
+
+def _reload(section: Section) -> ReloadSettings:
+    kwargs: dict[str, Any] = {}
+    if node := section.get("policy_reload"):
+        kwargs["policy_reload"] = node.as_choice(("new_sessions", "all_sessions"))
+    # An explicit `null` (never close them) is the default too.
+    if node := section.get("removed_client_grace_seconds"):
+        kwargs["removed_client_grace_seconds"] = node.as_float(minimum=0, maximum=86400)
+    section.finish()
+    return ReloadSettings(**kwargs)

@@ -40,10 +40,13 @@ code    when                                          client should
 4001    no client event for ``idle_seconds``          start a new session
 4002    a leg stopped reading for                     retry
         ``flow.stall_timeout``
+4003    the client was removed from the relay's       not reconnect with the
+        configuration (after                          same credentials
+        ``reload.removed_client_grace_seconds``)
 4029    inbound rate limit exceeded for too long      slow down, then retry
 ======  ============================================  =========================
 
-The limit closes are preceded by an ``error`` event that explains them; the
+The limit closes and 4003 are preceded by an ``error`` event that explains them; the
 drain by a ``relay.draining`` event. A client that stops reading for
 ``flow.stall_timeout`` cannot be sent anything: its connection is dropped
 (it sees 1006; logs and metrics record 4002) and the upstream leg is closed
@@ -61,6 +64,7 @@ from typing import Final
 
 __all__ = [
     "CLIENT_GONE",
+    "CLIENT_REMOVED",
     "DRAINED",
     "DRAIN_CUTOFF",
     "DURATION_CUTOFF",
@@ -70,6 +74,7 @@ __all__ = [
     "OUTCOMES",
     "RATE_CUTOFF",
     "RATE_LIMITED",
+    "REMOVED_CUTOFF",
     "STALLED",
     "Cutoff",
     "client_close_for_upstream",
@@ -91,6 +96,7 @@ OUTCOMES: Final = (
     "rate_limited",
     "stalled",
     "drained",
+    "client_removed",
     "session_expired",
     "relay_error",
     "rejected_auth",
@@ -110,6 +116,7 @@ IDLE_TIMEOUT: Final = (4001, "idle timeout")
 RATE_LIMITED: Final = (4029, "rate limit exceeded")
 STALLED: Final = (4002, "peer stopped reading")
 DRAINED: Final = (1012, "relay restarting; reconnect")
+CLIENT_REMOVED: Final = (4003, "client removed from the relay's configuration")
 EXPIRED: Final = (4000, "upstream session expired")
 """Upstream close code and reason used whenever the client's leg ends."""
 
@@ -210,6 +217,12 @@ RATE_CUTOFF: Final = Cutoff(
     "inbound rate limit exceeded for too long",
 )
 DRAIN_CUTOFF: Final = Cutoff("drained", DRAINED)
+REMOVED_CUTOFF: Final = Cutoff(
+    "client_removed",
+    CLIENT_REMOVED,
+    "client_removed",
+    "this client was removed from the relay's configuration: its sessions are closed",
+)
 
 
 def idle_cutoff(seconds: float) -> Cutoff:

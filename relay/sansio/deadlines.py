@@ -1,4 +1,4 @@
-"""When a session must end by the clock: its duration cap, a drain, idleness.
+"""When a session must end by the clock: its duration cap, a drain, its client's removal, idleness.
 
 :class:`Deadlines` holds the times one session must end by and says which one
 has come (:meth:`Deadlines.due`) and when the next one comes
@@ -13,7 +13,13 @@ client message, and the second belongs to :mod:`relay.sansio.initial`.
 
 from __future__ import annotations
 
-from relay.sansio.closes import DRAIN_CUTOFF, DURATION_CUTOFF, Cutoff, idle_cutoff
+from relay.sansio.closes import (
+    DRAIN_CUTOFF,
+    DURATION_CUTOFF,
+    REMOVED_CUTOFF,
+    Cutoff,
+    idle_cutoff,
+)
 from relay.sansio.fields import JSON
 from relay.sansio.limits import EXPIRY_WINDOW, SessionLimits
 
@@ -24,7 +30,14 @@ __all__ = ["Deadlines"]
 class Deadlines:
     """The deadlines of one session; :meth:`start` sets them."""
 
-    __slots__ = ("_drain_at", "_end_at", "_started_at", "_wall_offset", "limits")
+    __slots__ = (
+        "_drain_at",
+        "_end_at",
+        "_removed_at",
+        "_started_at",
+        "_wall_offset",
+        "limits",
+    )
 
     def __init__(self, limits: SessionLimits) -> None:
         self.limits = limits
@@ -36,6 +49,8 @@ class Deadlines:
         self._end_at = float("inf")
         # When a drain must have ended the session (None: no drain).
         self._drain_at: float | None = None
+        # When the client's removal must have ended the session (None: not removed).
+        self._removed_at: float | None = None
 
     def start(self, now: float, wall: float | None) -> None:
         """The session starts at ``now`` (monotonic), ``wall`` on the wall clock if known."""
@@ -76,11 +91,20 @@ class Deadlines:
         self._drain_at = deadline
         return True
 
+    def remove(self, deadline: float) -> bool:
+        """The session's client was removed: end by ``deadline``. Only the first removal counts (returns True)."""
+        if self._removed_at is not None:
+            return False
+        self._removed_at = deadline
+        return True
+
     def next(self, last_client: float, initial: float | None) -> float:
         """The earliest deadline, given the client's latest message and the initial policy's deadline."""
         deadlines = [self._end_at]
         if self._drain_at is not None:
             deadlines.append(self._drain_at)
+        if self._removed_at is not None:
+            deadlines.append(self._removed_at)
         if initial is not None:
             deadlines.append(initial)
         if self.limits.idle_seconds is not None:
@@ -88,9 +112,11 @@ class Deadlines:
         return min(deadlines)
 
     def due(self, now: float, last_client: float) -> Cutoff | None:
-        """The deadline that has come at ``now``, if any (a drain first, then the cap, then idleness)."""
+        """The deadline that has come at ``now``, if any (a drain first, then a removal, the cap, idleness)."""
         if self._drain_at is not None and now >= self._drain_at:
             return DRAIN_CUTOFF
+        if self._removed_at is not None and now >= self._removed_at:
+            return REMOVED_CUTOFF
         if now >= self._end_at:
             return DURATION_CUTOFF
         idle = self.limits.idle_seconds

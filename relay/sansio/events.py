@@ -5,15 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay.exceptions import RelayError
+from relay.sansio.policy import Policy
 from relay.typing import Side
 
 
 __all__ = [
     "ClientClosed",
     "ClientMessage",
+    "ClientRemoved",
     "Draining",
     "Event",
     "Failed",
+    "PolicyChanged",
     "Stalled",
     "Started",
     "Tick",
@@ -102,6 +105,25 @@ class Draining:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyChanged:
+    """A configuration reload changed the client's policy (``policy_reload: all_sessions``).
+
+    Every later client event is judged by ``policy``, and its forced values
+    (and defaults of fields the client has not set) are sent upstream.
+    """
+
+    policy: Policy
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRemoved:
+    """A configuration reload removed the session's client: end it by ``deadline``."""
+
+    deadline: float
+    """Monotonic time by which the session must have ended."""
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """The relay itself must end the session (e.g. a leg misbehaved or a bug)."""
 
@@ -117,5 +139,7 @@ Event = (
     | UpstreamClosed
     | Stalled
     | Draining
+    | PolicyChanged
+    | ClientRemoved
     | Failed
 )

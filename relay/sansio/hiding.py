@@ -44,6 +44,16 @@ class Hiding:
             self._client_set |= names
             self.hidden = self._hide - self._client_set
 
+    def change(self, hide: frozenset[str]) -> None:
+        """The session switched to a policy hiding ``hide``.
+
+        Fields the client set itself stay visible to it; a field the new
+        policy hides that the client set before is hidden from now on (the
+        relay did not track it as the client's while it was not hidden).
+        """
+        self._hide = hide
+        self.hidden = hide - self._client_set
+
     def hide(self, event: dict[str, JSON]) -> bool:
         """Blank the hidden fields in a session event's ``session``; whether any are hidden."""
         session = event.get("session")

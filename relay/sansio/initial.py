@@ -19,10 +19,21 @@ from relay.sansio.fields import JSON
 from relay.sansio.wire import dump, parse_upstream
 
 
-__all__ = ["INIT_EVENT_ID", "Confirmed", "Initial", "Step", "Update"]
+__all__ = [
+    "INIT_EVENT_ID",
+    "RELOAD_EVENT_ID",
+    "Confirmed",
+    "Initial",
+    "Step",
+    "Update",
+    "answers",
+]
 
 INIT_EVENT_ID: Final = "relay_policy_init"
 """``event_id`` of the relay's own first ``session.update``."""
+RELOAD_EVENT_ID: Final = "relay_policy_reload"
+"""``event_id`` prefix of the relay's own updates putting a reloaded policy in
+force; ``_1``, ``_2``... follow, one per reload."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +113,8 @@ class Initial:
             greeting = dict(self._created)
             greeting["session"] = event.get("session", greeting.get("session"))
             return Confirmed(greeting)
-        if kind == "error" and event is not None:
-            error = event.get("error")
-            if isinstance(error, dict) and error.get("event_id") == INIT_EVENT_ID:
-                return "refused"
+        if kind == "error" and event is not None and _names(event, INIT_EVENT_ID):
+            return "refused"
         self.held_upstream.append(data)
         return "held"
 
@@ -113,3 +122,16 @@ class Initial:
         """Drop what is held: the session opened (after relaying it) or ended."""
         self.held_client.clear()
         self.held_upstream.clear()
+
+
+def answers(data: str | bytes, event_id: str) -> bool:
+    """Whether an upstream frame is an ``error`` answering the relay's event ``event_id``."""
+    event = parse_upstream(data)
+    return (
+        event is not None and event.get("type") == "error" and _names(event, event_id)
+    )
+
+
+def _names(error_event: dict[str, JSON], event_id: str) -> bool:
+    error = error_event.get("error")
+    return isinstance(error, dict) and error.get("event_id") == event_id

@@ -194,15 +194,19 @@ class Policy:
         """What the rule on ``target`` does with a violation."""
         return self.rule_on_violation.get(target, self.on_violation)
 
-    def initial_session(self, family: Family) -> dict[str, JSON] | None:
+    def initial_session(
+        self, family: Family, keep: frozenset[str] = frozenset()
+    ) -> dict[str, JSON] | None:
         """The ``session`` of the relay's own first ``session.update``, or ``None``.
 
         It carries the ``default`` values overlaid with the ``set`` ones, in the
         family's shape (GA requires ``type: realtime``) and without what the
         family does not accept. ``None`` when the policy has nothing to apply
-        in this family.
+        in this family. The defaults of the fields in ``keep`` are left out: a
+        live session switching to this policy keeps what its client chose.
         """
-        values = {**self.default, **self.set}
+        defaults = {k: v for k, v in self.default.items() if k not in keep}
+        values = {**defaults, **self.set}
         session: dict[str, JSON] = {}
         for name, value in values.items():
             rendered = for_family(name, value, family)

@@ -97,6 +97,11 @@ _RELOADABLE: Final[tuple[tuple[str, Callable[[Settings], object]], ...]] = (
     ("flow.buffer_bytes", lambda s: s.flow.buffer_bytes),
     ("flow.stall_timeout", lambda s: s.flow.stall_timeout),
     ("log.level", lambda s: s.log.level),
+    ("reload.policy_reload", lambda s: s.reload.policy_reload),
+    (
+        "reload.removed_client_grace_seconds",
+        lambda s: s.reload.removed_client_grace_seconds,
+    ),
 )
 
 

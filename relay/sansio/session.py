@@ -25,6 +25,22 @@ client events to GA before they are judged, and upstream events to preview
 after they are metered and hidden (:mod:`relay.sansio.bridge`): everything
 else sees the upstream's family.
 
+**A new policy.** A configuration reload with ``policy_reload:
+all_sessions`` feeds :class:`~relay.sansio.events.PolicyChanged`: every later
+client event is judged by the new policy, the fields it hides are hidden from
+the next session event on, and the relay sends the upstream its own
+``session.update`` (event_id ``relay_policy_reload_<n>``) with the new
+policy's ``set`` values and the ``default`` values of fields the client has
+not set itself, rendered as at the start. The session is not held for the
+answer: the upstream applies events in order, so every client event relayed
+after the update meets the new configuration. The upstream's
+``session.updated`` reaches the client like any other (hidden fields
+hidden); an ``error`` naming the relay's update ends the session as at the
+start (``policy_not_applied``, 1011). Before the session opens, the change
+waits for the opening: held client frames are judged by the new policy, and
+its update follows the relay's first one. The session's limits stay those it
+was admitted with.
+
 **Closing.** The first close, from either side or from the relay, decides the
 outcome (:class:`~relay.sansio.commands.Ended`, exactly once) and closes every
 leg still open. Every event is accepted in every state, so a late frame or a
@@ -73,18 +89,27 @@ from relay.sansio.deadlines import Deadlines
 from relay.sansio.events import (
     ClientClosed,
     ClientMessage,
+    ClientRemoved,
     Draining,
     Event,
     Failed,
+    PolicyChanged,
     Stalled,
     Started,
     Tick,
     UpstreamClosed,
     UpstreamMessage,
 )
-from relay.sansio.fields import JSON
+from relay.sansio.fields import FIELDS, JSON, read
 from relay.sansio.hiding import Hiding
-from relay.sansio.initial import INIT_EVENT_ID, Confirmed, Initial, Update
+from relay.sansio.initial import (
+    INIT_EVENT_ID,
+    RELOAD_EVENT_ID,
+    Confirmed,
+    Initial,
+    Update,
+    answers,
+)
 from relay.sansio.limits import InboundRate, SessionLimits
 from relay.sansio.meter import Meter
 from relay.sansio.notices import Notices
@@ -150,6 +175,7 @@ class RelaySession:
         self.outcome: str | None = None
         # The concerns; see "Parts" in the module docstring. The rate exists
         # once Started came (None: not started).
+        self._init_timeout = init_timeout
         self._initial = Initial(policy.initial_session(family), init_timeout)
         self._deadlines = Deadlines(limits)
         self._rate: InboundRate | None = None
@@ -166,9 +192,15 @@ class RelaySession:
         # event a client sees, so the relay's own notices wait for it.
         self._greeted = False
         # Whether the policy lets audio appends through (the fast path's question).
-        self._appends_allowed = (
-            policy.events_allow is None or APPEND in policy.events_allow
-        ) and APPEND not in policy.events_deny
+        self._appends_allowed = _appends_allowed(policy)
+        # A policy reload (see "A new policy" in the module docstring): the
+        # fields the client set itself (their defaults are not sent again),
+        # whether a change waits for the opening, how many updates the relay
+        # sent, and the event_id of the latest (its refusal ends the session).
+        self._client_fields: set[str] = set()
+        self._switch_pending = False
+        self._reloads = 0
+        self._reload_id: str | None = None
         self.held_bytes = 0
         """Bytes of client frames held until the policy is in force."""
         self.held_upstream_bytes = 0
@@ -192,6 +224,10 @@ class RelaySession:
                 return self._stalled(side) if self._running else []
             case Draining(deadline=deadline, grace_seconds=grace):
                 return self._draining(deadline, grace) if self._running else []
+            case PolicyChanged(policy=policy):
+                return self._policy_changed(policy) if self._running else []
+            case ClientRemoved(deadline=deadline):
+                return self._removed(deadline) if self._running else []
             case ClientClosed(code=code):
                 self.client_closed = True
                 if self._running:
@@ -284,6 +320,16 @@ class RelaySession:
         """``handle(UpstreamMessage(data, now))``, without building the event."""
         state = self.state
         if state is State.OPEN:
+            reload_id = self._reload_id
+            if (
+                reload_id is not None
+                and isinstance(data, str)
+                and reload_id in data
+                and answers(data, reload_id)
+            ):
+                return self._cut(
+                    policy_cutoff("the upstream refused the new session policy")
+                )
             if isinstance(data, str) and "session_expired" in data and _expired(data):
                 # Forward Azure's explanation, then end both legs: Azure
                 # closes its side anyway, with an undocumented code.
@@ -350,6 +396,11 @@ class RelaySession:
             commands.extend(self._relay_upstream(data, now))
         initial.held_upstream.clear()
         self.held_upstream_bytes = 0
+        if self._switch_pending:
+            # The policy changed while initializing: its update goes before
+            # the client frames it judges.
+            self._switch_pending = False
+            commands.extend(self._policy_update())
         while initial.held_client and self.state is State.OPEN:
             commands.extend(self._from_client(initial.held_client.popleft(), now))
         initial.held_client.clear()
@@ -393,6 +444,57 @@ class RelaySession:
         # notice waits.
         sent = [] if notice is None else self._notices.deliver(notice, self._greeted)
         return [*sent, self._wakeup()]
+
+    # A new policy
+
+    def _policy_changed(self, policy: Policy) -> list[Command]:
+        self.policy = policy
+        self._hiding.change(policy.hide)
+        self._appends_allowed = _appends_allowed(policy)
+        if self._rate is None:
+            # Not started: the session starts as if admitted with it.
+            self._initial = Initial(
+                policy.initial_session(self.family), self._init_timeout
+            )
+            return []
+        if self.state is State.INITIALIZING:
+            self._switch_pending = True
+            return []
+        return self._policy_update()
+
+    def _policy_update(self) -> list[Command]:
+        """The relay's ``session.update`` putting :attr:`policy` in force mid-session."""
+        session = self.policy.initial_session(
+            self.family, frozenset(self._client_fields)
+        )
+        if session is None:
+            return []
+        self._reloads += 1
+        self._reload_id = f"{RELOAD_EVENT_ID}_{self._reloads}"
+        update = {
+            "type": "session.update",
+            "event_id": self._reload_id,
+            "session": session,
+        }
+        return [Send("upstream", dump(update))]
+
+    def _client_set_fields(self, event: dict[str, JSON]) -> None:
+        """Remember the fields a forwarded ``session.update`` of the client's sets.
+
+        What the policy forces is not the client's choice; the rest is, and
+        a later policy's defaults must not overwrite it.
+        """
+        # judge forwards a session.update only with a session object.
+        session: dict[str, JSON] = event["session"]
+        forced = self.policy.set
+        for name, field in FIELDS.items():
+            if name not in forced and read(session, field, self.family, response=False):
+                self._client_fields.add(name)
+
+    def _removed(self, deadline: float) -> list[Command]:
+        if not self._deadlines.remove(deadline):
+            return []
+        return [self._wakeup()]
 
     # Open
 
@@ -451,6 +553,8 @@ class RelaySession:
             Applied(a.action, a.field, logged) for a in verdict.actions
         ]
         self._hiding.client_set(verdict.client_set)
+        if verdict.event["type"] == "session.update":
+            self._client_set_fields(verdict.event)
         governed = translated or event["type"] in GOVERNED_EVENTS
         # Governed (or translated) events go upstream exactly as inspected;
         # others as received (the strict parse proved they cannot be read
@@ -512,6 +616,13 @@ class RelaySession:
     def _settle(self) -> None:
         if self.client_closed and self.upstream_closed:
             self.state = State.CLOSED
+
+
+def _appends_allowed(policy: Policy) -> bool:
+    """Whether ``policy`` lets audio appends through (the fast path's question)."""
+    return (
+        policy.events_allow is None or APPEND in policy.events_allow
+    ) and APPEND not in policy.events_deny
 
 
 def _expired(data: str) -> bool:

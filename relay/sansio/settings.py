@@ -40,6 +40,8 @@ __all__ = [
     "LogSettings",
     "MetricsSettings",
     "MiB",
+    "PolicyReload",
+    "ReloadSettings",
     "Settings",
     "TlsSettings",
     "UpstreamSettings",
@@ -294,6 +296,27 @@ class DrainSettings:
     """Handshakes are still accepted this long after the drain starts (endpoint propagation)."""
 
 
+PolicyReload = Literal["new_sessions", "all_sessions"]
+"""Which sessions a reloaded policy reaches: new ones only, or live ones too."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadSettings:
+    """What a configuration reload does to live sessions (``reload:``).
+
+    The values of the generation being swapped in decide: the file that
+    changes a policy also says whether live sessions receive it.
+    """
+
+    policy_reload: PolicyReload = "new_sessions"
+    """``all_sessions``: a client's live sessions switch to its changed policy,
+    sent upstream as a ``session.update``; ``new_sessions``: they keep the one
+    they started with."""
+    removed_client_grace_seconds: float | None = None
+    """A removed client's live sessions are closed (4003) this long after the
+    reload; ``None``: they end at their own pace."""
+
+
 @dataclass(frozen=True, slots=True)
 class LogSettings:
     """Structured logging."""
@@ -367,6 +390,7 @@ class Settings:
     drain: DrainSettings = DrainSettings()
     log: LogSettings = LogSettings()
     failover: FailoverSettings = FailoverSettings()
+    reload: ReloadSettings = ReloadSettings()
 
     def __post_init__(self) -> None:
         if self.upstream is None:

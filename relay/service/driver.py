@@ -54,8 +54,10 @@ from relay.sansio.commands import (
 from relay.sansio.events import (
     ClientClosed,
     ClientMessage,
+    ClientRemoved,
     Draining,
     Event,
+    PolicyChanged,
     Stalled,
     Started,
     Tick,
@@ -63,6 +65,7 @@ from relay.sansio.events import (
     UpstreamMessage,
 )
 from relay.sansio.meter import SessionCounters
+from relay.sansio.policy import Policy
 from relay.sansio.session import RelaySession
 from relay.sansio.stalls import StallWatch
 from relay.typing import Side
@@ -146,16 +149,18 @@ class SessionDriver:
         }
         self.close_codes: dict[Side, int | None] = {"client": None, "upstream": None}
         """How each leg ended (code received first, or sent first)."""
-        # A drain requested before the session started.
+        # What the relay decided before the session started (a drain, a
+        # reload): fed right after Started, in order; a few at most.
         self._started = False
-        self._drain_request: tuple[float, float] | None = None
+        self._early: list[Event] = []
 
     async def run(self) -> Ended:
         """Relay until both legs are closed; return how the session ended."""
         self._feed(Started(self._loop.time(), time.time()))
         self._started = True
-        if self._drain_request is not None:
-            self.drain(*self._drain_request)
+        early, self._early = self._early, []
+        for event in early:
+            self._feed(event)
         self._client.attach(
             self._client_message,
             self._client_closed,
@@ -198,10 +203,27 @@ class SessionDriver:
 
         Before :meth:`run` has started the session, the request waits for it.
         """
+        self._deliver(Draining(deadline, grace_seconds))
+
+    def change_policy(self, policy: Policy) -> None:
+        """A reload changed the client's policy: the session switches to it.
+
+        Before :meth:`run` has started the session, the change waits for it.
+        """
+        self._deliver(PolicyChanged(policy))
+
+    def remove_client(self, deadline: float) -> None:
+        """A reload removed the session's client: end the session by ``deadline`` (loop time).
+
+        Before :meth:`run` has started the session, the request waits for it.
+        """
+        self._deliver(ClientRemoved(deadline))
+
+    def _deliver(self, event: Event) -> None:
         if not self._started:
-            self._drain_request = (deadline, grace_seconds)
+            self._early.append(event)
             return
-        self._feed(Draining(deadline, grace_seconds))
+        self._feed(event)
 
     # Leg callbacks
 

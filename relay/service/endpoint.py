@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from relay import __version__
-from relay.config import Settings
+from relay.config import ClientSettings, Settings
 from relay.exceptions import (
     Forbidden,
     HandshakeTimeout,
@@ -39,6 +39,7 @@ from relay.exceptions import (
 )
 from relay.sansio.handshake import Admission, HandshakeRequest
 from relay.sansio.meter import SessionCounters
+from relay.sansio.reload import ReloadPlan
 from relay.sansio.session import RelaySession
 from relay.service.drain import Drain
 from relay.service.driver import SessionDriver
@@ -81,7 +82,9 @@ class RealtimeEndpoint:
     """Serves the realtime WebSocket paths for one configured relay.
 
     :meth:`swap` changes the settings new connections read (a configuration
-    reload); each connection reads the settings current when it arrived.
+    reload); each connection reads the settings current when it arrived. With
+    the reload's plan it also reaches live sessions, as the new settings'
+    ``reload`` section says.
 
     ``responsive`` is the sessions' stall clock (see
     :class:`~relay.service.driver.SessionDriver`); the loop's own time by default.
@@ -106,13 +109,77 @@ class RealtimeEndpoint:
         self._drain = drain
         self.drivers: set[SessionDriver] = set()
         """Sessions relaying now (accepted, both legs open)."""
+        self.by_client: dict[str, set[SessionDriver]] = {}
+        """The same sessions by client id (a reload reaches a client's); a
+        client with none has no entry."""
         # Connections inside `handle`, from upgrade request to the end of both legs.
         self.connections = 0
         self._connections_changed = asyncio.Condition()
 
-    def swap(self, settings: Settings) -> None:
-        """Connections arriving from now on read ``settings``."""
+    def swap(self, settings: Settings, plan: ReloadPlan | None = None) -> None:
+        """Connections arriving from now on read ``settings``.
+
+        With ``plan`` (what the reload changes), live sessions are reached as
+        ``settings.reload`` says: with ``policy_reload: all_sessions`` each
+        session of a changed client whose policy differs switches to the new
+        one; with ``removed_client_grace_seconds`` each session of a removed
+        client is closed that long from now. A session starting from a
+        handshake admitted before the swap is reached when it registers.
+        """
         self._settings = settings
+        if plan is None:
+            return
+        clients: dict[str, ClientSettings] = {c.id: c for c in settings.clients}
+        switched = closing = 0
+        if settings.reload.policy_reload == "all_sessions":
+            for client_id in plan.clients_changed:
+                policy = clients[client_id].policy
+                for driver in list(self.by_client.get(client_id, ())):
+                    if driver.session.policy != policy:
+                        driver.change_policy(policy)
+                        switched += 1
+        grace = settings.reload.removed_client_grace_seconds
+        if grace is not None:
+            deadline = asyncio.get_running_loop().time() + grace
+            for client_id in plan.clients_removed:
+                for driver in list(self.by_client.get(client_id, ())):
+                    driver.remove_client(deadline)
+                    closing += 1
+        if switched or closing:
+            log.info(
+                "config.live_sessions",
+                policy_switched=switched,
+                removed_closing=closing,
+                grace_s=grace,
+            )
+
+    def _register(
+        self, driver: SessionDriver, client_id: str, settings: Settings
+    ) -> None:
+        """Track a session starting; catch up with a reload since its handshake began."""
+        self.drivers.add(driver)
+        self.by_client.setdefault(client_id, set()).add(driver)
+        current = self._settings
+        if current is settings:
+            return
+        client = next((c for c in current.clients if c.id == client_id), None)
+        grace = current.reload.removed_client_grace_seconds
+        if client is None:
+            if grace is not None:
+                driver.remove_client(asyncio.get_running_loop().time() + grace)
+        elif (
+            current.reload.policy_reload == "all_sessions"
+            and client.policy != driver.session.policy
+        ):
+            driver.change_policy(client.policy)
+
+    def _unregister(self, driver: SessionDriver, client_id: str) -> None:
+        self.drivers.discard(driver)
+        sessions = self.by_client.get(client_id)
+        if sessions is not None:
+            sessions.discard(driver)
+            if not sessions:
+                del self.by_client[client_id]
 
     def drain_sessions(self, deadline: float, grace_seconds: float) -> None:
         """Tell every live session the relay drains; each ends by ``deadline``."""
@@ -291,7 +358,7 @@ class RealtimeEndpoint:
             )
             started = time.monotonic()
             self._metrics.sessions_active.inc()
-            self.drivers.add(driver)
+            self._register(driver, admission.client_id, settings)
             if self._drain is not None and self._drain.draining:
                 driver.drain(*self._drain.deadline())
             outcome, code, reason = "relay_error", 1011, "internal relay error"
@@ -305,7 +372,7 @@ class RealtimeEndpoint:
                 await self._wait_closed(settings, client)
             finally:
                 observer.close()
-                self.drivers.discard(driver)
+                self._unregister(driver, admission.client_id)
                 for side, leg_code in driver.close_codes.items():
                     # A leg not seen closing was dropped with the connection.
                     self._metrics.session_closed(

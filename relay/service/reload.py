@@ -21,8 +21,11 @@ A reload is all or nothing:
    metrics' labels are swapped, the log level set, and the generation moves on.
 
 Either way the generation being served keeps serving until a good file is
-swapped in. Live sessions are never touched: each holds the client, policy and
-limits it was admitted with, and its upstream connection. Credential providers
+swapped in. A live session keeps its upstream connection and the limits it was
+admitted with; with ``reload.policy_reload: all_sessions`` it switches to its
+client's changed policy, and with ``reload.removed_client_grace_seconds`` a
+removed client's sessions are closed after that grace
+(:meth:`relay.service.endpoint.RealtimeEndpoint.swap`). Credential providers
 and a JWT verifier the new generation no longer uses are closed once every
 handshake that may hold them has ended (the old ``limits.handshake_timeout``
 bounds them), by tasks this reloader owns.
@@ -260,7 +263,8 @@ class Reloader:
         prepare_metrics(app.metrics, new)
         retired = app.upstreams.reconfigure(new)
         app.gate.swap(new, verifier)
-        app.endpoint.swap(new)
+        # Live sessions too, as the new file's `reload` section says.
+        app.endpoint.swap(new, plan)
         app.verifier = verifier
         app.settings = new
         app.generation += 1

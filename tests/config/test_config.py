@@ -97,6 +97,21 @@ log: {format: console, level: debug}
     assert settings.log.level == "debug"
 
 
+def test_reload_section() -> None:
+    """Live sessions are untouched by default; the reload section can reach them."""
+    settings = parse(MINIMAL)
+    assert settings.reload.policy_reload == "new_sessions"
+    assert settings.reload.removed_client_grace_seconds is None
+    settings = parse(
+        MINIMAL
+        + "reload: {policy_reload: all_sessions, removed_client_grace_seconds: 0}"
+    )
+    assert settings.reload.policy_reload == "all_sessions"
+    assert settings.reload.removed_client_grace_seconds == 0.0
+    settings = parse(MINIMAL + "reload: {removed_client_grace_seconds: null}")
+    assert settings.reload.removed_client_grace_seconds is None
+
+
 def test_listen_tls() -> None:
     """listen.tls names the files; parsing does not read them (start-up does)."""
     assert parse(MINIMAL).listen.tls is None
@@ -311,6 +326,20 @@ def test_key_lists_for_rotation() -> None:
             "log.level: expected one of debug, info, warning, error",
         ),
         (MINIMAL + "log: {1: x}", "log: expected string keys"),
+        (
+            MINIMAL + "reload: {policy_reload: everything}",
+            "reload.policy_reload: expected one of new_sessions, all_sessions",
+        ),
+        (
+            MINIMAL + "reload: {removed_client_grace_seconds: -1}",
+            "reload.removed_client_grace_seconds: expected a number from 0 to 86400",
+        ),
+        (
+            MINIMAL + "reload: {removed_client_grace_seconds: soon}",
+            "reload.removed_client_grace_seconds: expected a number",
+        ),
+        (MINIMAL + "reload: {policy: all_sessions}", "reload.policy: unknown key"),
+        (MINIMAL + "reload: [all_sessions]", "reload: expected a mapping"),
     ],
 )
 def test_errors_name_the_file_the_key_and_the_expectation(

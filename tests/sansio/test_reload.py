@@ -23,6 +23,7 @@ from relay.sansio.settings import (
     ListenSettings,
     LogSettings,
     MetricsSettings,
+    ReloadSettings,
     Settings,
     TlsSettings,
 )
@@ -74,6 +75,17 @@ def test_key_rotation_policy_and_limits_change_a_client() -> None:
     plan = plan_reload(OLD, new)
     assert plan.changed == ("clients",)
     assert plan.clients_changed == ("app-a", "app-b")
+
+
+def test_how_live_sessions_are_reached_is_itself_reloadable() -> None:
+    """The reload section applies with the file that changes it."""
+    new = replace(OLD, reload=ReloadSettings("all_sessions", 30.0))
+    plan = plan_reload(OLD, new)
+    assert plan.refused == ()
+    assert plan.changed == (
+        "reload.policy_reload",
+        "reload.removed_client_grace_seconds",
+    )
 
 
 def test_removed_client_and_deployments() -> None:

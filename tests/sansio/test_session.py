@@ -22,9 +22,11 @@ from relay.sansio.commands import (
 from relay.sansio.events import (
     ClientClosed,
     ClientMessage,
+    ClientRemoved,
     Draining,
     Event,
     Failed,
+    PolicyChanged,
     Stalled,
     Started,
     Tick,
@@ -35,6 +37,7 @@ from relay.sansio.limits import AZURE_MARGIN, AZURE_MAX_SESSION
 from relay.sansio.policy import Policy
 from relay.sansio.session import INIT_EVENT_ID, RelaySession, State
 from relay.sansio.wire import UPSTREAM_MAX_VALUES
+from relay.typing import Family
 from tests.helpers.playbook import Playbook
 
 
@@ -507,6 +510,8 @@ _events = st.one_of(
     st.builds(Tick, st.floats(min_value=0, max_value=20)),
     st.builds(Stalled, st.sampled_from(["client", "upstream"])),
     st.builds(Draining, st.floats(min_value=0, max_value=20), st.just(10.0)),
+    st.builds(ClientRemoved, st.floats(min_value=0, max_value=20)),
+    st.builds(PolicyChanged, st.sampled_from([Policy("empty"), STANDARD])),
 )
 
 
@@ -733,3 +738,268 @@ class TestBridged:
         assert error["error"]["param"] == "session.voice"
         assert error["error"]["event_id"] == "c1"
         book.done()
+
+
+TIGHT = Policy(
+    "tight",
+    set={"voice": "echo"},
+    default={"input_audio_noise_reduction": {"type": "far_field"}, "temperature": 0.7},
+    deny=frozenset({"tools"}),
+    events_deny=frozenset({"input_audio_buffer.append"}),
+    on_violation="refuse",
+)
+APPEND_EVENT = '{"type":"input_audio_buffer.append","audio":"AA=="}'
+
+
+def reload_update(event_id: str = "relay_policy_reload_1", **session: Any) -> Send:
+    return Send(
+        "upstream",
+        json.dumps(
+            {"type": "session.update", "event_id": event_id, "session": session},
+            separators=(",", ":"),
+        ),
+    )
+
+
+def opened(policy: Policy, family: Family = "preview") -> Playbook:
+    """A session of ``policy`` past its initialization, every command checked."""
+    book = Playbook(RelaySession(policy, family))
+    book >> UpstreamMessage(CREATED)
+    book.discard()
+    book >> UpstreamMessage(UPDATED)
+    book.discard()
+    assert state_of(book) is State.OPEN
+    return book
+
+
+class TestPolicyReload:
+    """PolicyChanged: a reload with ``policy_reload: all_sessions`` reaches a live session."""
+
+    def test_the_new_policy_is_sent_upstream_and_judges_later_events(self) -> None:
+        """Forced values and defaults go upstream at once; the next client event meets the new rules."""
+        book = opened(STANDARD)
+        (
+            book
+            >> PolicyChanged(TIGHT)
+            << reload_update(
+                input_audio_noise_reduction={"type": "far_field"},
+                temperature=0.7,
+                voice="echo",
+            )
+        ).done()
+        assert book.session.policy is TIGHT
+        book >> ClientMessage(
+            '{"type":"session.update","session":{"voice":"alloy","temperature":0.9}}'
+        )
+        book << Applied("overwrite", "voice")
+        assert sent(book.next())["session"] == {"voice": "echo", "temperature": 0.9}
+        book.done()
+        # The audio fast path asks the new policy too.
+        book >> ClientMessage(APPEND_EVENT, now=2.0)
+        book << Applied("refuse", "event_type")
+        assert sent(book.next())["error"]["code"] == "policy_violation"
+        book.done()
+
+    def test_defaults_do_not_overwrite_what_the_client_chose(self) -> None:
+        """A field the client set keeps its value; one the old policy forced takes the new default."""
+        book = opened(STANDARD)
+        book >> ClientMessage(
+            '{"type":"session.update","session":{"temperature":0.9,'
+            '"input_audio_noise_reduction":{"type":"far_field"}}}'
+        )
+        book.discard()
+        # The second update is the client's second choice; both are its own.
+        (
+            book
+            >> PolicyChanged(TIGHT)
+            << reload_update(
+                input_audio_noise_reduction={"type": "far_field"}, voice="echo"
+            )
+        ).done()
+
+    def test_a_second_reload_has_its_own_event_id(self) -> None:
+        book = opened(STANDARD)
+        book >> PolicyChanged(TIGHT)
+        book.discard()
+        (
+            book
+            >> PolicyChanged(STANDARD)
+            << reload_update(
+                "relay_policy_reload_2",
+                voice="alloy",
+                input_audio_noise_reduction={"type": "near_field"},
+            )
+        ).done()
+
+    def test_a_policy_with_nothing_to_force_sends_nothing(self) -> None:
+        """Its rules judge later events; no update is due."""
+        book = opened(STANDARD)
+        (book >> PolicyChanged(Policy("open"))).done()
+        (book >> ClientMessage(APPEND_EVENT) << Send("upstream", APPEND_EVENT)).done()
+        book.facts.clear()
+
+    def test_the_upstream_refusing_the_update_ends_the_session_as_at_start(
+        self,
+    ) -> None:
+        """An error naming the relay's update: policy_not_applied, then 1011."""
+        book = opened(STANDARD)
+        book >> PolicyChanged(TIGHT)
+        book.discard()
+        other = json.dumps(
+            {
+                "type": "conversation.item.created",
+                "event_id": "e5",
+                "item": {"note": "relay_policy_reload_1"},
+            }
+        )
+        (book >> UpstreamMessage(other) << Send("client", other)).done()
+        book >> UpstreamMessage(
+            json.dumps(
+                {
+                    "type": "error",
+                    "event_id": "e9",
+                    "error": {
+                        "code": "invalid_value",
+                        "event_id": "relay_policy_reload_1",
+                    },
+                }
+            )
+        )
+        notice = sent(book.next())
+        assert notice["error"]["code"] == "policy_not_applied"
+        assert "refused the new session policy" in notice["error"]["message"]
+        (
+            book
+            << Ended("policy_failed", 1011, "session policy could not be applied")
+            << Close("client", 1011, "session policy could not be applied")
+            << Close("upstream", 1000, "session ended by the relay")
+        ).done()
+
+    def test_the_confirmation_reaches_the_client_with_the_new_hiding(self) -> None:
+        """session.updated is relayed; a field the new policy no longer hides is shown."""
+        book = opened(STANDARD)
+        (book >> PolicyChanged(Policy("plain", set={"voice": "echo"}))).discard()
+        book >> UpstreamMessage(UPDATED)
+        assert sent(book.next())["session"]["instructions"] == "secret persona"
+        book.done()
+        (book >> PolicyChanged(STANDARD)).discard()
+        book >> UpstreamMessage(UPDATED)
+        assert sent(book.next())["session"]["instructions"] == ""
+
+    def test_a_change_while_initializing_waits_for_the_opening(self) -> None:
+        """Greeting first, then the new policy's update, then held frames judged by it."""
+        book = Playbook(RelaySession(STANDARD, "preview"))
+        (book >> ClientMessage(APPEND_EVENT)).done()
+        (book >> PolicyChanged(TIGHT)).done()
+        book >> UpstreamMessage(CREATED)
+        assert sent(book.next())["event_id"] == INIT_EVENT_ID
+        book.done()
+        book >> UpstreamMessage(UPDATED)
+        assert sent(book.next())["type"] == "session.created"
+        book << reload_update(
+            input_audio_noise_reduction={"type": "far_field"},
+            temperature=0.7,
+            voice="echo",
+        )
+        book << Applied("refuse", "event_type")
+        assert sent(book.next())["error"]["code"] == "policy_violation"
+        book.done()
+
+    def test_a_change_before_the_start_is_the_initial_policy(self) -> None:
+        """Not started yet: the session starts as if admitted with the new policy."""
+        session = RelaySession(Policy("open"), "ga")
+        assert session.handle(PolicyChanged(TIGHT)) == []
+        book = Playbook(session)
+        assert state_of(book) is State.INITIALIZING
+        book >> UpstreamMessage(
+            '{"type":"session.created","event_id":"e1","session":{"type":"realtime"}}'
+        )
+        update = sent(book.next())
+        assert update["event_id"] == INIT_EVENT_ID
+        assert update["session"] == {
+            "type": "realtime",
+            "audio": {
+                "input": {"noise_reduction": {"type": "far_field"}},
+                "output": {"voice": "echo"},
+            },
+        }
+
+    def test_a_bridged_session_gets_the_ga_update(self) -> None:
+        """The upstream's family decides the shape (GA: type realtime, audio paths)."""
+        book = Playbook(RelaySession(Policy("open"), "ga", bridged=True))
+        book >> PolicyChanged(Policy("voice", set={"voice": "echo"}))
+        assert sent(book.next()) == {
+            "type": "session.update",
+            "event_id": "relay_policy_reload_1",
+            "session": {"type": "realtime", "audio": {"output": {"voice": "echo"}}},
+        }
+
+    def test_an_ended_session_ignores_a_change(self) -> None:
+        book = opened(STANDARD)
+        book >> ClientClosed(1000)
+        book.discard()
+        (book >> PolicyChanged(TIGHT)).done()
+        assert book.session.policy is STANDARD
+
+
+class TestClientRemoved:
+    """ClientRemoved: a reload removed the client; the session ends by the deadline."""
+
+    def test_closed_with_4003_after_an_explanation(self) -> None:
+        book = opened(STANDARD)
+        (book >> ClientRemoved(30.0) << Wakeup(30.0)).done()
+        (book >> ClientRemoved(5.0)).done()  # the first removal counts
+        (book >> Tick(29.0) << Wakeup(30.0)).done()
+        book >> Tick(30.0)
+        notice = sent(book.next())
+        assert notice["error"]["code"] == "client_removed"
+        (
+            book
+            << Ended(
+                "client_removed", 4003, "client removed from the relay's configuration"
+            )
+            << Close("client", 4003, "client removed from the relay's configuration")
+            << Close("upstream", 1000, "session ended by the relay")
+        ).done()
+        (book >> ClientRemoved(40.0)).done()
+
+    def test_a_drain_due_at_the_same_time_wins(self) -> None:
+        """Both due: the drain's 1012 tells the client to reconnect elsewhere."""
+        book = opened(STANDARD)
+        (book >> ClientRemoved(30.0) << Wakeup(30.0)).done()
+        book >> Draining(deadline=30.0, grace_seconds=30.0)
+        book.discard()
+        closes_at_the_deadline(book, 30.0)
+
+
+@given(st.lists(_events, max_size=25), st.integers(min_value=0, max_value=25))
+def test_after_a_change_every_client_update_meets_the_new_policy(
+    events: list[Event], at: int
+) -> None:
+    """For any event order: once PolicyChanged is handled, the relay's update precedes every client session.update forwarded, and each carries the forced voice."""
+    events = [e for e in events if not isinstance(e, PolicyChanged)]
+    events.insert(min(at, len(events)), PolicyChanged(TIGHT))
+    events += [
+        UpstreamMessage(CREATED),
+        UpstreamMessage(UPDATED),
+        ClientMessage('{"type":"session.update","session":{"voice":"ash"}}'),
+    ]
+    session = RelaySession(STANDARD, "preview", init_timeout=5.0)
+    session.handle(Started(0.0))
+    changed = reloaded = False
+    for event in events:
+        for command in session.handle(event):
+            if not (isinstance(command, Send) and command.side == "upstream"):
+                continue
+            update = json.loads(command.data)
+            if update.get("type") != "session.update":
+                continue
+            event_id = update.get("event_id")
+            if isinstance(event_id, str) and event_id.startswith("relay_policy_reload"):
+                assert changed
+                assert update["session"]["voice"] == "echo"
+                reloaded = True
+            elif changed and event_id != INIT_EVENT_ID:
+                assert reloaded
+                assert update["session"].get("voice", "echo") == "echo"
+        changed = changed or isinstance(event, PolicyChanged)

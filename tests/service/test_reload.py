@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -327,6 +328,8 @@ async def test_a_tightened_policy_applies_to_new_sessions_only(tmp_path: Path) -
                 updated = await receive_event(live)
                 assert updated["type"] == "session.updated"
                 assert noise(updated) == {"type": "near_field"}
+                # The relay sent the live session nothing of its own.
+                assert relay_updates(simulator) == []
 
 
 async def test_a_new_jwt_verifier_replaces_the_old_one_which_is_closed(
@@ -383,3 +386,121 @@ async def test_the_file_is_parsed_off_the_event_loop(tmp_path: Path) -> None:
             assert await relay.reloader.reload() == "ok"
     assert threads
     assert threading.main_thread().name not in threads
+
+
+def relay_updates(simulator: Simulator) -> list[dict[str, Any]]:
+    """The relay's own mid-session updates the simulator received, oldest first."""
+    return [
+        event
+        for event in simulator.stats.events_of_type("session.update")
+        if str(event.get("event_id", "")).startswith("relay_policy_reload")
+    ]
+
+
+def noise_of(event: dict[str, Any]) -> object:
+    """The GA noise reduction a session event states."""
+    return event["session"]["audio"]["input"]["noise_reduction"]
+
+
+async def test_all_sessions_switches_a_live_session_to_the_tightened_policy(
+    tmp_path: Path,
+) -> None:
+    """policy_reload: all_sessions: the upstream gets the forced value mid-session; later client events meet the new policy."""
+    policy = (
+        "policies: {{p: {{set: {{input_audio_noise_reduction: {{type: {kind}}}}}}}}}\n"
+        "reload: {{policy_reload: all_sessions}}"
+    )
+    async with Simulator.start(api_keys={UPSTREAM_KEY}, audio_speed=None) as simulator:
+        path = tmp_path / "relay.yaml"
+
+        def write(kind: str) -> None:
+            path.write_text(
+                config(simulator.url, extra=policy.format(kind=kind)).replace(
+                    f'key_sha256: "{sha(KEY_A)}"}}',
+                    f'key_sha256: "{sha(KEY_A)}", policy: p}}',
+                )
+            )
+
+        write("near_field")
+        async with running_relay(
+            load_settings(path, ENV), config=ConfigFile(path, ENV), reload_interval=3600
+        ) as relay:
+            assert relay.reloader is not None
+            url = f"ws://127.0.0.1:{relay.port}/openai/v1/realtime?model=gpt-realtime"
+            async with connect_relay(url, key=KEY_A) as live:
+                assert noise_of(await receive_event(live)) == {"type": "near_field"}
+                write("far_field")
+                with capture_logs() as logs:
+                    assert await relay.reloader.reload() == "ok"
+                # The upstream's answer to the relay's update reaches the client.
+                updated = await receive_event(live)
+                assert updated["type"] == "session.updated"
+                assert noise_of(updated) == {"type": "far_field"}
+                (update,) = relay_updates(simulator)
+                assert update["event_id"] == "relay_policy_reload_1"
+                assert noise_of(update) == {"type": "far_field"}
+                # The client's next event is judged by the new policy.
+                await live.send(
+                    '{"type": "session.update", "session": {"type": "realtime", '
+                    '"audio": {"input": {"noise_reduction": {"type": "near_field"}}}}}'
+                )
+                updated = await receive_event(live)
+                assert updated["type"] == "session.updated"
+                assert noise_of(updated) == {"type": "far_field"}
+                (switched,) = [
+                    log for log in logs if log["event"] == "config.live_sessions"
+                ]
+                assert switched["policy_switched"] == 1
+
+
+async def test_a_removed_clients_session_is_closed_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    """removed_client_grace_seconds: an error event client_removed, then close 4003; other clients' sessions stay."""
+    app_b = f'  - {{id: app-b, key_sha256: "{sha(KEY_B)}"}}'
+    grace = "reload: {removed_client_grace_seconds: 0.2}"
+    async with reloading(tmp_path) as r:
+        r.path.write_text(config(r.simulator.url, clients=app_b, extra=grace))
+        assert await r.reloader.reload() == "ok"
+        async with (
+            connect_relay(r.url(), key=KEY_B) as removed,
+            connect_relay(r.url(), key=KEY_A) as kept,
+        ):
+            assert (await receive_event(removed))["type"] == "session.created"
+            assert (await receive_event(kept))["type"] == "session.created"
+            r.path.write_text(config(r.simulator.url, extra=grace))
+            assert await r.reloader.reload() == "ok"
+            notice = await receive_event(removed)
+            assert notice["type"] == "error"
+            assert notice["error"]["code"] == "client_removed"
+            async with asyncio.timeout(5 * SECOND):
+                await removed.wait_closed()
+            assert removed.close_code == 4003
+            # The kept client's session still relays.
+            await kept.send(
+                '{"type": "session.update", "session": {"type": "realtime"}}'
+            )
+            assert (await receive_event(kept))["type"] == "session.updated"
+        # Every session ended and left the per-client index.
+        async with asyncio.timeout(5 * SECOND):
+            await r.relay.app.endpoint.wait_connections(0)
+        assert r.relay.app.endpoint.by_client == {}
+
+
+async def test_without_a_grace_a_removed_clients_session_goes_on(
+    tmp_path: Path,
+) -> None:
+    """The default: a removed client's live session ends at its own pace."""
+    app_b = f'  - {{id: app-b, key_sha256: "{sha(KEY_B)}"}}'
+    async with reloading(tmp_path) as r:
+        r.path.write_text(config(r.simulator.url, clients=app_b))
+        assert await r.reloader.reload() == "ok"
+        async with connect_relay(r.url(), key=KEY_B) as live:
+            assert (await receive_event(live))["type"] == "session.created"
+            r.path.write_text(config(r.simulator.url))
+            assert await r.reloader.reload() == "ok"
+            assert not await r.works(KEY_B)
+            await live.send(
+                '{"type": "session.update", "session": {"type": "realtime"}}'
+            )
+            assert (await receive_event(live))["type"] == "session.updated"
