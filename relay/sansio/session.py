@@ -324,6 +324,7 @@ class RelaySession:
             if (
                 reload_id is not None
                 and isinstance(data, str)
+                and _may_be_error(data)
                 and reload_id in data
                 and answers(data, reload_id)
             ):
@@ -623,6 +624,12 @@ def _appends_allowed(policy: Policy) -> bool:
     return (
         policy.events_allow is None or APPEND in policy.events_allow
     ) and APPEND not in policy.events_deny
+
+
+def _may_be_error(data: str) -> bool:
+    """Whether ``data`` could be an ``error`` event: a prefix check for the usual
+    form (``type`` first), so that an audio delta is not scanned whole."""
+    return data.startswith('{"type":"error"') or not data.startswith('{"type":"')
 
 
 def _expired(data: str) -> bool:

@@ -838,10 +838,18 @@ class TestPolicyReload:
         (book >> ClientMessage(APPEND_EVENT) << Send("upstream", APPEND_EVENT)).done()
         book.facts.clear()
 
+    @pytest.mark.parametrize(
+        "layout",
+        [
+            {},  # json.dumps' own spacing
+            {"separators": (",", ":")},  # Azure's: compact, type first
+            {"separators": (",", ":"), "sort_keys": True},  # error first
+        ],
+    )
     def test_the_upstream_refusing_the_update_ends_the_session_as_at_start(
-        self,
+        self, layout: dict[str, Any]
     ) -> None:
-        """An error naming the relay's update: policy_not_applied, then 1011."""
+        """An error naming the relay's update: policy_not_applied, then 1011, however it is laid out."""
         book = opened(STANDARD)
         book >> PolicyChanged(TIGHT)
         book.discard()
@@ -862,7 +870,8 @@ class TestPolicyReload:
                         "code": "invalid_value",
                         "event_id": "relay_policy_reload_1",
                     },
-                }
+                },
+                **layout,
             )
         )
         notice = sent(book.next())
