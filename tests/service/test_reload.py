@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,16 +89,25 @@ async def handshake_status(url: str, key: str) -> int:
 
 @asynccontextmanager
 async def reloading(
-    tmp_path: Path, *, interval: float = 3600
+    tmp_path: Path,
+    *,
+    interval: float = 3600,
+    text: Callable[[str], str] = config,
+    adjust: Callable[[Settings], Settings] | None = None,
 ) -> AsyncIterator[Reloading]:
-    """A relay serving ``relay.yaml`` in ``tmp_path``; by default it polls too rarely to matter."""
+    """A relay serving ``relay.yaml`` in ``tmp_path``; by default it polls too rarely to matter.
+
+    ``text`` writes the first file from the simulator's URL; ``adjust`` is the
+    reloader's (what the command line does to each generation).
+    """
     async with Simulator.start(api_keys={UPSTREAM_KEY}, audio_speed=None) as simulator:
         path = tmp_path / "relay.yaml"
-        path.write_text(config(simulator.url))
+        path.write_text(text(simulator.url))
+        source = (
+            ConfigFile(path, ENV) if adjust is None else ConfigFile(path, ENV, adjust)
+        )
         async with running_relay(
-            load_settings(path, ENV),
-            config=ConfigFile(path, ENV),
-            reload_interval=interval,
+            load_settings(path, ENV), config=source, reload_interval=interval
         ) as relay:
             assert relay.reloader is not None
             yield Reloading(simulator, relay, relay.reloader, path)
@@ -288,48 +297,25 @@ async def test_unchanged_upstream_keeps_its_provider_and_breaker(
 
 async def test_a_tightened_policy_applies_to_new_sessions_only(tmp_path: Path) -> None:
     """A live session keeps the policy it started with; a new one gets the reloaded one."""
-    policy = (
-        "policies: {{p: {{set: {{input_audio_noise_reduction: {{type: {kind}}}}}}}}}"
-    )
-    async with Simulator.start(api_keys={UPSTREAM_KEY}, audio_speed=None) as simulator:
-        path = tmp_path / "relay.yaml"
-
-        def write(kind: str) -> None:
-            path.write_text(
-                config(simulator.url, extra=policy.format(kind=kind)).replace(
-                    f'key_sha256: "{sha(KEY_A)}"}}',
-                    f'key_sha256: "{sha(KEY_A)}", policy: p}}',
-                )
-            )
-
-        write("near_field")
-        async with running_relay(
-            load_settings(path, ENV), config=ConfigFile(path, ENV), reload_interval=3600
-        ) as relay:
-            assert relay.reloader is not None
-            url = f"ws://127.0.0.1:{relay.port}/openai/v1/realtime?model=gpt-realtime"
-
-            def noise(event: dict[str, object]) -> object:
-                session = event["session"]
-                assert isinstance(session, dict)
-                return session["audio"]["input"]["noise_reduction"]
-
-            async with connect_relay(url, key=KEY_A) as live:
-                assert noise(await receive_event(live)) == {"type": "near_field"}
-                write("far_field")
-                assert await relay.reloader.reload() == "ok"
-                async with connect_relay(url, key=KEY_A) as new:
-                    assert noise(await receive_event(new)) == {"type": "far_field"}
-                # The live session's policy still forces near_field over the client's null.
-                await live.send(
-                    '{"type": "session.update", "session": {"type": "realtime", '
-                    '"audio": {"input": {"noise_reduction": null}}}}'
-                )
-                updated = await receive_event(live)
-                assert updated["type"] == "session.updated"
-                assert noise(updated) == {"type": "near_field"}
-                # The relay sent the live session nothing of its own.
-                assert relay_updates(simulator) == []
+    async with (
+        reloading(tmp_path, text=lambda url: policy_config(url, "near_field")) as r,
+        connect_relay(r.url(), key=KEY_A) as live,
+    ):
+        assert noise_of(await receive_event(live)) == {"type": "near_field"}
+        r.path.write_text(policy_config(r.simulator.url, "far_field"))
+        assert await r.reloader.reload() == "ok"
+        async with connect_relay(r.url(), key=KEY_A) as new:
+            assert noise_of(await receive_event(new)) == {"type": "far_field"}
+        # The live session's policy still forces near_field over the client's null.
+        await live.send(
+            '{"type": "session.update", "session": {"type": "realtime", '
+            '"audio": {"input": {"noise_reduction": null}}}}'
+        )
+        updated = await receive_event(live)
+        assert updated["type"] == "session.updated"
+        assert noise_of(updated) == {"type": "near_field"}
+        # The relay sent the live session nothing of its own.
+        assert relay_updates(r.simulator) == []
 
 
 async def test_a_new_jwt_verifier_replaces_the_old_one_which_is_closed(
@@ -340,24 +326,20 @@ async def test_a_new_jwt_verifier_replaces_the_old_one_which_is_closed(
         "auth: {{jwt: {{jwks_url: 'http://127.0.0.1:9/jwks', issuer: i, "
         "audience: {audience}}}}}"
     )
-    async with Simulator.start(api_keys={UPSTREAM_KEY}, audio_speed=None) as simulator:
-        path = tmp_path / "relay.yaml"
-        path.write_text(config(simulator.url, extra=jwt.format(audience="first")))
-        async with running_relay(
-            load_settings(path, ENV), config=ConfigFile(path, ENV), reload_interval=3600
-        ) as relay:
-            assert relay.reloader is not None
-            old = relay.app.verifier
-            assert old is not None
-            path.write_text(config(simulator.url, extra=jwt.format(audience="second")))
-            assert await relay.reloader.reload() == "ok"
-            new = relay.app.verifier
-            assert new is not None
-            assert new is not old
-            assert relay.app.gate.verifier is new
-            # Handshakes begun before the swap may still hold it.
-            assert closed(old) == (False,)
-        assert closed(old, new) == (True, True)
+    async with reloading(
+        tmp_path, text=lambda url: config(url, extra=jwt.format(audience="first"))
+    ) as r:
+        old = r.relay.app.verifier
+        assert old is not None
+        r.path.write_text(config(r.simulator.url, extra=jwt.format(audience="second")))
+        assert await r.reloader.reload() == "ok"
+        new = r.relay.app.verifier
+        assert new is not None
+        assert new is not old
+        assert r.relay.app.gate.verifier is new
+        # Handshakes begun before the swap may still hold it.
+        assert closed(old) == (False,)
+    assert closed(old, new) == (True, True)
 
 
 async def test_the_file_is_parsed_off_the_event_loop(tmp_path: Path) -> None:
@@ -368,24 +350,27 @@ async def test_the_file_is_parsed_off_the_event_loop(tmp_path: Path) -> None:
         threads.append(threading.current_thread().name)
         return settings
 
-    async with Simulator.start(api_keys={UPSTREAM_KEY}, audio_speed=None) as simulator:
-        path = tmp_path / "relay.yaml"
-        path.write_text(config(simulator.url))
-        async with running_relay(
-            load_settings(path, ENV),
-            config=ConfigFile(path, ENV, adjust),
-            reload_interval=3600,
-        ) as relay:
-            assert relay.reloader is not None
-            path.write_text(
-                config(
-                    simulator.url,
-                    clients=f'  - {{id: app-b, key_sha256: "{sha(KEY_B)}"}}',
-                )
+    async with reloading(tmp_path, adjust=adjust) as r:
+        r.path.write_text(
+            config(
+                r.simulator.url,
+                clients=f'  - {{id: app-b, key_sha256: "{sha(KEY_B)}"}}',
             )
-            assert await relay.reloader.reload() == "ok"
+        )
+        assert await r.reloader.reload() == "ok"
     assert threads
     assert threading.main_thread().name not in threads
+
+
+ALL_SESSIONS = "reload: {policy_reload: all_sessions}"
+
+
+def policy_config(url: str, kind: str, extra: str = "") -> str:
+    """A file whose client app-a has a policy forcing noise reduction ``kind``."""
+    policy = "policies: {p: {set: {input_audio_noise_reduction: {type: " + kind + "}}}}"
+    return config(url, extra=f"{policy}\n{extra}").replace(
+        f'key_sha256: "{sha(KEY_A)}"}}', f'key_sha256: "{sha(KEY_A)}", policy: p}}'
+    )
 
 
 def relay_updates(simulator: Simulator) -> list[dict[str, Any]]:
@@ -406,51 +391,33 @@ async def test_all_sessions_switches_a_live_session_to_the_tightened_policy(
     tmp_path: Path,
 ) -> None:
     """policy_reload: all_sessions: the upstream gets the forced value mid-session; later client events meet the new policy."""
-    policy = (
-        "policies: {{p: {{set: {{input_audio_noise_reduction: {{type: {kind}}}}}}}}}\n"
-        "reload: {{policy_reload: all_sessions}}"
-    )
-    async with Simulator.start(api_keys={UPSTREAM_KEY}, audio_speed=None) as simulator:
-        path = tmp_path / "relay.yaml"
-
-        def write(kind: str) -> None:
-            path.write_text(
-                config(simulator.url, extra=policy.format(kind=kind)).replace(
-                    f'key_sha256: "{sha(KEY_A)}"}}',
-                    f'key_sha256: "{sha(KEY_A)}", policy: p}}',
-                )
-            )
-
-        write("near_field")
-        async with running_relay(
-            load_settings(path, ENV), config=ConfigFile(path, ENV), reload_interval=3600
-        ) as relay:
-            assert relay.reloader is not None
-            url = f"ws://127.0.0.1:{relay.port}/openai/v1/realtime?model=gpt-realtime"
-            async with connect_relay(url, key=KEY_A) as live:
-                assert noise_of(await receive_event(live)) == {"type": "near_field"}
-                write("far_field")
-                with capture_logs() as logs:
-                    assert await relay.reloader.reload() == "ok"
-                # The upstream's answer to the relay's update reaches the client.
-                updated = await receive_event(live)
-                assert updated["type"] == "session.updated"
-                assert noise_of(updated) == {"type": "far_field"}
-                (update,) = relay_updates(simulator)
-                assert update["event_id"] == "relay_policy_reload_1"
-                assert noise_of(update) == {"type": "far_field"}
-                # The client's next event is judged by the new policy.
-                await live.send(
-                    '{"type": "session.update", "session": {"type": "realtime", '
-                    '"audio": {"input": {"noise_reduction": {"type": "near_field"}}}}}'
-                )
-                updated = await receive_event(live)
-                assert updated["type"] == "session.updated"
-                assert noise_of(updated) == {"type": "far_field"}
-                (switched,) = [
-                    log for log in logs if log["event"] == "config.live_sessions"
-                ]
-                assert switched["policy_switched"] == 1
+    async with (
+        reloading(
+            tmp_path, text=lambda url: policy_config(url, "near_field", ALL_SESSIONS)
+        ) as r,
+        connect_relay(r.url(), key=KEY_A) as live,
+    ):
+        assert noise_of(await receive_event(live)) == {"type": "near_field"}
+        r.path.write_text(policy_config(r.simulator.url, "far_field", ALL_SESSIONS))
+        with capture_logs() as logs:
+            assert await r.reloader.reload() == "ok"
+        # The upstream's answer to the relay's update reaches the client.
+        updated = await receive_event(live)
+        assert updated["type"] == "session.updated"
+        assert noise_of(updated) == {"type": "far_field"}
+        (update,) = relay_updates(r.simulator)
+        assert update["event_id"] == "relay_policy_reload_1"
+        assert noise_of(update) == {"type": "far_field"}
+        # The client's next event is judged by the new policy.
+        await live.send(
+            '{"type": "session.update", "session": {"type": "realtime", '
+            '"audio": {"input": {"noise_reduction": {"type": "near_field"}}}}}'
+        )
+        updated = await receive_event(live)
+        assert updated["type"] == "session.updated"
+        assert noise_of(updated) == {"type": "far_field"}
+        (switched,) = [log for log in logs if log["event"] == "config.live_sessions"]
+        assert switched["policy_switched"] == 1
 
 
 async def test_a_removed_clients_session_is_closed_after_the_grace(
